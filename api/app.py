@@ -1,0 +1,155 @@
+"""The FastAPI application. ``create_app(settings, role)`` builds the ingest role, the
+query role, or both; the same image runs any of them.
+
+Handlers are plain ``def`` functions: FastAPI runs them in its thread pool, so blocking
+work (object storage, FAISS, the embedding model) never runs on the event loop.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request
+from starlette.concurrency import run_in_threadpool
+
+from api import errors
+from api.limits import BodyLimit
+from api.models import (
+    DeleteRequest,
+    DeleteResponse,
+    DocumentsUpsert,
+    IndexRequest,
+    NamespaceCreate,
+    QueryRequest,
+    QueryResponse,
+    UpsertResponse,
+)
+from api.service import Service
+from vectordb.errors import InvalidArgument
+from vectordb.settings import Settings
+
+ROLES = ("ingest", "query", "all")
+
+
+def _write_routes(service: Service) -> APIRouter:
+    r = APIRouter()
+
+    @r.put("/v1/namespaces/{ns}", status_code=200)
+    def create_namespace(ns: str, body: NamespaceCreate) -> dict:
+        manifest, created = service.create_namespace(ns, body.embedder, body.dimensions, body.metric)
+        return {"name": ns, "created": created, "version": manifest.version, **manifest.config.to_json()}
+
+    @r.delete("/v1/namespaces/{ns}")
+    def drop_namespace(ns: str) -> dict:
+        return {"name": ns, "deleted": True, "version": service.drop_namespace(ns)}
+
+    @r.post("/v1/namespaces/{ns}/documents", response_model=UpsertResponse)
+    async def upsert(ns: str, request: Request) -> Any:
+        # Parsed by hand, not by the pydantic model: a batch of 10,000 vectors is
+        # millions of floats, and validate.prepare_upserts checks them in numpy.
+        raw = await request.body()
+        version, count = await run_in_threadpool(lambda: service.upsert(ns, _documents(raw)))
+        return {"version": version, "upserted": count}
+
+    @r.post("/v1/namespaces/{ns}/documents/delete", response_model=DeleteResponse)
+    def delete(ns: str, body: DeleteRequest) -> Any:
+        version, count = service.delete(ns, body.ids)
+        return {"version": version, "deleted": count}
+
+    @r.post("/v1/namespaces/{ns}/index")
+    def index(ns: str, body: IndexRequest | None = None) -> dict:
+        body = body or IndexRequest()
+        result = service.index(ns, compact=body.compact)
+        out = {
+            "version": result.version,
+            "indexed_rows": result.indexed_rows,
+            "segments": result.segments,
+            "compacted": result.compacted,
+            "seconds": round(result.seconds, 3),
+        }
+        if body.gc:
+            out["gc"] = service.collect_garbage(ns)
+        return out
+
+    return r
+
+
+def _metadata_routes(service: Service) -> APIRouter:
+    r = APIRouter()
+
+    @r.get("/v1/namespaces")
+    def list_namespaces() -> dict:
+        return {"namespaces": service.list_namespaces()}
+
+    @r.get("/v1/namespaces/{ns}")
+    def describe(ns: str) -> dict:
+        return service.describe(ns)
+
+    @r.get("/v1/namespaces/{ns}/documents/{doc_id:path}")
+    def get_document(ns: str, doc_id: str) -> dict:
+        return service.get_document(ns, doc_id)
+
+    return r
+
+
+def _query_routes(service: Service) -> APIRouter:
+    r = APIRouter()
+
+    @r.post("/v1/namespaces/{ns}/query", response_model=QueryResponse, response_model_exclude_none=True)
+    def query(ns: str, body: QueryRequest) -> Any:
+        result = service.query(
+            ns,
+            vector=body.vector,
+            text=body.text,
+            top_k=body.top_k,
+            include=tuple(body.include),
+            consistency=body.consistency,
+            nprobe=body.nprobe,
+        )
+        return {"results": [h.__dict__ for h in result.hits], "version": result.version}
+
+    return r
+
+
+def _documents(raw: bytes) -> list:
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidArgument(f"request body is not valid JSON: {exc}") from exc
+    if not isinstance(body, dict) or set(body) != {"documents"}:
+        raise InvalidArgument('body must be {"documents": [...]}')
+    return body["documents"]
+
+
+def create_app(settings: Settings | None = None, role: str | None = None, service: Service | None = None) -> FastAPI:
+    settings = settings or Settings()
+    role = role or settings.role
+    if role not in ROLES:
+        raise InvalidArgument(f"role must be one of {', '.join(ROLES)}, not {role!r}")
+    service = service or Service(settings)
+    app = FastAPI(title="vectordb", version="0.1.0", description="Serverless vector search and RAG on object storage.")
+    app.state.service = service
+    app.state.role = role
+    errors.install(app)
+
+    @app.middleware("http")
+    async def _request_id(request: Request, call_next):
+        response = await call_next(request)
+        response.headers["x-request-id"] = errors.request_id(request)
+        return response
+
+    @app.get("/healthz")
+    def healthz() -> dict:
+        return {"status": "ok", "role": role, "store": service.store.uri, "stats": service.stats()}
+
+    # Both roles answer namespace metadata; only the ingest role writes, only the query
+    # role searches.
+    app.include_router(_metadata_routes(service))
+    if role in ("ingest", "all"):
+        app.include_router(_write_routes(service))
+    if role in ("query", "all"):
+        app.include_router(_query_routes(service))
+    app.add_event_handler("shutdown", service.close)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    return app

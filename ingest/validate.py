@@ -1,0 +1,134 @@
+"""Validating client documents and turning them into a RowBatch.
+
+Everything a client can get wrong is caught here, before anything is written, with an
+``InvalidArgument`` that names the offending document.
+"""
+
+from __future__ import annotations
+
+import json
+import unicodedata
+from typing import Any, Callable
+
+import numpy as np
+
+from vectordb import embedders
+from vectordb.errors import InvalidArgument, PayloadTooLarge
+from vectordb.namespace import NamespaceConfig
+from vectordb.rows import RowBatch
+from vectordb.settings import Settings
+
+MAX_ID_CHARS = 512
+MAX_ATTRIBUTES_BYTES = 64 * 1024
+
+
+def check_id(doc_id: Any, where: str) -> str:
+    if not isinstance(doc_id, str) or not doc_id:
+        raise InvalidArgument(f"{where}: id must be a non-empty string")
+    if len(doc_id) > MAX_ID_CHARS:
+        raise InvalidArgument(f"{where}: id is longer than {MAX_ID_CHARS} characters")
+    if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in doc_id):
+        raise InvalidArgument(f"{where}: id contains control characters")
+    return doc_id
+
+
+def check_ids(ids: Any, settings: Settings) -> list[str]:
+    if not isinstance(ids, list) or not ids:
+        raise InvalidArgument("ids must be a non-empty list of strings")
+    if len(ids) > settings.max_batch_docs:
+        raise PayloadTooLarge(f"at most {settings.max_batch_docs} ids per request, got {len(ids)}")
+    checked = [check_id(i, f"ids[{n}]") for n, i in enumerate(ids)]
+    _reject_duplicates(checked, "ids")
+    return checked
+
+
+def _reject_duplicates(ids: list[str], where: str) -> None:
+    seen: set[str] = set()
+    for n, doc_id in enumerate(ids):
+        if doc_id in seen:
+            raise InvalidArgument(f"{where}[{n}]: duplicate id {doc_id!r} in one request")
+        seen.add(doc_id)
+
+
+def check_vector(vector: Any, dims: int, where: str) -> np.ndarray:
+    """A finite float32 vector of ``dims`` numbers (booleans and strings are not numbers)."""
+    if not isinstance(vector, (list, tuple)):
+        raise InvalidArgument(f"{where}: vector must be a list of numbers")
+    arr = np.array(vector) if vector else np.zeros(0)
+    if arr.ndim != 1 or arr.dtype.kind not in "if" or bool in set(map(type, vector)):
+        raise InvalidArgument(f"{where}: vector must be a flat list of numbers")
+    if len(arr) != dims:
+        raise InvalidArgument(f"{where}: vector has {len(arr)} dimensions, the namespace has {dims}")
+    with np.errstate(over="ignore"):
+        out = arr.astype(np.float32)
+    if not np.isfinite(arr).all():
+        raise InvalidArgument(f"{where}: vector contains NaN or infinite values")
+    if not np.isfinite(out).all():
+        raise InvalidArgument(f"{where}: vector values overflow float32")
+    return out
+
+
+def normalise(vectors: np.ndarray, metric: str, where: Callable[[int], str]) -> np.ndarray:
+    """Cosine namespaces store unit vectors; a zero vector has no direction."""
+    if metric != "cosine" or len(vectors) == 0:
+        return vectors
+    norms = np.linalg.norm(vectors, axis=1)
+    bad = np.flatnonzero(~(norms > 0))
+    if len(bad):
+        raise InvalidArgument(f"{where(int(bad[0]))}: a zero vector cannot be compared by cosine")
+    return (vectors / norms[:, None]).astype(np.float32)
+
+
+def prepare_upserts(docs: Any, config: NamespaceConfig, settings: Settings) -> RowBatch:
+    """Validate documents and embed those that bring text but no vector."""
+    if not isinstance(docs, list) or not docs:
+        raise InvalidArgument("documents must be a non-empty list")
+    if len(docs) > settings.max_batch_docs:
+        raise PayloadTooLarge(f"at most {settings.max_batch_docs} documents per request, got {len(docs)}")
+    dims = config.dimensions
+    ids, texts, attrs = [], [], []
+    vectors = np.zeros((len(docs), dims), np.float32)
+    to_embed: list[int] = []
+    for n, doc in enumerate(docs):
+        where = f"documents[{n}]"
+        if not isinstance(doc, dict):
+            raise InvalidArgument(f"{where}: must be an object")
+        unknown = set(doc) - {"id", "text", "vector", "attributes"}
+        if unknown:
+            raise InvalidArgument(f"{where}: unknown fields {sorted(unknown)}")
+        ids.append(check_id(doc.get("id"), where))
+        text = doc.get("text")
+        if text is not None and not isinstance(text, str):
+            raise InvalidArgument(f"{where}: text must be a string")
+        if text is not None and len(text) > settings.max_text_chars:
+            raise PayloadTooLarge(f"{where}: text is longer than {settings.max_text_chars} characters")
+        texts.append(text)
+        attrs.append(_attributes_json(doc.get("attributes"), where))
+        if doc.get("vector") is not None:
+            vectors[n] = check_vector(doc["vector"], dims, where)
+        elif config.embedder == embedders.NONE:
+            raise InvalidArgument(f"{where}: this namespace takes vectors (embedder 'none'); 'vector' is missing")
+        elif not text or not text.strip():
+            raise InvalidArgument(f"{where}: needs 'text' to embed or a 'vector'")
+        else:
+            to_embed.append(n)
+    _reject_duplicates(ids, "documents")
+    if to_embed:
+        embedder = embedders.get(config.embedder, settings)
+        vectors[to_embed] = embedder.embed_documents([texts[n] for n in to_embed])
+    vectors = normalise(vectors, config.metric, lambda n: f"documents[{n}]")
+    return RowBatch(ids, vectors, texts, attrs)
+
+
+def _attributes_json(attributes: Any, where: str) -> str | None:
+    if attributes is None:
+        return None
+    if not isinstance(attributes, dict):
+        raise InvalidArgument(f"{where}: attributes must be an object")
+    try:
+        text = json.dumps(attributes, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    except ValueError as exc:
+        raise InvalidArgument(f"{where}: attributes must be JSON without NaN or infinity") from exc
+    if len(text.encode()) > MAX_ATTRIBUTES_BYTES:
+        raise PayloadTooLarge(f"{where}: attributes exceed {MAX_ATTRIBUTES_BYTES} bytes as JSON")
+    return text

@@ -1,0 +1,36 @@
+"""Deterministic stand-ins for tests: an embedder that needs no model."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+import numpy as np
+
+from vectordb import embedders
+
+FAKE_DIMS = 64
+
+
+class HashEmbedder:
+    """Bag of hashed words: texts sharing words get similar vectors. No model, no torch."""
+
+    name = "fake"
+    dimensions = FAKE_DIMS
+
+    def embed_documents(self, texts: list[str]) -> np.ndarray:
+        out = np.zeros((len(texts), FAKE_DIMS), np.float32)
+        for n, text in enumerate(texts):
+            for word in re.findall(r"\w+", text.lower()):
+                h = int.from_bytes(hashlib.blake2b(word.encode(), digest_size=4).digest(), "little")
+                out[n, h % FAKE_DIMS] += 1.0 if (h >> 16) & 1 else -1.0
+            norm = np.linalg.norm(out[n])
+            out[n] = out[n] / norm if norm > 0 else np.eye(FAKE_DIMS, dtype=np.float32)[0]
+        return out
+
+    def embed_query(self, text: str) -> np.ndarray:
+        return self.embed_documents([text])[0]
+
+
+def register_fake_embedder() -> None:
+    embedders.register("fake", FAKE_DIMS, lambda settings: HashEmbedder())

@@ -1,0 +1,71 @@
+"""The one error hierarchy of the service.
+
+Every error a client can see is a :class:`VectorDBError`; each class carries the HTTP
+status it maps to and a stable machine-readable ``code``. Third-party errors are
+translated into these at the boundary that meets them (``raise ... from exc``).
+
+    VectorDBError (500, internal)
+    ├── InvalidArgument (400, invalid_argument)
+    │   └── PayloadTooLarge (413, payload_too_large)
+    ├── NotFound (404, not_found)
+    │   ├── NamespaceNotFound (404, namespace_not_found)
+    │   └── DocumentNotFound (404, document_not_found)
+    ├── AlreadyExists (409, already_exists)
+    ├── Conflict (409, conflict)  -- optimistic commit retried too often
+    └── StorageUnavailable (503, storage_unavailable)
+
+Storage-level signals that callers handle themselves (not client-visible as such):
+``ObjectNotFound`` (a key is absent) and ``PreconditionFailed`` (a conditional create
+lost the race) live in :mod:`storage.errors`.
+"""
+
+from __future__ import annotations
+
+
+class VectorDBError(Exception):
+    """Base class: an error with an HTTP status and a stable code."""
+
+    status: int = 500
+    code: str = "internal"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidArgument(VectorDBError):
+    status = 400
+    code = "invalid_argument"
+
+
+class PayloadTooLarge(InvalidArgument):
+    status = 413
+    code = "payload_too_large"
+
+
+class NotFound(VectorDBError):
+    status = 404
+    code = "not_found"
+
+
+class NamespaceNotFound(NotFound):
+    code = "namespace_not_found"
+
+
+class DocumentNotFound(NotFound):
+    code = "document_not_found"
+
+
+class AlreadyExists(VectorDBError):
+    status = 409
+    code = "already_exists"
+
+
+class Conflict(VectorDBError):
+    status = 409
+    code = "conflict"
+
+
+class StorageUnavailable(VectorDBError):
+    status = 503
+    code = "storage_unavailable"

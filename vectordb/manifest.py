@@ -1,0 +1,118 @@
+"""Manifests: the immutable, versioned description of a namespace.
+
+Version ``v`` of namespace ``ns`` is the object ``ns/manifests/<v>.json``. It names
+every object a reader needs: the indexed segments (with their tombstone lists) and the
+unindexed write-ahead-log tail, in commit order. A commit is the conditional create of
+version ``v+1``; whoever loses the race re-reads and rebases (see ``ingest.commit``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field, replace
+
+from vectordb.namespace import NamespaceConfig
+
+
+@dataclass(frozen=True)
+class WalRef:
+    """One group-committed write batch that is not yet in a segment."""
+
+    key: str
+    version: int  # the manifest version that committed it
+    upserts: int
+    deletes: int
+    bytes: int
+
+    def to_json(self) -> dict:
+        return self.__dict__.copy()
+
+    @classmethod
+    def from_json(cls, d: dict) -> "WalRef":
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class SegmentRef:
+    """An immutable indexed segment and the ids deleted from it since it was built."""
+
+    id: str
+    rows: int  # rows stored in the segment
+    nlist: int
+    bytes: int
+    tombstones_key: str | None = None
+    tombstones: int = 0  # how many of its rows are dead
+
+    @property
+    def live_rows(self) -> int:
+        return self.rows - self.tombstones
+
+    def to_json(self) -> dict:
+        return self.__dict__.copy()
+
+    @classmethod
+    def from_json(cls, d: dict) -> "SegmentRef":
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    namespace: str
+    version: int
+    config: NamespaceConfig
+    segments: tuple[SegmentRef, ...] = ()
+    wal: tuple[WalRef, ...] = ()
+    deleted: bool = False  # the namespace was dropped at this version
+    created_at: float = field(default_factory=time.time)
+
+    @property
+    def unindexed_rows(self) -> int:
+        return sum(w.upserts + w.deletes for w in self.wal)
+
+    @property
+    def indexed_rows(self) -> int:
+        return sum(s.live_rows for s in self.segments)
+
+    @property
+    def bytes(self) -> int:
+        return sum(s.bytes for s in self.segments) + sum(w.bytes for w in self.wal)
+
+    def referenced_keys(self, segment_files) -> set[str]:
+        """Every object this version needs; ``segment_files(ref)`` lists a segment's files."""
+        keys = {w.key for w in self.wal}
+        for seg in self.segments:
+            keys.update(segment_files(seg))
+            if seg.tombstones_key:
+                keys.add(seg.tombstones_key)
+        return keys
+
+    def next(self, **changes) -> "Manifest":
+        """The following version with ``changes`` applied."""
+        return replace(self, version=self.version + 1, created_at=time.time(), **changes)
+
+    def to_bytes(self) -> bytes:
+        doc = {
+            "format": 1,
+            "namespace": self.namespace,
+            "version": self.version,
+            "config": self.config.to_json(),
+            "segments": [s.to_json() for s in self.segments],
+            "wal": [w.to_json() for w in self.wal],
+            "deleted": self.deleted,
+            "created_at": self.created_at,
+        }
+        return json.dumps(doc, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "Manifest":
+        doc = json.loads(data)
+        return cls(
+            namespace=doc["namespace"],
+            version=int(doc["version"]),
+            config=NamespaceConfig.from_json(doc["config"]),
+            segments=tuple(SegmentRef.from_json(s) for s in doc["segments"]),
+            wal=tuple(WalRef.from_json(w) for w in doc["wal"]),
+            deleted=bool(doc.get("deleted", False)),
+            created_at=float(doc.get("created_at", 0.0)),
+        )

@@ -1,0 +1,48 @@
+"""Namespace names and the per-namespace configuration recorded in every manifest."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+
+from vectordb.errors import InvalidArgument
+
+# ASCII only: unicode look-alikes ("ｎs", Cyrillic "а") and path tricks ("..", "/") never
+# reach a storage key. The name becomes one key segment.
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
+
+METRICS = ("cosine", "dot", "l2")
+
+
+def check_namespace_name(name: str) -> str:
+    """Return ``name`` if it is a valid namespace name, else raise InvalidArgument."""
+    if not isinstance(name, str) or not _NAME.match(name):
+        shown = name if isinstance(name, str) and len(name) <= 80 else f"{str(name)[:80]}..."
+        raise InvalidArgument(
+            f"invalid namespace name {shown!r}: use 1-63 ASCII letters, digits, '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class NamespaceConfig:
+    """What a namespace is: how its vectors are made and compared. Fixed at creation."""
+
+    embedder: str  # "none" = the client supplies vectors
+    dimensions: int
+    metric: str = "cosine"
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "NamespaceConfig":
+        return cls(embedder=data["embedder"], dimensions=int(data["dimensions"]), metric=data["metric"])
+
+    def validate(self) -> "NamespaceConfig":
+        if self.metric not in METRICS:
+            raise InvalidArgument(f"metric must be one of {', '.join(METRICS)}, not {self.metric!r}")
+        if not 1 <= self.dimensions <= 4096:
+            raise InvalidArgument(f"dimensions must be between 1 and 4096, not {self.dimensions}")
+        return self

@@ -1,0 +1,185 @@
+"""The segment format: immutable indexed data, laid out for ranged reads.
+
+A segment ``<ns>/segments/<id>/`` has three objects:
+
+``ivf.bin``
+    magic ``VDBIVF01``, uint32 nlist, uint32 dims, float32 centroids (nlist × dims),
+    int64 byte offsets of the partitions in ``vectors.bin`` (nlist + 1), int64 row
+    offsets (nlist + 1). Small; a query fetches it first and keeps it cached.
+``vectors.bin``
+    the partitions back to back. Partition ``p`` is one contiguous byte range: float32
+    vectors (n × dims), int32 id offsets (n + 1), then the UTF-8 ids. A query fetches only
+    the partitions it probes, one ranged GET each.
+``docs.parquet``
+    ``id``, ``text``, ``attributes`` (JSON text), one row group per partition (empty ones
+    included), rows in the same order as ``vectors.bin``: row group ``p`` holds partition
+    ``p``'s documents, so fetching the fields of a hit reads one row group.
+
+Segment rows are sorted by partition; "row r of the segment" means the same document in
+both files.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import uuid
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from vectordb import ivf, keys
+from vectordb.errors import VectorDBError
+from vectordb.rows import RowBatch
+
+MAGIC = b"VDBIVF01"
+FILES = ("ivf.bin", "vectors.bin", "docs.parquet")
+DOCS_SCHEMA = pa.schema([("id", pa.string()), ("text", pa.string()), ("attributes", pa.string())])
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The contents of ``ivf.bin``."""
+
+    centroids: np.ndarray  # nlist × dims
+    part_bytes: np.ndarray  # nlist + 1 byte offsets into vectors.bin
+    part_rows: np.ndarray  # nlist + 1 row offsets
+
+    @property
+    def nlist(self) -> int:
+        return len(self.centroids)
+
+    @property
+    def dims(self) -> int:
+        return self.centroids.shape[1]
+
+    def byte_range(self, p: int) -> tuple[int, int]:
+        return int(self.part_bytes[p]), int(self.part_bytes[p + 1] - self.part_bytes[p])
+
+    def rows_in(self, p: int) -> int:
+        return int(self.part_rows[p + 1] - self.part_rows[p])
+
+    def to_bytes(self) -> bytes:
+        header = MAGIC + np.array([self.nlist, self.dims], np.uint32).tobytes()
+        return (
+            header
+            + self.centroids.astype(np.float32).tobytes()
+            + self.part_bytes.astype(np.int64).tobytes()
+            + self.part_rows.astype(np.int64).tobytes()
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "Layout":
+        if data[:8] != MAGIC:
+            raise VectorDBError("corrupt segment: bad ivf.bin header")
+        nlist, dims = (int(x) for x in np.frombuffer(data, np.uint32, 2, 8))
+        at = 16
+        centroids = np.frombuffer(data, np.float32, nlist * dims, at).reshape(nlist, dims)
+        at += nlist * dims * 4
+        part_bytes = np.frombuffer(data, np.int64, nlist + 1, at)
+        part_rows = np.frombuffer(data, np.int64, nlist + 1, at + (nlist + 1) * 8)
+        return cls(centroids, part_bytes, part_rows)
+
+
+@dataclass(frozen=True)
+class Partition:
+    vectors: np.ndarray  # n × dims, float32
+    ids: list[str]
+
+
+def encode_partition(vectors: np.ndarray, ids: list[str]) -> bytes:
+    encoded = [i.encode() for i in ids]
+    offsets = np.zeros(len(ids) + 1, np.int32)
+    np.cumsum([len(e) for e in encoded], out=offsets[1:])
+    return np.ascontiguousarray(vectors, np.float32).tobytes() + offsets.tobytes() + b"".join(encoded)
+
+
+def decode_partition(data: bytes, rows: int, dims: int) -> Partition:
+    vectors = np.frombuffer(data, np.float32, rows * dims).reshape(rows, dims)
+    at = rows * dims * 4
+    offsets = np.frombuffer(data, np.int32, rows + 1, at)
+    blob = data[at + (rows + 1) * 4 :]
+    ids = [blob[offsets[i] : offsets[i + 1]].decode() for i in range(rows)]
+    return Partition(vectors, ids)
+
+
+@dataclass(frozen=True)
+class BuiltSegment:
+    id: str
+    nlist: int
+    rows: int
+    files: dict[str, bytes]  # file name -> bytes
+
+    @property
+    def bytes(self) -> int:
+        return sum(len(b) for b in self.files.values())
+
+
+def new_segment_id() -> str:
+    return uuid.uuid4().hex
+
+
+def build(rows: RowBatch, metric: str, rows_per_partition: int, flat_max_rows: int) -> BuiltSegment:
+    """Cluster ``rows`` into an IVF segment. Vectors must already be normalised for cosine."""
+    n, dims = rows.vectors.shape
+    nlist = ivf.choose_nlist(n, rows_per_partition, flat_max_rows)
+    centroids = ivf.train_centroids(rows.vectors, nlist, metric)
+    labels = ivf.assign(rows.vectors, centroids, metric)
+    order = np.argsort(labels, kind="stable")
+    counts = np.bincount(labels, minlength=nlist)
+    part_rows = np.zeros(nlist + 1, np.int64)
+    np.cumsum(counts, out=part_rows[1:])
+    sorted_rows = rows.take(order.tolist())
+
+    blobs = []
+    writer_sink = io.BytesIO()
+    with pq.ParquetWriter(writer_sink, DOCS_SCHEMA, compression="zstd") as writer:
+        for p in range(nlist):
+            lo, hi = int(part_rows[p]), int(part_rows[p + 1])
+            blobs.append(encode_partition(sorted_rows.vectors[lo:hi], sorted_rows.ids[lo:hi]))
+            writer.write_table(
+                pa.table(
+                    {
+                        "id": sorted_rows.ids[lo:hi],
+                        "text": sorted_rows.texts[lo:hi],
+                        "attributes": sorted_rows.attributes[lo:hi],
+                    },
+                    schema=DOCS_SCHEMA,
+                )
+            )
+    part_bytes = np.zeros(nlist + 1, np.int64)
+    np.cumsum([len(b) for b in blobs], out=part_bytes[1:])
+    layout = Layout(centroids, part_bytes, part_rows)
+    files = {"ivf.bin": layout.to_bytes(), "vectors.bin": b"".join(blobs), "docs.parquet": writer_sink.getvalue()}
+    return BuiltSegment(new_segment_id(), nlist, n, files)
+
+
+def file_key(ns: str, segment_id: str, name: str) -> str:
+    return keys.segment_prefix(ns, segment_id) + name
+
+
+def file_keys(ns: str, segment_id: str) -> list[str]:
+    return [file_key(ns, segment_id, name) for name in FILES]
+
+
+def read_docs(data: bytes, row_groups: list[int] | None = None, columns: list[str] | None = None) -> pa.Table:
+    """Rows of ``docs.parquet`` (all, or the given row groups = partitions)."""
+    f = pq.ParquetFile(io.BytesIO(data))
+    if row_groups is None:
+        return f.read(columns=columns)
+    return f.read_row_groups(row_groups, columns=columns)
+
+
+def tombstones_key(ns: str, segment_id: str, version: int) -> str:
+    """A fresh key: two indexers racing from one version never overwrite each other."""
+    return file_key(ns, segment_id, f"tomb-{version:0{keys.MANIFEST_DIGITS}d}-{uuid.uuid4().hex[:12]}.json")
+
+
+def encode_tombstones(ids: set[str] | frozenset[str]) -> bytes:
+    return json.dumps(sorted(ids)).encode()
+
+
+def decode_tombstones(data: bytes) -> frozenset[str]:
+    return frozenset(json.loads(data))

