@@ -1,0 +1,120 @@
+"""In-process API tier: routes, the error contract and bad input, on the memory store."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from fastapi.testclient import TestClient
+
+from api.app import create_app
+from storage.memory import MemoryStore
+from tests.fakes import register_fake_embedder
+from api.service import Service
+from vectordb.settings import Settings
+
+
+@pytest.fixture
+def client():
+    register_fake_embedder()
+    settings = Settings(store_uri="memory://api", group_commit_ms=1, auto_index=False, max_body_bytes=200_000,
+                        max_batch_docs=100)
+    app = create_app(settings, "all", Service(settings, store=MemoryStore()))
+    with TestClient(app) as c:
+        yield c
+
+
+def _error(resp, status: int, code: str | None = None) -> dict:
+    assert resp.status_code == status, resp.text
+    body = resp.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message", "request_id"}
+    assert body["error"]["message"]
+    if code:
+        assert body["error"]["code"] == code
+    return body["error"]
+
+
+def test_quickstart_flow(client):
+    r = client.put("/v1/namespaces/docs", json={"embedder": "fake"})
+    assert r.status_code == 200 and r.json()["created"] is True
+    assert client.put("/v1/namespaces/docs", json={"embedder": "fake"}).json()["created"] is False
+    r = client.post("/v1/namespaces/docs/documents", json={"documents": [
+        {"id": "1", "text": "solar panels on the roof", "attributes": {"lang": "en"}},
+        {"id": "2", "text": "wind turbines at sea"},
+    ]})
+    assert r.status_code == 200 and r.json()["upserted"] == 2
+    version = r.json()["version"]
+    r = client.post("/v1/namespaces/docs/query", json={"text": "solar roof", "top_k": 1, "include": ["text", "attributes"]})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["version"] >= version
+    assert body["results"][0] == {"id": "1", "score": pytest.approx(body["results"][0]["score"]),
+                                  "text": "solar panels on the roof", "attributes": {"lang": "en"}}
+    assert client.get("/v1/namespaces/docs/documents/2").json()["text"] == "wind turbines at sea"
+    assert client.post("/v1/namespaces/docs/index", json={}).json()["indexed_rows"] == 2
+    info = client.get("/v1/namespaces/docs").json()
+    assert info["rows"] == {"indexed": 2, "unindexed": 0} and info["dimensions"] == 64
+    assert client.get("/v1/namespaces").json() == {"namespaces": ["docs"]}
+    r = client.post("/v1/namespaces/docs/documents/delete", json={"ids": ["1"]})
+    assert r.json()["deleted"] == 1
+    assert [h["id"] for h in client.post("/v1/namespaces/docs/query", json={"text": "solar"}).json()["results"]] == ["2"]
+    assert client.delete("/v1/namespaces/docs").status_code == 200
+    _error(client.get("/v1/namespaces/docs"), 404, "namespace_not_found")
+    assert client.get("/healthz").json()["status"] == "ok"
+
+
+def test_bad_input_gets_clear_4xx(client):
+    client.put("/v1/namespaces/v", json={"embedder": "none", "dimensions": 3, "metric": "l2"})
+    ok = client.post("/v1/namespaces/v/documents", json={"documents": [{"id": "keep", "vector": [1, 2, 3]}]})
+    assert ok.status_code == 200
+    post = lambda body: client.post("/v1/namespaces/v/documents", content=body,  # noqa: E731
+                                    headers={"content-type": "application/json"})
+    _error(post(b'{"documents": [{"id": "a", "vector": [1, 2]}]}'), 400, "invalid_argument")
+    _error(post(b'{"documents": [{"id": "a", "vector": [1, NaN, 2]}]}'), 400, "invalid_argument")
+    _error(post(b'{"documents": [{"id": "a", "vector": [1, Infinity, 2]}]}'), 400)
+    _error(post(b'{"documents": [{"id": "a", "vector": [1, 2, 3]}, {"id": "a", "vector": [1, 2, 3]}]}'), 400)
+    _error(post(b'{"documents": []}'), 400)
+    _error(post(b'{"documents": [{"id": 1, "vector": [1, 2, 3]}]}'), 400)
+    _error(post(b'{"documents": "x"}'), 400)
+    _error(post(b'{"documents": [{"id": "a", "vector": "abc"}]}'), 400)
+    _error(post(b'{"documents": [{"id": "a", "vector": [1,2,3]'), 400)  # malformed JSON
+    _error(post(b"\xff\xfe"), 400)
+    docs = [{"id": str(i), "vector": [1, 2, 3]} for i in range(101)]
+    _error(post(json.dumps({"documents": docs}).encode()), 413, "payload_too_large")
+    _error(post(b"[" + b"1," * 150_000 + b"1]"), 413, "payload_too_large")
+    _error(client.post("/v1/namespaces/nope/documents", json={"documents": [{"id": "a", "vector": [1, 2, 3]}]}),
+           404, "namespace_not_found")
+    _error(client.post("/v1/namespaces/v/query", json={"vector": [1, 2], "top_k": 3}), 400)
+    _error(client.post("/v1/namespaces/v/query", json={"vector": [1, 2, 3], "top_k": 0}), 400)
+    _error(client.post("/v1/namespaces/v/query", json={"vector": [1, 2, 3], "top_k": "5"}), 400)
+    _error(client.post("/v1/namespaces/v/query", json={"text": "hi"}), 400)  # embedder none
+    _error(client.post("/v1/namespaces/v/query", json={"vector": [1, 2, 3], "consistency": "maybe"}), 400)
+    _error(client.post("/v1/namespaces/v/query", json={"vector": [1, 2, 3], "filter": "x"}), 400)
+    _error(client.post("/v1/namespaces/v/documents/delete", json={"ids": []}), 400)
+    _error(client.post("/v1/namespaces/v/documents/delete", json={"ids": ["a", "a"]}), 400)
+    for name in ["..", "%2e%2e", "a%2Fb", "x" * 200, "ｎs", "n%D0%B0me", "-x"]:
+        r = client.put(f"/v1/namespaces/{name}", json={"embedder": "none", "dimensions": 3})
+        assert r.status_code in (400, 404), (name, r.status_code)
+        assert "error" in r.json()
+    _error(client.put("/v1/namespaces/w", json={"embedder": "none"}), 400)
+    _error(client.put("/v1/namespaces/w", json={"embedder": "nope", "dimensions": 3}), 400)
+    _error(client.put("/v1/namespaces/w", json={"embedder": "none", "dimensions": 0}), 400)
+    _error(client.put("/v1/namespaces/w", json={"embedder": "none", "dimensions": 3, "metric": "hamming"}), 400)
+    _error(client.put("/v1/namespaces/v", json={"embedder": "none", "dimensions": 4}), 409, "already_exists")
+    _error(client.get("/v1/namespaces/v/documents/missing"), 404, "document_not_found")
+    _error(client.get("/v1/nothing-here"), 404, "not_found")
+    # Nothing was lost or corrupted by any of that.
+    r = client.post("/v1/namespaces/v/query", json={"vector": [1, 2, 3], "top_k": 10})
+    assert [h["id"] for h in r.json()["results"]] == ["keep"]
+
+
+def test_roles_serve_their_routes():
+    register_fake_embedder()
+    settings = Settings(store_uri="memory://roles", group_commit_ms=1)
+    service = Service(settings, store=MemoryStore())
+    with TestClient(create_app(settings, "ingest", service)) as ingest, \
+            TestClient(create_app(settings, "query", service)) as query:
+        assert ingest.put("/v1/namespaces/r", json={"embedder": "fake"}).status_code == 200
+        assert ingest.post("/v1/namespaces/r/query", json={"text": "x"}).status_code in (404, 405)
+        assert query.put("/v1/namespaces/r2", json={"embedder": "fake"}).status_code in (404, 405)
+        assert query.get("/v1/namespaces/r").status_code == 200
