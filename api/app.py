@@ -7,6 +7,7 @@ work (object storage, FAISS, the embedding model) never runs on the event loop.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any
 
@@ -128,7 +129,17 @@ def create_app(settings: Settings | None = None, role: str | None = None, servic
     if role not in ROLES:
         raise InvalidArgument(f"role must be one of {', '.join(ROLES)}, not {role!r}")
     service = service or Service(settings)
-    app = FastAPI(title="vectordb", version="0.1.0", description="Serverless vector search and RAG on object storage.")
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        service.close()
+
+    app = FastAPI(
+        title="vectordb",
+        version="0.1.0",
+        description="Serverless vector search and RAG on object storage.",
+        lifespan=lifespan,
+    )
     app.state.service = service
     app.state.role = role
     errors.install(app)
@@ -150,6 +161,5 @@ def create_app(settings: Settings | None = None, role: str | None = None, servic
         app.include_router(_write_routes(service))
     if role in ("query", "all"):
         app.include_router(_query_routes(service))
-    app.add_event_handler("shutdown", service.close)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     return app

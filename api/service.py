@@ -47,7 +47,7 @@ class Service:
             raise InvalidArgument("embedder 'none' needs 'dimensions' (the length of the vectors you will send)")
         if fixed is not None and dimensions is not None and dimensions != fixed:
             raise InvalidArgument(f"embedder {embedder!r} makes {fixed}-dimensional vectors, not {dimensions}")
-        config = NamespaceConfig(embedder, dimensions or fixed, metric).validate()
+        config = NamespaceConfig(embedder, fixed if dimensions is None else dimensions, metric).validate()
         return self.catalog.create(ns, config)
 
     def describe(self, ns: str, consistency: str = "strong") -> dict:
