@@ -13,6 +13,7 @@ import pytest
 from minio import Minio
 
 from tests.data import nfcorpus_docs, siftsmall
+from tests.s3server import ACCESS_KEY, SECRET_KEY, TEST_BUCKET
 from tests.servers import start_server
 
 pytestmark = [pytest.mark.s3, pytest.mark.integration]
@@ -20,12 +21,11 @@ pytestmark = [pytest.mark.s3, pytest.mark.integration]
 
 @pytest.fixture
 def s3_env(s3_endpoint):
-    bucket = f"it-{uuid.uuid4().hex[:12]}"
     return {
-        "VECTORDB_STORE_URI": f"s3://{bucket}/vdb",
+        "VECTORDB_STORE_URI": f"s3://{TEST_BUCKET}/it-{uuid.uuid4().hex[:12]}",
         "VECTORDB_S3_ENDPOINT": s3_endpoint,
-        "VECTORDB_S3_ACCESS_KEY": "testkey",
-        "VECTORDB_S3_SECRET_KEY": "testsecret",
+        "VECTORDB_S3_ACCESS_KEY": ACCESS_KEY,
+        "VECTORDB_S3_SECRET_KEY": SECRET_KEY,
         "VECTORDB_GROUP_COMMIT_MS": "10",
     }
 
@@ -46,7 +46,7 @@ def servers(tmp_path):
 
 def _bucket_objects(env) -> dict[str, bytes]:
     bucket, prefix = env["VECTORDB_STORE_URI"][len("s3://"):].split("/", 1)
-    client = Minio(env["VECTORDB_S3_ENDPOINT"], "testkey", "testsecret", secure=False)
+    client = Minio(env["VECTORDB_S3_ENDPOINT"], ACCESS_KEY, SECRET_KEY, secure=False)
     out = {}
     for obj in client.list_objects(bucket, prefix=prefix + "/", recursive=True):
         resp = client.get_object(bucket, obj.object_name)
