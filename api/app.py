@@ -131,6 +131,7 @@ def create_app(settings: Settings | None = None, role: str | None = None, servic
     service = service or Service(settings)
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
+        service.preload()
         yield
         service.close()
 

@@ -6,6 +6,7 @@ The HTTP app and the command line both drive this; it holds no state that matter
 
 from __future__ import annotations
 
+import threading
 from dataclasses import asdict
 
 from ingest import gc, validate
@@ -33,6 +34,21 @@ class Service:
         self.indexer = Indexer(self.catalog, self.store, self.reader, self.settings)
         self.committer = GroupCommitter(self.catalog, self.store, self.settings, on_commit=self.indexer.maybe_index)
         self.engine = QueryEngine(self.catalog, self.reader, self.settings)
+
+    def preload(self) -> None:
+        """Load the configured embedder in a background thread (cold-start work off the query path)."""
+        name = self.settings.preload_embedder
+        if not name:
+            return
+
+        def load() -> None:
+            try:
+                embedder = embedders.get(name, self.settings)
+                getattr(embedder, "load", lambda: None)()
+            except Exception:  # the first query will load it and report any error properly
+                pass
+
+        threading.Thread(target=load, name="preload-embedder", daemon=True).start()
 
     def close(self) -> None:
         self.committer.close()

