@@ -145,7 +145,8 @@ class QueryEngine:
     def _search_segment(self, ns, seg: SegmentRef, q, k, metric, nprobe, touched) -> list[_Candidate]:
         layout = self.reader.layout(ns, seg)
         dead = self.reader.tombstones(ns, seg)
-        probes = ivf.probe(layout.centroids, q.reshape(1, -1), nprobe or ivf.default_nprobe(layout.nlist), metric)[0]
+        nprobe = nprobe or self.settings.nprobe or ivf.default_nprobe(layout.nlist)
+        probes = ivf.probe(layout.centroids, q.reshape(1, -1), nprobe, metric)[0]
         probes = [int(p) for p in probes if p >= 0 and layout.rows_in(int(p)) > 0]
         out = []
         for p, part in zip(probes, self.reader.partitions(ns, seg, layout, probes)):
