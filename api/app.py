@@ -7,11 +7,14 @@ work (object storage, FAISS, the embedding model) never runs on the event loop.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, FastAPI, Form, Query, Request, UploadFile
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from api import errors
@@ -38,7 +41,8 @@ def _write_routes(service: Service) -> APIRouter:
 
     @r.put("/v1/namespaces/{ns}", status_code=200)
     def create_namespace(ns: str, body: NamespaceCreate) -> dict:
-        manifest, created = service.create_namespace(ns, body.embedder, body.dimensions, body.metric)
+        chunking = body.chunking.model_dump() if isinstance(body.chunking, BaseModel) else body.chunking
+        manifest, created = service.create_namespace(ns, body.embedder, body.dimensions, body.metric, chunking)
         return {"name": ns, "created": created, "version": manifest.version, **manifest.config.to_json()}
 
     @r.delete("/v1/namespaces/{ns}")
@@ -55,8 +59,33 @@ def _write_routes(service: Service) -> APIRouter:
 
     @r.post("/v1/namespaces/{ns}/documents/delete", response_model=DeleteResponse)
     def delete(ns: str, body: DeleteRequest) -> Any:
-        version, count = service.delete(ns, body.ids)
+        version, count = service.delete(ns, body.ids, body.filter)
         return {"version": version, "deleted": count}
+
+    @r.post("/v1/namespaces/{ns}/files", status_code=202)
+    async def upload(
+        ns: str,
+        file: UploadFile,
+        document_id: str | None = Form(None, description="Parent id of the file's chunks (default: file name)."),
+        attributes: str | None = Form(None, description="JSON object merged into every chunk's attributes."),
+        wait: bool = Query(False, description="Answer when the job has finished (200) instead of at once (202)."),
+    ) -> Any:
+        data = await file.read()
+        attrs = _json_object(attributes, "attributes") if attributes else None
+        job = await run_in_threadpool(
+            service.ingest_file, ns, file.filename or "upload", data, file.content_type, document_id, attrs
+        )
+        if wait:
+            while job.finished_at is None:
+                await asyncio.sleep(0.05)
+            if job.status == "failed":
+                return JSONResponse({"job": job.to_json()}, status_code=400 if job.error["code"] != "internal" else 500)
+            return JSONResponse({"job": job.to_json()}, status_code=200)
+        return {"job": job.to_json(), "status_url": f"/v1/jobs/{job.id}"}
+
+    @r.get("/v1/jobs/{job_id}")
+    def job_status(job_id: str) -> dict:
+        return {"job": service.jobs.get(job_id).to_json()}
 
     @r.post("/v1/namespaces/{ns}/index")
     def index(ns: str, body: IndexRequest | None = None) -> dict:
@@ -107,10 +136,24 @@ def _query_routes(service: Service) -> APIRouter:
             include=tuple(body.include),
             consistency=body.consistency,
             nprobe=body.nprobe,
+            mode=body.mode,
+            filter=body.filter,
+            rrf_k=body.rrf_k,
+            weights=body.weights,
         )
         return {"results": [h.__dict__ for h in result.hits], "version": result.version}
 
     return r
+
+
+def _json_object(text: str, name: str) -> dict:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise InvalidArgument(f"{name} is not valid JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise InvalidArgument(f"{name} must be a JSON object")
+    return value
 
 
 def _documents(raw: bytes) -> list:

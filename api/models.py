@@ -11,10 +11,18 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
+class Chunking(_Strict):
+    chunk_tokens: int = 256
+    overlap_tokens: int = 32
+
+
 class NamespaceCreate(_Strict):
     embedder: str = "minilm"
     dimensions: int | None = None
     metric: Literal["cosine", "dot", "l2"] = "cosine"
+    chunking: Chunking | bool | None = Field(
+        None, description="How long texts are split; false = never; default 256/32 tokens with an embedder."
+    )
 
 
 class Document(_Strict):
@@ -34,7 +42,8 @@ class UpsertResponse(BaseModel):
 
 
 class DeleteRequest(_Strict):
-    ids: list[str]
+    ids: list[str] | None = None
+    filter: dict[str, Any] | None = None
 
 
 class DeleteResponse(BaseModel):
@@ -49,6 +58,10 @@ class QueryRequest(_Strict):
     include: list[Literal["text", "attributes", "vector"]] = []
     consistency: Literal["strong", "eventual"] = "strong"
     nprobe: int | None = Field(None, description="Partitions searched per segment (default: automatic).")
+    mode: Literal["vector", "bm25", "hybrid"] = "vector"
+    filter: dict[str, Any] | None = Field(None, description="JSON filter on attributes and id (see README).")
+    rrf_k: int = Field(60, description="Reciprocal rank fusion constant (hybrid).")
+    weights: dict[str, float] | None = Field(None, description='Hybrid weights, e.g. {"vector": 1, "bm25": 0.5}.')
 
 
 class QueryHit(BaseModel):
@@ -57,6 +70,7 @@ class QueryHit(BaseModel):
     text: str | None = None
     attributes: dict[str, Any] | None = None
     vector: list[float] | None = None
+    scores: dict[str, float | None] | None = None
 
 
 class QueryResponse(BaseModel):

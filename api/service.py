@@ -9,9 +9,10 @@ from __future__ import annotations
 import threading
 from dataclasses import asdict
 
-from ingest import gc, validate
+from ingest import chunker, documents, gc, parsers, validate
 from ingest.commit import GroupCommitter
 from ingest.indexer import Indexer, IndexResult
+from ingest.jobs import Job, Jobs
 from query.engine import QueryEngine, QueryResult
 from storage import open_store
 from storage.base import ObjectStore
@@ -34,6 +35,8 @@ class Service:
         self.indexer = Indexer(self.catalog, self.store, self.reader, self.settings)
         self.committer = GroupCommitter(self.catalog, self.store, self.settings, on_commit=self.indexer.maybe_index)
         self.engine = QueryEngine(self.catalog, self.reader, self.settings)
+        self.jobs = Jobs()
+        self._counter = None
 
     def preload(self) -> None:
         """Load the configured embedder in a background thread (cold-start work off the query path)."""
@@ -55,15 +58,39 @@ class Service:
 
     # --- namespaces ----------------------------------------------------------------------
     def create_namespace(
-        self, ns: str, embedder: str = "minilm", dimensions: int | None = None, metric: str = "cosine"
+        self,
+        ns: str,
+        embedder: str = "minilm",
+        dimensions: int | None = None,
+        metric: str = "cosine",
+        chunking: dict | bool | None = None,
     ) -> tuple[Manifest, bool]:
+        """Create ``ns`` (or return it if it exists with the same configuration).
+
+        ``chunking``: ``{"chunk_tokens", "overlap_tokens"}``, ``False`` for none, or None for
+        the default (256/32 tokens with an embedder, none when the client sends vectors).
+        """
         check_namespace_name(ns)
         fixed = embedders.dimensions_of(embedder)
         if fixed is None and dimensions is None:
             raise InvalidArgument("embedder 'none' needs 'dimensions' (the length of the vectors you will send)")
         if fixed is not None and dimensions is not None and dimensions != fixed:
             raise InvalidArgument(f"embedder {embedder!r} makes {fixed}-dimensional vectors, not {dimensions}")
-        config = NamespaceConfig(embedder, fixed if dimensions is None else dimensions, metric).validate()
+        if chunking is None:
+            chunking = embedder != embedders.NONE
+        if chunking is True:
+            chunking = {}
+        if chunking is not False:
+            if not isinstance(chunking, dict) or set(chunking) - {"chunk_tokens", "overlap_tokens"}:
+                raise InvalidArgument('chunking is false or {"chunk_tokens": int, "overlap_tokens": int}')
+            chunking = chunker.ChunkingConfig(**chunking)  # validates the sizes
+        config = NamespaceConfig(
+            embedder,
+            fixed if dimensions is None else dimensions,
+            metric,
+            chunk_tokens=chunking.chunk_tokens if chunking else None,
+            overlap_tokens=chunking.overlap_tokens if chunking else 0,
+        ).validate()
         return self.catalog.create(ns, config)
 
     def describe(self, ns: str, consistency: str = "strong") -> dict:
@@ -88,17 +115,76 @@ class Service:
         return self.catalog.drop(ns).version
 
     # --- writes ---------------------------------------------------------------------------
-    def upsert(self, ns: str, documents: list) -> tuple[int, int]:
+    def upsert(self, ns: str, docs: list) -> tuple[int, int]:
+        """Upsert documents (long texts become chunks); returns (version, rows written)."""
         config = self.catalog.latest(ns).config
-        rows = validate.prepare_upserts(documents, config, self.settings)
-        version = self.committer.write(ns, WriteBatch(rows, []), config.dimensions)
-        return version, len(rows)
+        expanded = documents.expand(docs, config, self.token_counter()) if config.chunk_tokens else docs
+        rows = validate.prepare_upserts(expanded, config, self.settings)
+        return self._write_replacing(ns, config, rows, documents.parents(expanded)), len(rows)
 
-    def delete(self, ns: str, ids: list) -> tuple[int, int]:
+    def _write_replacing(self, ns: str, config, rows: RowBatch, parents: list[str]) -> int:
+        """Write ``rows``, deleting in the same commit the old chunks of ``parents`` that
+        the new rows do not overwrite (a re-ingested document may have fewer chunks)."""
+        stale = sorted(set(self._chunks_of(ns, parents)) - set(rows.ids)) if parents else []
+        return self.committer.write(ns, WriteBatch(rows, stale), config.dimensions)
+
+    def _chunks_of(self, ns: str, parents: list[str]) -> list[str]:
+        ids: list[str] = []
+        for lo in range(0, len(parents), 1000):  # the filter language caps $in at 1,000 values
+            ids += self.engine.matching_ids(ns, {"doc_id": {"$in": parents[lo : lo + 1000]}})
+        return ids
+
+    def delete(self, ns: str, ids: list | None = None, filter: dict | None = None) -> tuple[int, int]:
+        """Delete by ids (a document's chunks go with it) and/or by filter."""
         config = self.catalog.latest(ns).config
-        checked = validate.check_ids(ids, self.settings)
-        batch = WriteBatch(RowBatch.empty(config.dimensions), checked)
-        return self.committer.write(ns, batch, config.dimensions), len(checked)
+        if ids is None and filter is None:
+            raise InvalidArgument("give 'ids' or 'filter'")
+        doomed = validate.check_ids(ids, self.settings) if ids is not None else []
+        if filter is not None:
+            doomed += self.engine.matching_ids(ns, filter)
+        if config.chunk_tokens and doomed:
+            doomed += self._chunks_of(ns, sorted(set(doomed)))
+        doomed = sorted(set(doomed))
+        if not doomed:
+            return self.catalog.latest(ns).version, 0
+        batch = WriteBatch(RowBatch.empty(config.dimensions), doomed)
+        return self.committer.write(ns, batch, config.dimensions), len(doomed)
+
+    def ingest_file(self, ns: str, filename: str, data: bytes, content_type: str | None,
+                    document_id: str | None, attributes: dict | None) -> Job:
+        """Start a job that parses, chunks, embeds and commits an uploaded file."""
+        config = self.catalog.latest(ns).config
+        if config.embedder == embedders.NONE:
+            raise InvalidArgument("files need an embedder; this namespace takes vectors (embedder 'none')")
+        if attributes is not None and not isinstance(attributes, dict):
+            raise InvalidArgument("attributes must be a JSON object")
+        kind = parsers.file_kind(filename, content_type)
+        if kind == "jsonl":
+            docs = parsers.parse_jsonl(data, self.settings.max_batch_docs, max_bytes=self.settings.max_body_bytes)
+            return self.jobs.start(ns, filename, lambda job: self._run_docs_job(job, ns, config, docs))
+        parent = validate.check_id(document_id or filename, "document_id")
+        parsed = parsers.parse_file(filename, data, content_type, max_bytes=self.settings.max_body_bytes)
+        docs = documents.file_documents(parent, parsed, config, self.token_counter(), attributes or {}, filename)
+        return self.jobs.start(ns, filename, lambda job: self._run_docs_job(job, ns, config, docs))
+
+    def _run_docs_job(self, job: Job, ns: str, config, docs: list) -> None:
+        if config.chunk_tokens:
+            docs = documents.expand(docs, config, self.token_counter())
+        job.chunks_total = len(docs)
+        job.documents = len(documents.parents(docs)) or len(docs)
+        batches = []
+        for lo in range(0, len(docs), self.settings.embed_batch_size):
+            batches.append(validate.prepare_upserts(docs[lo : lo + self.settings.embed_batch_size], config, self.settings))
+            job.chunks_done = min(len(docs), lo + self.settings.embed_batch_size)
+        rows = RowBatch.concat(batches, config.dimensions)
+        validate.reject_duplicate_ids(rows.ids)
+        job.version = self._write_replacing(ns, config, rows, documents.parents(docs))
+
+    def token_counter(self):
+        """The tokenizer that chunk sizes are measured in (loaded once, no torch)."""
+        if self._counter is None:
+            self._counter = chunker.TokenizerCounter(self.settings.model_path or embedders.bundled_model_dir())
+        return self._counter
 
     # --- reads ----------------------------------------------------------------------------
     def query(self, ns: str, **kwargs) -> QueryResult:

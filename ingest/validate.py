@@ -42,6 +42,11 @@ def check_ids(ids: Any, settings: Settings) -> list[str]:
     return checked
 
 
+def reject_duplicate_ids(ids: list[str], where: str = "documents") -> None:
+    """InvalidArgument if an id occurs twice (one write cannot upsert an id twice)."""
+    _reject_duplicates(ids, where)
+
+
 def _reject_duplicates(ids: list[str], where: str) -> None:
     seen: set[str] = set()
     for n, doc_id in enumerate(ids):

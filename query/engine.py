@@ -1,31 +1,33 @@
 """The read path of a stateless query worker.
 
 For one query: resolve the manifest (strong: check for a newer version; eventual: reuse a
-recent one), embed the text if needed, then for every segment pick the ``nprobe`` nearest
-partitions from its (cached) centroids, fetch those partitions in parallel with ranged
-reads, scan them exactly, drop rows that are tombstoned or overridden by the unindexed
-tail, scan the tail exhaustively, and merge the top-k. Nothing here outlives a restart
-except what the store's cache holds; a fresh worker answers exactly the same.
+recent one), embed the text if needed, run the vector search (:mod:`query.vector_search`),
+the BM25 search (:mod:`query.lexical`) or both fused by reciprocal rank
+(:mod:`query.fusion`), then fetch the requested fields of the winners. Nothing here
+outlives a restart except what the store's cache holds; a fresh worker answers the same.
 """
 
 from __future__ import annotations
 
-import heapq
 import json
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from query import fusion, lexical, vector_search
+from query.plan import TAIL, Candidate, Context, partition_of
 from storage.errors import ObjectNotFound
-from vectordb import embedders, ivf
+from vectordb import embedders
 from vectordb.catalog import Catalog
 from vectordb.errors import DocumentNotFound, InvalidArgument
-from vectordb.manifest import Manifest, SegmentRef
+from vectordb.filters import parse_filter
+from vectordb.manifest import Manifest
 from vectordb.reader import NamespaceReader
 from vectordb.settings import Settings
 
 INCLUDABLE = ("text", "attributes", "vector")
 CONSISTENCY = ("strong", "eventual")
+MODES = ("vector", "bm25", "hybrid")
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,7 @@ class Hit:
     text: str | None = None
     attributes: dict | None = None
     vector: list[float] | None = None
+    scores: dict[str, float] | None = None  # per mode, for hybrid queries
 
 
 @dataclass
@@ -45,10 +48,18 @@ class QueryResult:
 
 
 @dataclass(frozen=True)
-class _Candidate:
-    score: float
-    id: str
-    source: object  # ("tail", row) or (SegmentRef, partition, row-in-partition)
+class QueryRequest:
+    vector: list[float] | np.ndarray | None = None
+    text: str | None = None
+    top_k: int = 10
+    include: tuple[str, ...] = ()
+    consistency: str = "strong"
+    nprobe: int | None = None
+    mode: str = "vector"
+    filter: dict | None = None
+    rrf_k: int = 60
+    weights: dict[str, float] | None = None
+    candidates: int = 100  # per list, before fusion
 
 
 class QueryEngine:
@@ -58,36 +69,35 @@ class QueryEngine:
         self.settings = settings
 
     # --- public ------------------------------------------------------------------------
-    def query(
-        self,
-        ns: str,
-        *,
-        vector: list[float] | np.ndarray | None = None,
-        text: str | None = None,
-        top_k: int = 10,
-        include: tuple[str, ...] = (),
-        consistency: str = "strong",
-        nprobe: int | None = None,
-    ) -> QueryResult:
-        """Nearest documents to ``vector`` (or to the embedding of ``text``)."""
-        if consistency not in CONSISTENCY:
-            raise InvalidArgument(f"consistency must be one of {', '.join(CONSISTENCY)}")
-        if not 1 <= top_k <= self.settings.max_top_k:
-            raise InvalidArgument(f"top_k must be between 1 and {self.settings.max_top_k}")
-        bad = set(include) - set(INCLUDABLE)
-        if bad:
-            raise InvalidArgument(f"include may name {', '.join(INCLUDABLE)}; not {sorted(bad)}")
-        if nprobe is not None and nprobe < 1:
-            raise InvalidArgument("nprobe must be at least 1")
-        manifest = self.catalog.latest(ns, consistency)
-        q = self._query_vector(manifest, vector, text)
+    def query(self, ns: str, **kwargs) -> QueryResult:
+        """Search ``ns``; see :class:`QueryRequest` for the arguments."""
+        req = QueryRequest(**kwargs)
+        self._validate(req)
+        filt = parse_filter(req.filter) if req.filter is not None else None
+        manifest = self.catalog.latest(ns, req.consistency)
+        q = self._query_vector(manifest, req) if req.mode in ("vector", "hybrid") else None
         try:
-            return self._search(manifest, q, top_k, include, nprobe)
+            return self._search(manifest, req, q, filt)
         except ObjectNotFound:
             # Garbage collection removed an object of an old version under our feet:
             # the newest manifest never references removed objects.
             manifest = self.catalog.latest(ns, "strong")
-            return self._search(manifest, q, top_k, include, nprobe)
+            return self._search(manifest, req, q, filt)
+
+    def matching_ids(self, ns: str, raw_filter: dict) -> list[str]:
+        """Ids of every live document matching ``raw_filter`` (strongly consistent)."""
+        filt = parse_filter(raw_filter)
+        manifest = self.catalog.latest(ns)
+        ctx = Context.of(manifest, self.reader.tail(manifest), filt, raw_filter, None)
+        ids = [ctx.tail.rows.ids[r] for r in np.flatnonzero(self.reader.tail_filter_mask(manifest, filt, ctx.filter_key))]
+        for seg in manifest.segments:
+            mask = self.reader.filter_mask(ns, seg, filt, ctx.filter_key)
+            live = self.reader.live_mask(ns, seg, ctx.tail.touched, ctx.tail_sig)
+            if live is not None:
+                mask = mask & live
+            seg_ids = self.reader.ids(ns, seg)
+            ids += [seg_ids[r] for r in np.flatnonzero(mask)]
+        return ids
 
     def get_document(self, ns: str, doc_id: str, consistency: str = "strong") -> Hit:
         manifest = self.catalog.latest(ns, consistency)
@@ -95,32 +105,51 @@ class QueryEngine:
         if doc_id in tail.touched:
             if doc_id in tail.deleted:
                 raise DocumentNotFound(f"document {doc_id!r} not found in {ns!r}")
-            row = tail.rows.ids.index(doc_id)
-            return self._tail_hit(manifest, row, 0.0, ("text", "attributes"))
+            cand = Candidate(0.0, doc_id, TAIL, tail.rows.ids.index(doc_id))
+            return self._hit(manifest, cand, ("text", "attributes"))
         for seg in reversed(manifest.segments):
             if doc_id in self.reader.tombstones(ns, seg):
                 continue
-            docs = self.reader.docs(ns, seg)
-            ids = docs.column("id").to_pylist()
+            ids = self.reader.ids(ns, seg)
             if doc_id in ids:
-                row = ids.index(doc_id)
-                attrs = docs.column("attributes")[row].as_py()
-                return Hit(doc_id, 0.0, docs.column("text")[row].as_py(), json.loads(attrs) if attrs else None)
+                return self._hit(manifest, Candidate(0.0, doc_id, seg, ids.index(doc_id)), ("text", "attributes"))
         raise DocumentNotFound(f"document {doc_id!r} not found in {ns!r}")
 
     # --- internals -----------------------------------------------------------------------
-    def _query_vector(self, manifest: Manifest, vector, text) -> np.ndarray:
-        config = manifest.config
-        if (vector is None) == (text is None):
+    def _validate(self, req: QueryRequest) -> None:
+        if req.consistency not in CONSISTENCY:
+            raise InvalidArgument(f"consistency must be one of {', '.join(CONSISTENCY)}")
+        if req.mode not in MODES:
+            raise InvalidArgument(f"mode must be one of {', '.join(MODES)}")
+        if not 1 <= req.top_k <= self.settings.max_top_k:
+            raise InvalidArgument(f"top_k must be between 1 and {self.settings.max_top_k}")
+        bad = set(req.include) - set(INCLUDABLE)
+        if bad:
+            raise InvalidArgument(f"include may name {', '.join(INCLUDABLE)}; not {sorted(bad)}")
+        if req.nprobe is not None and req.nprobe < 1:
+            raise InvalidArgument("nprobe must be at least 1")
+        if req.mode in ("bm25", "hybrid") and (not isinstance(req.text, str) or not req.text.strip()):
+            raise InvalidArgument(f"mode {req.mode!r} needs 'text'")
+        if req.mode == "bm25" and req.vector is not None:
+            raise InvalidArgument("mode 'bm25' takes 'text', not 'vector'")
+        if req.mode == "vector" and (req.vector is None) == (req.text is None):
             raise InvalidArgument("give exactly one of 'vector' or 'text'")
-        if text is not None:
-            if not isinstance(text, str) or not text.strip():
-                raise InvalidArgument("text must be a non-empty string")
-            q = embedders.get(config.embedder, self.settings).embed_query(text)
-        else:
-            from ingest.validate import check_vector  # shared rule for every vector we accept
+        if not 1 <= req.rrf_k <= 10_000:
+            raise InvalidArgument("rrf_k must be between 1 and 10000")
+        for name, weight in (req.weights or {}).items():
+            if name not in ("vector", "bm25") or not isinstance(weight, (int, float)) or not weight >= 0:
+                raise InvalidArgument("weights maps 'vector' and/or 'bm25' to a number >= 0")
 
-            q = check_vector(list(vector), config.dimensions, "vector")
+    def _query_vector(self, manifest: Manifest, req: QueryRequest) -> np.ndarray:
+        config = manifest.config
+        if req.vector is not None:
+            from ingest.validate import check_vector  # one rule for every vector we accept
+
+            q = check_vector(list(req.vector), config.dimensions, "vector")
+        else:
+            if not isinstance(req.text, str) or not req.text.strip():
+                raise InvalidArgument("text must be a non-empty string")
+            q = embedders.get(config.embedder, self.settings).embed_query(req.text)
         q = np.asarray(q, np.float32)
         if config.metric == "cosine":
             norm = float(np.linalg.norm(q))
@@ -129,72 +158,56 @@ class QueryEngine:
             q = q / norm
         return q
 
-    def _search(self, manifest: Manifest, q: np.ndarray, k: int, include, nprobe: int | None) -> QueryResult:
-        ns, metric = manifest.namespace, manifest.config.metric
-        tail = self.reader.tail(manifest)
-        candidates: list[_Candidate] = []
-        if len(tail):
-            scores, rows = ivf.scan(tail.rows.vectors, q, k, metric)
-            candidates += [_Candidate(float(s), tail.rows.ids[r], ("tail", int(r))) for s, r in zip(scores, rows)]
-        for seg in manifest.segments:
-            candidates += self._search_segment(ns, seg, q, k, metric, nprobe, tail.touched)
-        best = heapq.nlargest(k, candidates, key=lambda c: c.score)
-        hits = self._materialise(manifest, best, include)
-        return QueryResult(hits, manifest.version)
+    def _search(self, manifest: Manifest, req: QueryRequest, q, filt) -> QueryResult:
+        nprobe = req.nprobe or self.settings.nprobe or None
+        ctx = Context.of(manifest, self.reader.tail(manifest), filt, req.filter, nprobe)
+        k = req.top_k
+        if req.mode == "vector":
+            ranked = _best(vector_search.search(self.reader, ctx, q, k, self.settings.filter_exact_max_rows), k)
+            hits = [self._hit(manifest, c, req.include) for c in ranked]
+        elif req.mode == "bm25":
+            ranked = _best(lexical.search(self.reader, ctx, req.text, k), k)
+            hits = [self._hit(manifest, c, req.include) for c in ranked]
+        else:
+            n = max(k, req.candidates)
+            lists = {
+                "vector": _best(vector_search.search(self.reader, ctx, q, n, self.settings.filter_exact_max_rows), n),
+                "bm25": _best(lexical.search(self.reader, ctx, req.text, n), n),
+            }
+            fused = fusion.rrf(lists, req.weights or {}, req.rrf_k)[:k]
+            hits = [self._hit(manifest, cand, req.include, score, per) for score, cand, per in fused]
+        return QueryResult(hits, manifest.version, ctx.timings_ms)
 
-    def _search_segment(self, ns, seg: SegmentRef, q, k, metric, nprobe, touched) -> list[_Candidate]:
-        layout = self.reader.layout(ns, seg)
-        dead = self.reader.tombstones(ns, seg)
-        nprobe = nprobe or self.settings.nprobe or ivf.default_nprobe(layout.nlist)
-        probes = ivf.probe(layout.centroids, q.reshape(1, -1), nprobe, metric)[0]
-        probes = [int(p) for p in probes if p >= 0 and layout.rows_in(int(p)) > 0]
-        out = []
-        for p, part in zip(probes, self.reader.partitions(ns, seg, layout, probes)):
-            # Ask for enough extra rows that dropping the dead ones still leaves k.
-            extra = sum(1 for i in part.ids if i in dead or i in touched) if (dead or touched) else 0
-            scores, rows = ivf.scan(part.vectors, q, k + extra, metric)
-            for s, r in zip(scores, rows):
-                doc_id = part.ids[r]
-                if doc_id not in dead and doc_id not in touched:
-                    out.append(_Candidate(float(s), doc_id, (seg, p, int(r))))
-        return out
-
-    def _materialise(self, manifest: Manifest, best: list[_Candidate], include) -> list[Hit]:
+    def _hit(self, manifest: Manifest, c: Candidate, include, score: float | None = None, scores=None) -> Hit:
+        score = c.score if score is None else score
+        if scores is not None:
+            scores = {"vector": scores.get("vector"), "bm25": scores.get("bm25")}
         if not include:
-            return [Hit(c.id, c.score) for c in best]
-        hits = []
-        for c in best:
-            if c.source[0] == "tail":
-                hits.append(self._tail_hit(manifest, c.source[1], c.score, include))
-            else:
-                seg, p, r = c.source
-                hits.append(self._segment_hit(manifest, seg, p, r, c, include))
-        return hits
-
-    def _tail_hit(self, manifest: Manifest, row: int, score: float, include) -> Hit:
-        rows = self.reader.tail(manifest).rows
-        attrs = rows.attributes[row]
-        return Hit(
-            rows.ids[row],
-            score,
-            text=rows.texts[row] if "text" in include else None,
-            attributes=(json.loads(attrs) if attrs else {}) if "attributes" in include else None,
-            vector=rows.vectors[row].tolist() if "vector" in include else None,
-        )
-
-    def _segment_hit(self, manifest: Manifest, seg: SegmentRef, p: int, r: int, c: _Candidate, include) -> Hit:
+            return Hit(c.id, score, scores=scores)
         ns = manifest.namespace
-        layout = self.reader.layout(ns, seg)
-        docs = self.reader.docs(ns, seg)
-        row = int(layout.part_rows[p]) + r
-        attrs = docs.column("attributes")[row].as_py()
-        vector = None
-        if "vector" in include:
-            vector = self.reader.partition(ns, seg, layout, p).vectors[r].tolist()
+        if c.segment is TAIL:
+            rows = self.reader.tail(manifest).rows
+            text, attrs, vector = rows.texts[c.row], rows.attributes[c.row], rows.vectors[c.row]
+        else:
+            docs = self.reader.docs(ns, c.segment)
+            text = docs.column("text")[c.row].as_py()
+            attrs = docs.column("attributes")[c.row].as_py()
+            vector = None
+            if "vector" in include:
+                layout = self.reader.layout(ns, c.segment)
+                p = int(partition_of(layout.part_rows, np.array([c.row]))[0])
+                part = self.reader.partition(ns, c.segment, layout, p)
+                vector = part.vectors[c.row - int(layout.part_rows[p])]
         return Hit(
             c.id,
-            c.score,
-            text=docs.column("text")[row].as_py() if "text" in include else None,
+            score,
+            text=text if "text" in include else None,
             attributes=(json.loads(attrs) if attrs else {}) if "attributes" in include else None,
-            vector=vector,
+            vector=np.asarray(vector).tolist() if "vector" in include else None,
+            scores=scores,
         )
+
+
+def _best(candidates: list[Candidate], k: int) -> list[Candidate]:
+    """Top k by score, ties broken by id so every worker answers identically."""
+    return sorted(candidates, key=lambda c: (-c.score, c.id))[:k]

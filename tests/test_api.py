@@ -39,7 +39,7 @@ def test_quickstart_flow(client):
     assert r.status_code == 200 and r.json()["created"] is True
     assert client.put("/v1/namespaces/docs", json={"embedder": "fake"}).json()["created"] is False
     r = client.post("/v1/namespaces/docs/documents", json={"documents": [
-        {"id": "1", "text": "solar panels on the roof", "attributes": {"lang": "en"}},
+        {"id": "1", "text": "solar panels on the roof", "attributes": {"lang": "en", "doc_id": "1"}},
         {"id": "2", "text": "wind turbines at sea"},
     ]})
     assert r.status_code == 200 and r.json()["upserted"] == 2
@@ -49,7 +49,7 @@ def test_quickstart_flow(client):
     body = r.json()
     assert body["version"] >= version
     assert body["results"][0] == {"id": "1", "score": pytest.approx(body["results"][0]["score"]),
-                                  "text": "solar panels on the roof", "attributes": {"lang": "en"}}
+                                  "text": "solar panels on the roof", "attributes": {"lang": "en", "doc_id": "1"}}
     assert client.get("/v1/namespaces/docs/documents/2").json()["text"] == "wind turbines at sea"
     assert client.post("/v1/namespaces/docs/index", json={}).json()["indexed_rows"] == 2
     info = client.get("/v1/namespaces/docs").json()

@@ -86,7 +86,7 @@ def test_read_your_writes_overwrite_and_delete_across_tail_and_segments(svc):
     svc.upsert("ns", [{"id": "a", "text": "green grass field", "attributes": {"v": 2}}])
     hits = svc.query("ns", text="green grass", top_k=5, include=("text", "attributes")).hits
     assert [h.id for h in hits].count("a") == 1
-    assert hits[0].id == "a" and hits[0].text == "green grass field" and hits[0].attributes == {"v": 2}
+    assert hits[0].id == "a" and hits[0].text == "green grass field" and hits[0].attributes == {"v": 2, "doc_id": "a"}
     assert svc.get_document("ns", "a")["text"] == "green grass field"
     svc.delete("ns", ["b"])
     assert "b" not in [h.id for h in svc.query("ns", text="blue ocean", top_k=5).hits]

@@ -12,7 +12,8 @@ translated into these at the boundary that meets them (``raise ... from exc``).
     │   └── DocumentNotFound (404, document_not_found)
     ├── AlreadyExists (409, already_exists)
     ├── Conflict (409, conflict)  -- optimistic commit retried too often
-    └── StorageUnavailable (503, storage_unavailable)
+    ├── StorageUnavailable (503, storage_unavailable)
+    └── UpstreamError (502, llm_unavailable)  -- the LLM behind /rag failed or is unreachable
 
 Storage-level signals that callers handle themselves (not client-visible as such):
 ``ObjectNotFound`` (a key is absent) and ``PreconditionFailed`` (a conditional create
@@ -69,3 +70,10 @@ class Conflict(VectorDBError):
 class StorageUnavailable(VectorDBError):
     status = 503
     code = "storage_unavailable"
+
+
+class UpstreamError(VectorDBError):
+    """A service we call on the client's behalf (the chat LLM behind RAG) failed or is unreachable."""
+
+    status = 502
+    code = "llm_unavailable"

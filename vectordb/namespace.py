@@ -32,13 +32,22 @@ class NamespaceConfig:
     embedder: str  # "none" = the client supplies vectors
     dimensions: int
     metric: str = "cosine"
+    # Texts longer than this many tokens are split into chunks (None: never split).
+    chunk_tokens: int | None = None
+    overlap_tokens: int = 0
 
     def to_json(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_json(cls, data: dict) -> "NamespaceConfig":
-        return cls(embedder=data["embedder"], dimensions=int(data["dimensions"]), metric=data["metric"])
+        return cls(
+            embedder=data["embedder"],
+            dimensions=int(data["dimensions"]),
+            metric=data["metric"],
+            chunk_tokens=data.get("chunk_tokens"),
+            overlap_tokens=int(data.get("overlap_tokens", 0)),
+        )
 
     def validate(self) -> "NamespaceConfig":
         if self.metric not in METRICS:

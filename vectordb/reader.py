@@ -15,6 +15,8 @@ import pyarrow as pa
 
 from storage.base import ObjectStore
 from vectordb import segment, wal
+from vectordb.bm25 import BM25Index
+from vectordb.filters import Filter, matching_rows
 from vectordb.manifest import Manifest, SegmentRef, WalRef
 from vectordb.segment import Layout, Partition
 from vectordb.tail import Tail, fold
@@ -53,6 +55,9 @@ class NamespaceReader:
         self._wal = _Memo(4096)
         self._tails = _Memo(64)
         self._docs = _Memo(64)
+        self._ids = _Memo(64)
+        self._lexical = _Memo(256)
+        self._masks = _Memo(256)
 
     def layout(self, ns: str, seg: SegmentRef) -> Layout:
         key = segment.file_key(ns, seg.id, "ivf.bin")
@@ -92,6 +97,46 @@ class NamespaceReader:
         """The whole ``docs.parquet`` of a segment."""
         key = segment.file_key(ns, seg.id, "docs.parquet")
         return self._docs.get(key, lambda: segment.read_docs(self.store.get(key)))
+
+    def ids(self, ns: str, seg: SegmentRef) -> list[str]:
+        """Every id of a segment, in segment row order."""
+        key = segment.file_key(ns, seg.id, "docs.parquet")
+        return self._ids.get(key, lambda: self.docs(ns, seg).column("id").to_pylist())
+
+    def bm25(self, ns: str, seg: SegmentRef) -> BM25Index:
+        key = segment.file_key(ns, seg.id, "bm25.bin")
+        return self._lexical.get(key, lambda: BM25Index.from_bytes(self.store.get(key)))
+
+    def tail_bm25(self, manifest: Manifest) -> BM25Index:
+        tail = self.tail(manifest)
+        sig = ("bm25",) + tuple(w.key for w in manifest.wal)
+        return self._lexical.get(sig, lambda: BM25Index.build(t or "" for t in tail.rows.texts))
+
+    def live_mask(self, ns: str, seg: SegmentRef, touched: frozenset[str], tail_sig: tuple) -> np.ndarray | None:
+        """Rows of the segment that are neither tombstoned nor overridden by the tail
+        (None: all of them)."""
+        dead = self.tombstones(ns, seg)
+        if not dead and not touched:
+            return None
+
+        def make() -> np.ndarray:
+            return np.fromiter((i not in dead and i not in touched for i in self.ids(ns, seg)), bool, seg.rows)
+
+        return self._masks.get(("live", seg.id, seg.tombstones_key, tail_sig), make)
+
+    def filter_mask(self, ns: str, seg: SegmentRef, filt: Filter, filter_key: str) -> np.ndarray:
+        """Rows of the segment whose id and attributes match ``filt`` (DuckDB)."""
+
+        def make() -> np.ndarray:
+            docs = self.docs(ns, seg)
+            return matching_rows(filt, docs.column("id").combine_chunks(), docs.column("attributes").combine_chunks())
+
+        return self._masks.get(("filter", seg.id, filter_key), make)
+
+    def tail_filter_mask(self, manifest: Manifest, filt: Filter, filter_key: str) -> np.ndarray:
+        rows = self.tail(manifest).rows
+        sig = tuple(w.key for w in manifest.wal)
+        return self._masks.get(("tail-filter", sig, filter_key), lambda: matching_rows(filt, rows.ids, rows.attributes))
 
     def wal_batch(self, ref: WalRef, dims: int):
         return self._wal.get(ref.key, lambda: wal.decode(self.store.get(ref.key), dims))

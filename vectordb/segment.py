@@ -14,6 +14,9 @@ A segment ``<ns>/segments/<id>/`` has three objects:
     ``id``, ``text``, ``attributes`` (JSON text), one row group per partition (empty ones
     included), rows in the same order as ``vectors.bin``: row group ``p`` holds partition
     ``p``'s documents, so fetching the fields of a hit reads one row group.
+``bm25.bin``
+    the BM25 inverted index over the rows' text (:mod:`vectordb.bm25`), row ``i`` = segment
+    row ``i``.
 
 Segment rows are sorted by partition; "row r of the segment" means the same document in
 both files.
@@ -30,12 +33,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vectordb import ivf, keys
+from vectordb import bm25, ivf, keys
 from vectordb.errors import VectorDBError
 from vectordb.rows import RowBatch
 
 MAGIC = b"VDBIVF01"
-FILES = ("ivf.bin", "vectors.bin", "docs.parquet")
+FILES = ("ivf.bin", "vectors.bin", "docs.parquet", "bm25.bin")
 DOCS_SCHEMA = pa.schema([("id", pa.string()), ("text", pa.string()), ("attributes", pa.string())])
 
 
@@ -152,7 +155,13 @@ def build(rows: RowBatch, metric: str, rows_per_partition: int, flat_max_rows: i
     part_bytes = np.zeros(nlist + 1, np.int64)
     np.cumsum([len(b) for b in blobs], out=part_bytes[1:])
     layout = Layout(centroids, part_bytes, part_rows)
-    files = {"ivf.bin": layout.to_bytes(), "vectors.bin": b"".join(blobs), "docs.parquet": writer_sink.getvalue()}
+    lexical = bm25.BM25Index.build(t or "" for t in sorted_rows.texts)
+    files = {
+        "ivf.bin": layout.to_bytes(),
+        "vectors.bin": b"".join(blobs),
+        "docs.parquet": writer_sink.getvalue(),
+        "bm25.bin": lexical.to_bytes(),
+    }
     return BuiltSegment(new_segment_id(), nlist, n, files)
 
 

@@ -79,6 +79,9 @@ class Settings(BaseSettings):
     nprobe: int = Field(0, description="Partitions searched per segment; 0 chooses from nlist.")
 
     # --- read path ------------------------------------------------------------------------
+    filter_exact_max_rows: int = Field(
+        20_000, description="A filter that keeps at most this many rows of a segment is searched exactly."
+    )
     eventual_ttl_s: float = Field(5.0, description="How long 'eventual' queries may reuse a cached manifest.")
     fetch_threads: int = Field(16, description="Parallel object-store reads per query.")
 

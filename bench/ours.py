@@ -1,0 +1,450 @@
+"""Our service on SeaweedFS, measured the way a user would meet it.
+
+* ingest: real ``vectordb serve --role ingest`` process, HTTP upserts of precomputed
+  vectors in ``batch``-row requests from ``clients`` concurrent clients; a write counts
+  when acknowledged (durable: its manifest commit succeeded). Then POST /index.
+* in-process: ``Service(...).query(ns, vector=..., top_k=10, consistency="eventual")``
+  on a fresh ``Service`` with its own empty cache (connect -> first answer), with a
+  :class:`CountingStore` under the cache that records every object-store request;
+  then a warm-up pass and a measured pass over all queries.
+* HTTP: a fresh ``vectordb serve --role query`` process (process start -> first answer),
+  then warm-up and measured passes, and the worker's RSS from /proc.
+* embedding: the namespace embedder ``minilm`` (bundled all-MiniLM-L6-v2) on NFCorpus.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import dataset as ds_mod  # noqa: E402
+from api.service import Service  # noqa: E402
+from storage import CachedStore, open_raw_store  # noqa: E402
+from storage.base import ObjectInfo, ObjectStore  # noqa: E402
+from tests.servers import free_port  # noqa: E402
+from vectordb.settings import Settings  # noqa: E402
+
+NAMESPACE = "bench"
+
+
+# --------------------------------------------------------------------------- counting store
+
+
+@dataclass(frozen=True)
+class Request:
+    op: str  # GET, GET_RANGE, HEAD, PUT, PUT_IF_ABSENT, DELETE, LIST, LIST_PREFIXES
+    key: str
+    bytes: int
+    start: float  # perf_counter seconds
+    end: float
+    error: str | None = None
+
+
+class CountingStore:
+    """An ObjectStore wrapper that records every request that reaches the real store."""
+
+    def __init__(self, inner: ObjectStore) -> None:
+        self.inner = inner
+        self.uri = inner.uri
+        self._lock = threading.Lock()
+        self.requests: list[Request] = []
+
+    def take(self) -> list[Request]:
+        """The requests recorded since the last take, oldest first."""
+        with self._lock:
+            out, self.requests = self.requests, []
+        return sorted(out, key=lambda r: r.start)
+
+    def _timed(self, op: str, key: str, fn, size=len):
+        started = time.perf_counter()
+        try:
+            result = fn()
+        except Exception as exc:
+            self._record(Request(op, key, 0, started, time.perf_counter(), type(exc).__name__))
+            raise
+        self._record(Request(op, key, size(result), started, time.perf_counter()))
+        return result
+
+    def _record(self, request: Request) -> None:
+        with self._lock:
+            self.requests.append(request)
+
+    def get(self, key: str) -> bytes:
+        return self._timed("GET", key, lambda: self.inner.get(key))
+
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        return self._timed("GET_RANGE", key, lambda: self.inner.get_range(key, start, length))
+
+    def head(self, key: str) -> ObjectInfo | None:
+        return self._timed("HEAD", key, lambda: self.inner.head(key), lambda _: 0)
+
+    def put(self, key: str, data: bytes) -> None:
+        self._timed("PUT", key, lambda: self.inner.put(key, data), lambda _: len(data))
+
+    def put_if_absent(self, key: str, data: bytes) -> None:
+        self._timed("PUT_IF_ABSENT", key, lambda: self.inner.put_if_absent(key, data), lambda _: len(data))
+
+    def delete(self, key: str) -> None:
+        self._timed("DELETE", key, lambda: self.inner.delete(key), lambda _: 0)
+
+    def list(self, prefix: str, start_after: str | None = None) -> Iterator[ObjectInfo]:
+        return iter(self._timed("LIST", prefix, lambda: list(self.inner.list(prefix, start_after)), lambda _: 0))
+
+    def list_prefixes(self, prefix: str) -> list[str]:
+        return self._timed("LIST_PREFIXES", prefix, lambda: self.inner.list_prefixes(prefix), lambda _: 0)
+
+
+def round_trips(requests: list[Request]) -> int:
+    """Depth of the critical path: requests that overlap in time form one round."""
+    rounds, round_end = 0, None
+    for r in sorted(requests, key=lambda r: r.start):
+        if round_end is None or r.start >= round_end:
+            rounds += 1
+            round_end = r.end
+        else:
+            round_end = max(round_end, r.end)
+    return rounds
+
+
+def describe_requests(requests: list[Request]) -> dict:
+    t0 = requests[0].start if requests else 0.0
+    return {
+        "requests": len(requests),
+        "bytes": sum(r.bytes for r in requests),
+        "round_trips": round_trips(requests),
+        "by_op": dict(Counter(r.op + (f"({r.error})" if r.error else "") for r in requests)),
+        "trace": [
+            {"op": r.op, "key": r.key.split("/", 1)[-1], "bytes": r.bytes, "start_ms": round((r.start - t0) * 1000, 2),
+             "end_ms": round((r.end - t0) * 1000, 2), **({"error": r.error} if r.error else {})}
+            for r in requests
+        ],
+    }
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def ms(seconds: float) -> float:
+    return round(seconds * 1000, 3)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, int(np.ceil(q * len(ordered))) - 1))]
+
+
+def proc_memory(pid: int) -> dict:
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            out["rss_mb"] = round(int(line.split()[1]) / 1024, 1)
+        elif line.startswith("VmHWM:"):
+            out["peak_rss_mb"] = round(int(line.split()[1]) / 1024, 1)
+    return out
+
+
+def row_of(doc_id: str) -> int:
+    return int(doc_id[1:])
+
+
+def upsert_body(base: np.ndarray, lo: int, hi: int) -> bytes:
+    """``{"documents": [{"id", "vector"}...]}`` for rows [lo, hi).
+
+    Written as integers with an exponent (``1234567e-7``): valid JSON numbers, exact to
+    1e-7 (finer than float32 resolution at these magnitudes), and ~3x faster to produce
+    than json.dumps of floats, so the client does not steal the server's CPU.
+    """
+    ints = np.rint(np.asarray(base[lo:hi], np.float64) * 1e7).astype(np.int64).tolist()
+    docs = ",".join(
+        '{"id":"%s","vector":[%se-7]}' % (ds_mod.doc_id(lo + i), "e-7,".join(map(str, row)))
+        for i, row in enumerate(ints)
+    )
+    return ('{"documents":[' + docs + "]}").encode()
+
+
+class Worker:
+    """A ``vectordb serve`` subprocess on 127.0.0.1 (ended by PID when done)."""
+
+    def __init__(self, env: dict[str, str], role: str, log_path: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **env}
+        self.spawned = time.perf_counter()
+        with open(log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "api.cli", "serve", "--role", role, "--host", "127.0.0.1",
+                 "--port", str(self.port), "--log-level", "warning"],
+                cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT,
+            )
+
+    def wait_ready(self, timeout: float = 60.0) -> float:
+        """Poll /healthz every 10 ms; the seconds from spawn to the first 200."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log_path.read_text()[-4000:]}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1.0).status_code == 200:
+                    return time.perf_counter() - self.spawned
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.01)
+        self.stop()
+        raise RuntimeError(f"server did not answer /healthz in {timeout}s:\n{self.log_path.read_text()[-4000:]}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+# --------------------------------------------------------------------------- phases
+
+
+def ingest(data: ds_mod.Dataset, env: dict, workdir: Path, clients: int, batch: int, log) -> dict:
+    out: dict = {}
+    started = time.perf_counter()
+    bodies = [upsert_body(data.base, lo, min(lo + batch, data.rows)) for lo in range(0, data.rows, batch)]
+    out["client_encode_s"] = round(time.perf_counter() - started, 2)
+    out["upsert_body_mb"] = round(sum(map(len, bodies)) / 1e6, 1)
+    worker = Worker({**env, "VECTORDB_PRELOAD_EMBEDDER": ""}, "ingest", workdir / "ingest.log")
+    try:
+        worker.wait_ready()
+        with httpx.Client(base_url=worker.url, timeout=600) as c:
+            c.put(f"/v1/namespaces/{NAMESPACE}",
+                  json={"embedder": "none", "dimensions": ds_mod.DIMS, "metric": "cosine"}).raise_for_status()
+        latencies: list[float] = []
+        lock = threading.Lock()
+        queue = iter(range(len(bodies)))
+
+        def client_loop() -> None:
+            with httpx.Client(base_url=worker.url, timeout=600) as c:
+                while True:
+                    with lock:
+                        n = next(queue, None)
+                    if n is None:
+                        return
+                    t = time.perf_counter()
+                    r = c.post(f"/v1/namespaces/{NAMESPACE}/documents", content=bodies[n],
+                               headers={"content-type": "application/json"})
+                    r.raise_for_status()
+                    with lock:
+                        latencies.append(time.perf_counter() - t)
+
+        started = time.perf_counter()
+        with ThreadPoolExecutor(clients) as pool:
+            for f in [pool.submit(client_loop) for _ in range(clients)]:
+                f.result()
+        ingest_s = time.perf_counter() - started
+        out.update({
+            "ingest_s": round(ingest_s, 2),
+            "ingest_vectors_per_s": round(data.rows / ingest_s, 1),
+            "upsert_p50_ms": round(ms(percentile(latencies, 0.5)), 1),
+            "upsert_p99_ms": round(ms(percentile(latencies, 0.99)), 1),
+            "ingest_clients": clients,
+            "ingest_batch": batch,
+        })
+        log(f"ours: ingested {data.rows:,} rows in {ingest_s:.1f} s ({data.rows / ingest_s:,.0f} vectors/s)")
+        del bodies
+        with httpx.Client(base_url=worker.url, timeout=3600) as c:
+            started = time.perf_counter()
+            r = c.post(f"/v1/namespaces/{NAMESPACE}/index", json={})
+            r.raise_for_status()
+            out["build_s"] = round(time.perf_counter() - started, 2)
+            out["index_response"] = r.json()
+            described = c.get(f"/v1/namespaces/{NAMESPACE}").json()
+            out["segments"] = described["segments"]
+            out["stats"] = c.get("/healthz").json()["stats"]
+        out["ingest_worker_peak_rss_mb"] = proc_memory(worker.proc.pid)["peak_rss_mb"]
+        log(f"ours: index built in {out['build_s']:.1f} s")
+    finally:
+        worker.stop()
+    return out
+
+
+def in_process(data: ds_mod.Dataset, settings: Settings, colds: int, log) -> dict:
+    """Fresh Services with empty caches (cold), then warm passes on the last one."""
+    queries = data.queries
+    cold = []
+    service = None
+    for i in range(colds):
+        q = queries[i % len(queries)]
+        t0 = time.perf_counter()
+        counting = CountingStore(open_raw_store(settings))
+        service = Service(settings, store=CachedStore(counting, settings.cache_bytes))
+        t1 = time.perf_counter()
+        counting.take()
+        service.query(NAMESPACE, vector=q, top_k=ds_mod.K, consistency="eventual")
+        t2 = time.perf_counter()
+        cold.append({"connect_ms": ms(t1 - t0), "first_query_ms": ms(t2 - t1), "connect_first_ms": ms(t2 - t0),
+                     **describe_requests(counting.take())})
+        if i < colds - 1:
+            service.close()
+    assert service is not None
+    out: dict = {
+        "connect_first_ms": round(statistics.median(c["connect_first_ms"] for c in cold), 1),
+        "cold_connect_ms": round(statistics.median(c["connect_ms"] for c in cold), 1),
+        "cold_first_query_ms": round(statistics.median(c["first_query_ms"] for c in cold), 1),
+        "cold_requests": cold[0]["requests"],
+        "cold_bytes": cold[0]["bytes"],
+        "cold_round_trips": cold[0]["round_trips"],
+        "cold_runs": [{k: v for k, v in c.items() if k != "trace"} for c in cold],
+        "cold_trace": cold[0]["trace"],
+    }
+
+    def search(q, consistency="eventual"):
+        return [row_of(h.id) for h in service.query(NAMESPACE, vector=q, top_k=ds_mod.K, consistency=consistency).hits]
+
+    out.update(warm_passes(search, queries, data.gt))
+    out["warm_requests"] = describe_requests(service.store.inner.take())["by_op"]
+    out["warm_cache"] = service.store.stats()
+    # Strong consistency pays a manifest probe per query: one extra round trip.
+    strong = []
+    for q in queries[:200]:
+        t = time.perf_counter()
+        search(q, "strong")
+        strong.append(time.perf_counter() - t)
+    out["warm_strong_p50_ms"] = round(ms(percentile(strong, 0.5)), 3)
+    out["warm_strong_p99_ms"] = round(ms(percentile(strong, 0.99)), 3)
+    service.close()
+    log(f"ours in-process: cold {out['connect_first_ms']} ms, warm p50 {out['warm_p50_ms']} ms, "
+        f"recall {out['recall_at_10']}")
+    return out
+
+
+def warm_passes(search, queries: np.ndarray, gt: np.ndarray) -> dict:
+    for q in queries:
+        search(q)
+    latencies, found = [], []
+    for q in queries:
+        t = time.perf_counter()
+        found.append(search(q))
+        latencies.append(time.perf_counter() - t)
+    return {
+        "warm_p50_ms": round(ms(percentile(latencies, 0.5)), 3),
+        "warm_p99_ms": round(ms(percentile(latencies, 0.99)), 3),
+        "warm_mean_ms": round(ms(sum(latencies) / len(latencies)), 3),
+        "recall_at_10": round(ds_mod.recall_at_k(found, gt), 4),
+    }
+
+
+def over_http(data: ds_mod.Dataset, env: dict, workdir: Path, preload: bool, warm: bool, log) -> dict:
+    """A fresh query worker: process start -> first answer; then warm passes and RSS."""
+    worker_env = dict(env) if preload else {**env, "VECTORDB_PRELOAD_EMBEDDER": ""}
+    worker = Worker(worker_env, "query", workdir / "query.log")
+    out: dict = {}
+    try:
+        ready_s = worker.wait_ready()
+        with httpx.Client(base_url=worker.url, timeout=120) as c:
+            url = f"/v1/namespaces/{NAMESPACE}/query"
+
+            def search(q):
+                r = c.post(url, json={"vector": q.tolist(), "top_k": ds_mod.K, "consistency": "eventual"})
+                r.raise_for_status()
+                return [row_of(h["id"]) for h in r.json()["results"]]
+
+            t = time.perf_counter()
+            search(data.queries[0])
+            now = time.perf_counter()
+            out["process_first_ms"] = round(ms(now - worker.spawned), 1)
+            out["ready_ms"] = round(ms(ready_s), 1)
+            out["connect_first_ms"] = round(ms(now - t), 1)
+            out["cold_cache"] = c.get("/healthz").json()["stats"].get("cache", {})
+            if warm:
+                out.update(warm_passes(search, data.queries, data.gt))
+                out.update(proc_memory(worker.proc.pid))
+                out["warm_cache"] = c.get("/healthz").json()["stats"].get("cache", {})
+    finally:
+        worker.stop()
+    if warm:
+        log(f"ours HTTP: process->first {out['process_first_ms']} ms, warm p50 {out['warm_p50_ms']} ms, "
+            f"RSS {out['rss_mb']} MB")
+    return out
+
+
+def embedding(n_docs: int, n_queries: int, seed: int, log) -> dict:
+    """The 'minilm' embedder of our registry: model load, single-query latency, docs/s."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    from vectordb import embedders
+
+    settings = Settings()
+    texts = ds_mod.nfcorpus_texts()
+    rng = np.random.default_rng([seed, 4])
+    docs = [texts[i] for i in rng.choice(len(texts), n_docs, replace=False)]
+    with open(ds_mod.DATA / "nfcorpus" / "queries.jsonl") as f:
+        query_texts = [json.loads(line)["text"] for _, line in zip(range(n_queries + 3), f)]
+    started = time.perf_counter()
+    embedder = embedders.get("minilm", settings)
+    embedder.load()
+    load_s = time.perf_counter() - started
+    for text in query_texts[:3]:
+        embedder.embed_query(text)
+    latencies = []
+    for text in query_texts[3:]:
+        t = time.perf_counter()
+        embedder.embed_query(text)
+        latencies.append(time.perf_counter() - t)
+    t = time.perf_counter()
+    embedder.embed_documents(docs)
+    docs_s = time.perf_counter() - t
+    out = {
+        "model_load_s": round(load_s, 2),
+        "query_p50_ms": round(ms(percentile(latencies, 0.5)), 2),
+        "query_p99_ms": round(ms(percentile(latencies, 0.99)), 2),
+        "queries": len(latencies),
+        "docs": n_docs,
+        "docs_per_s": round(n_docs / docs_s, 1),
+        "batch_size": settings.embed_batch_size,
+        "max_seq_length": settings.embed_max_seq_length,
+    }
+    log(f"embedding: query p50 {out['query_p50_ms']} ms, {out['docs_per_s']} docs/s")
+    return out
+
+
+def run(data: ds_mod.Dataset, endpoint: str, bucket: str, access: str, secret: str, workdir: Path, *,
+        clients: int, batch: int, colds: int, quick: bool, log) -> dict:
+    store_uri = f"s3://{bucket}/ours-{uuid.uuid4().hex[:10]}"
+    env = {
+        "VECTORDB_STORE_URI": store_uri,
+        "VECTORDB_S3_ENDPOINT": endpoint,
+        "VECTORDB_S3_ACCESS_KEY": access,
+        "VECTORDB_S3_SECRET_KEY": secret,
+        # One index build after the ingest (POST /index), measured on its own; with the
+        # default, background builds every 20,000 rows would compete with the upserts.
+        "VECTORDB_AUTO_INDEX": "false",
+    }
+    settings = Settings(store_uri=store_uri, s3_endpoint=endpoint, s3_access_key=access, s3_secret_key=secret,
+                        preload_embedder="")
+    nlist = ds_mod.nlist_for(data.rows)
+    out: dict = {"store_uri": store_uri, "nlist": nlist, "nprobe": min(nlist, max(8, int(np.ceil(nlist / 128))))}
+    out["ingest"] = ingest(data, env, workdir, clients, batch, log)
+    out["in_process"] = in_process(data, settings, colds, log)
+    out["http"] = over_http(data, env, workdir, preload=True, warm=True, log=log)
+    if not quick:
+        out["http_no_preload"] = over_http(data, env, workdir, preload=False, warm=False, log=log)
+    return out

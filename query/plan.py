@@ -1,0 +1,51 @@
+"""What one query is asked to do, validated, and where its candidates come from."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from vectordb.filters import Filter
+from vectordb.manifest import Manifest, SegmentRef
+from vectordb.tail import Tail
+
+TAIL = None  # Candidate.segment for rows of the unindexed tail
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A row that may be a result: ``row`` indexes the segment (or the tail's rows)."""
+
+    score: float
+    id: str
+    segment: SegmentRef | None
+    row: int
+
+
+@dataclass
+class Context:
+    """Everything searches of one query share: the manifest, its tail, the filter."""
+
+    manifest: Manifest
+    tail: Tail
+    tail_sig: tuple
+    filter: Filter | None = None
+    filter_key: str = ""
+    nprobe: int | None = None
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ns(self) -> str:
+        return self.manifest.namespace
+
+    @classmethod
+    def of(cls, manifest: Manifest, tail: Tail, filt: Filter | None, raw_filter, nprobe: int | None) -> "Context":
+        key = json.dumps(raw_filter, sort_keys=True, separators=(",", ":")) if filt is not None else ""
+        return cls(manifest, tail, tuple(w.key for w in manifest.wal), filt, key, nprobe)
+
+
+def partition_of(part_rows: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """The partition holding each segment row."""
+    return np.searchsorted(part_rows, rows, side="right") - 1

