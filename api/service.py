@@ -161,6 +161,8 @@ class Service:
         kind = parsers.file_kind(filename, content_type)
         if kind == "jsonl":
             docs = parsers.parse_jsonl(data, self.settings.max_batch_docs, max_bytes=self.settings.max_body_bytes)
+            if config.chunk_tokens:
+                docs = documents.expand(docs, config, self.token_counter())
             return self.jobs.start(ns, filename, lambda job: self._run_docs_job(job, ns, config, docs))
         parent = validate.check_id(document_id or filename, "document_id")
         parsed = parsers.parse_file(filename, data, content_type, max_bytes=self.settings.max_body_bytes)
@@ -168,8 +170,6 @@ class Service:
         return self.jobs.start(ns, filename, lambda job: self._run_docs_job(job, ns, config, docs))
 
     def _run_docs_job(self, job: Job, ns: str, config, docs: list) -> None:
-        if config.chunk_tokens:
-            docs = documents.expand(docs, config, self.token_counter())
         job.chunks_total = len(docs)
         job.documents = len(documents.parents(docs)) or len(docs)
         batches = []
