@@ -51,6 +51,13 @@ class ChunkingConfig:
     min_chunk_tokens: int | None = None
 
     def __post_init__(self) -> None:
+        for name in ("chunk_tokens", "overlap_tokens", "min_chunk_tokens"):
+            value = getattr(self, name)
+            if value is None and name == "min_chunk_tokens":
+                continue
+            # Sizes arrive from client JSON: "256" or true must not reach the comparisons below.
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise InvalidArgument(f"{name} must be an integer, not {value!r:.50}")
         if not 8 <= self.chunk_tokens <= MAX_CHUNK_TOKENS:
             raise InvalidArgument(f"chunk_tokens must be between 8 and {MAX_CHUNK_TOKENS}, not {self.chunk_tokens}")
         # An overlap near the chunk size would make each chunk mostly a copy of the last one.

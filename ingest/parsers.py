@@ -250,8 +250,10 @@ class _HTMLText(HTMLParser):
         elif tag in self.HEADINGS:
             self._end_section()
             self.heading_tag, self.heading_parts = tag, []
+        elif tag == "br" and self.heading_tag:
+            self.heading_parts.append(" ")
         elif tag == "br":
-            (self.heading_parts if self.heading_tag else self.parts).append(" " if self.heading_tag else "\n")
+            self.parts.append("\n")
         elif tag in self.BLOCKS:
             self._end_paragraph()
             if tag == "pre":

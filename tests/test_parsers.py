@@ -187,7 +187,7 @@ HTML = """<!DOCTYPE html>
      an entity: caf&eacute; &lt;tag&gt; &#8364;5.</p>
   <div>A div<br>with a line break</div>
   <ul><li>one</li><li>two</li></ul>
-  <h2>Code</h2>
+  <h2>Code<br>sample</h2>
   <pre>def f():
     return 1</pre>
   <noscript>enable javascript</noscript>
@@ -198,7 +198,7 @@ HTML = """<!DOCTYPE html>
 def test_html_sections_text_and_title():
     doc = parse_html(HTML.encode())
     assert doc.title == "Page title & more"
-    assert [s.heading for s in doc.sections] == [None, "Main heading", "Code"]
+    assert [s.heading for s in doc.sections] == [None, "Main heading", "Code sample"]
     assert doc.sections[0].text == "Before the first heading."
     assert doc.sections[1].text == (
         "First paragraph with an entity: café <tag> €5.\n\nA div\nwith a line break\n\none\n\ntwo"
