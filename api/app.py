@@ -12,6 +12,7 @@ import contextlib
 import json
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, FastAPI, Form, Query, Request, UploadFile
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
@@ -22,7 +23,6 @@ from api.limits import BodyLimit
 from api.models import (
     DeleteRequest,
     DeleteResponse,
-    DocumentsUpsert,
     IndexRequest,
     NamespaceCreate,
     QueryRequest,
@@ -158,8 +158,8 @@ def _json_object(text: str, name: str) -> dict:
 
 def _documents(raw: bytes) -> list:
     try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+        body = orjson.loads(raw)  # several times faster than json on large vector batches
+    except orjson.JSONDecodeError as exc:
         raise InvalidArgument(f"request body is not valid JSON: {exc}") from exc
     if not isinstance(body, dict) or set(body) != {"documents"}:
         raise InvalidArgument('body must be {"documents": [...]}')

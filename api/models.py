@@ -28,7 +28,7 @@ class NamespaceCreate(_Strict):
 class Document(_Strict):
     id: str
     text: str | None = None
-    vector: list[float] | None = None
+    vector: list[float] | str | None = Field(None, description="Numbers, or base64 of little-endian float32.")
     attributes: dict[str, Any] | None = None
 
 
@@ -53,7 +53,7 @@ class DeleteResponse(BaseModel):
 
 class QueryRequest(_Strict):
     text: str | None = None
-    vector: list[float] | None = None
+    vector: list[float] | str | None = Field(None, description="Numbers, or base64 of little-endian float32.")
     top_k: int = Field(10, description="How many results (1..max_top_k).")
     include: list[Literal["text", "attributes", "vector"]] = []
     consistency: Literal["strong", "eventual"] = "strong"

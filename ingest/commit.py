@@ -15,9 +15,9 @@ import random
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Callable
 
 from storage.base import ObjectStore
 from storage.errors import PreconditionFailed
@@ -145,7 +145,7 @@ class GroupCommitter:
                 time.sleep(random.uniform(0, 0.002 * (attempt + 1)))
                 base = self.catalog.latest(ns)
                 if base.config.dimensions != dims:
-                    raise NamespaceNotFound(f"namespace {ns!r} was re-created with another configuration")
+                    raise NamespaceNotFound(f"namespace {ns!r} was re-created with another configuration") from None
                 continue
             self.stats.commits += 1
             self.stats.batches += len(batches)

@@ -13,8 +13,8 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Callable
 
 from vectordb.errors import NotFound, VectorDBError
 

@@ -145,7 +145,7 @@ class QueryEngine:
         if req.vector is not None:
             from ingest.validate import check_vector  # one rule for every vector we accept
 
-            q = check_vector(list(req.vector), config.dimensions, "vector")
+            q = check_vector(req.vector if isinstance(req.vector, str) else list(req.vector), config.dimensions, "vector")
         else:
             if not isinstance(req.text, str) or not req.text.strip():
                 raise InvalidArgument("text must be a non-empty string")

@@ -41,7 +41,7 @@ class Context:
         return self.manifest.namespace
 
     @classmethod
-    def of(cls, manifest: Manifest, tail: Tail, filt: Filter | None, raw_filter, nprobe: int | None) -> "Context":
+    def of(cls, manifest: Manifest, tail: Tail, filt: Filter | None, raw_filter, nprobe: int | None) -> Context:
         key = json.dumps(raw_filter, sort_keys=True, separators=(",", ":")) if filt is not None else ""
         return cls(manifest, tail, tuple(w.key for w in manifest.wal), filt, key, nprobe)
 

@@ -150,20 +150,24 @@ def _runs(hits: Sequence[Hit]) -> list[_Run]:
 
     runs: list[_Run] = []
     for doc_id, doc_hits in by_doc.items():
-        indexed = sorted((h for h in doc_hits if _index(h) is not None), key=lambda h: (_index(h), -h.score))
-        runs += [_Run(doc_id, h.text, h.score, None, None, h.attributes or {}) for h in doc_hits if _index(h) is None]
+        indexed = [(index, h) for h in doc_hits if (index := _index(h)) is not None]
+        indexed.sort(key=lambda pair: (pair[0], -pair[1].score))
+        runs += [_Run(doc_id, h.text or "", h.score, None, None, h.attributes or {})
+                 for h in doc_hits if _index(h) is None]
         current: _Run | None = None
-        for hit in indexed:
-            index, attrs = _index(hit), hit.attributes or {}
-            if current is not None and index == current.last:
+        last = -2
+        for index, hit in indexed:
+            attrs, text = hit.attributes or {}, hit.text or ""
+            if current is not None and index == last:
                 continue  # two ids claim the same chunk: the better one came first
-            if current is not None and index == current.last + 1 and _section(attrs) == _section(current.attributes):
-                current.text = join_overlapping(current.text, hit.text)
+            if current is not None and index == last + 1 and _section(attrs) == _section(current.attributes):
+                current.text = join_overlapping(current.text, text)
                 current.score = max(current.score, hit.score)
                 current.last = index
             else:
-                current = _Run(doc_id, hit.text, hit.score, index, index, attrs)
+                current = _Run(doc_id, text, hit.score, index, index, attrs)
                 runs.append(current)
+            last = index
     return runs
 
 
@@ -201,13 +205,13 @@ def join_overlapping(before: str, after: str) -> str:
     The overlap is the longest run of words that ends ``before`` and starts ``after``; what
     follows it in ``after`` is appended with its own whitespace, so joining two overlapping
     slices of one text gives back the text they span. Without any overlap the two are
-    joined with a space.
+    joined with a space (the whitespace the chunker cut at is not known).
     """
     tail_words = _WORD.findall(before)
     head = list(_WORD.finditer(after))
     shared = _longest_border([m.group() for m in head], tail_words)
     if shared == 0:
-        return f"{before} {after}"
+        return f"{before.rstrip()} {after.lstrip()}"
     return before + after[head[shared - 1].end() :]
 
 

@@ -8,9 +8,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
+from api.service import Service
 from storage.memory import MemoryStore
 from tests.fakes import register_fake_embedder
-from api.service import Service
 from vectordb.settings import Settings
 
 

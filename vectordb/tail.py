@@ -29,7 +29,7 @@ class Tail:
 def fold(batches: list[tuple[np.ndarray, RowBatch]], dims: int) -> Tail:
     """Replay decoded WAL batches (oldest first) into a Tail."""
     last: dict[str, tuple[int, int]] = {}  # id -> (batch index, row index) of its last op
-    for b, (ops, rows) in enumerate(batches):
+    for b, (_, rows) in enumerate(batches):
         for r, doc_id in enumerate(rows.ids):
             last[doc_id] = (b, r)
     deleted = set()
