@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vectordb.bm25 import BM25Index, GlobalStats, analyze, combine_stats, stem
+from vectordb.bm25 import BM25Index, GlobalStats, analyze, combine_stats
+from vectordb.stemmer import stem
 
 # --- the analyzer ------------------------------------------------------------------------------
 

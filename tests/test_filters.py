@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from vectordb.errors import InvalidArgument
+from vectordb.filter_sql import matching_rows, to_sql
 from vectordb.filters import (
     MATCH_ALL,
     MAX_DEPTH,
@@ -20,9 +21,7 @@ from vectordb.filters import (
     Not,
     Or,
     evaluate,
-    matching_rows,
     parse_filter,
-    to_sql,
 )
 
 DOCS = [

@@ -16,7 +16,8 @@ import pyarrow as pa
 from storage.base import ObjectStore
 from vectordb import segment, wal
 from vectordb.bm25 import BM25Index
-from vectordb.filters import Filter, matching_rows
+from vectordb.filter_sql import matching_rows
+from vectordb.filters import Filter
 from vectordb.manifest import Manifest, SegmentRef, WalRef
 from vectordb.segment import Layout, Partition
 from vectordb.tail import Tail, fold
