@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 import numpy as np
 

@@ -29,7 +29,7 @@ class WalRef:
         return self.__dict__.copy()
 
     @classmethod
-    def from_json(cls, d: dict) -> "WalRef":
+    def from_json(cls, d: dict) -> WalRef:
         return cls(**d)
 
 
@@ -52,7 +52,7 @@ class SegmentRef:
         return self.__dict__.copy()
 
     @classmethod
-    def from_json(cls, d: dict) -> "SegmentRef":
+    def from_json(cls, d: dict) -> SegmentRef:
         return cls(**d)
 
 
@@ -87,7 +87,7 @@ class Manifest:
                 keys.add(seg.tombstones_key)
         return keys
 
-    def next(self, **changes) -> "Manifest":
+    def next(self, **changes) -> Manifest:
         """The following version with ``changes`` applied."""
         return replace(self, version=self.version + 1, created_at=time.time(), **changes)
 
@@ -105,7 +105,7 @@ class Manifest:
         return json.dumps(doc, separators=(",", ":")).encode()
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "Manifest":
+    def from_bytes(cls, data: bytes) -> Manifest:
         doc = json.loads(data)
         return cls(
             namespace=doc["namespace"],

@@ -40,7 +40,7 @@ class NamespaceConfig:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, data: dict) -> "NamespaceConfig":
+    def from_json(cls, data: dict) -> NamespaceConfig:
         return cls(
             embedder=data["embedder"],
             dimensions=int(data["dimensions"]),
@@ -49,7 +49,7 @@ class NamespaceConfig:
             overlap_tokens=int(data.get("overlap_tokens", 0)),
         )
 
-    def validate(self) -> "NamespaceConfig":
+    def validate(self) -> NamespaceConfig:
         if self.metric not in METRICS:
             raise InvalidArgument(f"metric must be one of {', '.join(METRICS)}, not {self.metric!r}")
         if not 1 <= self.dimensions <= 4096:

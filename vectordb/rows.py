@@ -20,10 +20,10 @@ class RowBatch:
         return len(self.ids)
 
     @classmethod
-    def empty(cls, dims: int) -> "RowBatch":
+    def empty(cls, dims: int) -> RowBatch:
         return cls([], np.zeros((0, dims), np.float32), [], [])
 
-    def take(self, rows) -> "RowBatch":
+    def take(self, rows) -> RowBatch:
         rows = list(rows)
         return RowBatch(
             [self.ids[i] for i in rows],
@@ -33,7 +33,7 @@ class RowBatch:
         )
 
     @classmethod
-    def concat(cls, batches: list["RowBatch"], dims: int) -> "RowBatch":
+    def concat(cls, batches: list[RowBatch], dims: int) -> RowBatch:
         batches = [b for b in batches if len(b)]
         if not batches:
             return cls.empty(dims)

@@ -74,7 +74,7 @@ class Layout:
         )
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "Layout":
+    def from_bytes(cls, data: bytes) -> Layout:
         if data[:8] != MAGIC:
             raise VectorDBError("corrupt segment: bad ivf.bin header")
         nlist, dims = (int(x) for x in np.frombuffer(data, np.uint32, 2, 8))
