@@ -74,7 +74,7 @@ class QueryEngine:
         req = QueryRequest(**kwargs)
         self._validate(req)
         filt = parse_filter(req.filter) if req.filter is not None else None
-        manifest = self.catalog.latest(ns, req.consistency)
+        manifest = self.catalog.latest(ns, req.consistency, on_start=self._prefetch)
         q = self._query_vector(manifest, req) if req.mode in ("vector", "hybrid") else None
         try:
             return self._search(manifest, req, q, filt)
@@ -83,6 +83,19 @@ class QueryEngine:
             # the newest manifest never references removed objects.
             manifest = self.catalog.latest(ns, "strong")
             return self._search(manifest, req, q, filt)
+
+    def _prefetch(self, manifest: Manifest) -> None:
+        """Start loading what any query of ``manifest`` needs first (centroids, tombstones, the
+        WAL tail) without waiting: on a cold worker this overlaps the newest-manifest probe.
+        Loads are memoised and single-flight, so a warm worker pays nothing."""
+        ns = manifest.namespace
+        for seg in manifest.segments:
+            if not self.reader.has_layout(ns, seg):
+                self.reader.pool.submit(self.reader.layout, ns, seg)
+                if seg.tombstones_key:
+                    self.reader.pool.submit(self.reader.tombstones, ns, seg)
+        if manifest.wal and not self.reader.has_tail(manifest):
+            self.reader.pool.submit(self.reader.tail, manifest)
 
     def matching_ids(self, ns: str, raw_filter: dict) -> list[str]:
         """Ids of every live document matching ``raw_filter`` (strongly consistent)."""

@@ -90,6 +90,27 @@ def seaweedfs(data_dir: Path, weed: str) -> Iterator[str]:
             process.wait()
 
 
+def s3_healthy(endpoint: str) -> str | None:
+    """None if a PUT and GET round trip works on ``endpoint``, else what went wrong."""
+    import io
+
+    from minio import Minio
+
+    try:
+        client = Minio(endpoint, ACCESS_KEY, SECRET_KEY, secure=False)
+        if not client.bucket_exists(TEST_BUCKET):
+            client.make_bucket(TEST_BUCKET)
+        client.put_object(TEST_BUCKET, "health/probe", io.BytesIO(b"ok"), 2)
+        response = client.get_object(TEST_BUCKET, "health/probe")
+        try:
+            return None if response.read() == b"ok" else "read back different bytes"
+        finally:
+            response.close()
+            response.release_conn()
+    except Exception as exc:  # any failure means: do not run the S3 tests against it
+        return f"{type(exc).__name__}: {exc}"
+
+
 @pytest.fixture(scope="session")
 def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``host:port`` of a real S3 server (see the module docstring)."""
@@ -98,10 +119,17 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         host, _, port = endpoint.rpartition(":")
         if not port_open(host, int(port)):
             pytest.fail(f"{ENDPOINT_ENV}={endpoint} does not accept connections")
+        problem = s3_healthy(endpoint)
+        if problem:
+            pytest.fail(f"{ENDPOINT_ENV}={endpoint} does not work: {problem}")
         yield endpoint
         return
     if port_open("127.0.0.1", DEFAULT_PORT):
-        yield f"127.0.0.1:{DEFAULT_PORT}"
+        existing = f"127.0.0.1:{DEFAULT_PORT}"
+        problem = s3_healthy(existing)
+        if problem:
+            pytest.fail(f"an S3 server on {existing} is not working ({problem}); stop it or set {ENDPOINT_ENV}")
+        yield existing
         return
     weed = weed_binary()
     if weed is None:

@@ -40,14 +40,19 @@ class Catalog:
         self._lock = threading.Lock()
 
     # --- reading -----------------------------------------------------------------------
-    def latest(self, ns: str, consistency: str = "strong") -> Manifest:
-        """The newest live manifest. Raises NamespaceNotFound if absent or dropped."""
-        manifest = self.newest(ns, consistency)
+    def latest(self, ns: str, consistency: str = "strong", on_start=None) -> Manifest:
+        """The newest live manifest. Raises NamespaceNotFound if absent or dropped.
+
+        ``on_start(manifest)``, if given, is called with the starting point before probing for
+        newer versions, so a caller can fetch what that version needs during the probe (a cold
+        worker then pays one round trip less).
+        """
+        manifest = self.newest(ns, consistency, on_start)
         if manifest is None or manifest.deleted:
             raise NamespaceNotFound(f"namespace {ns!r} does not exist")
         return manifest
 
-    def newest(self, ns: str, consistency: str = "strong") -> Manifest | None:
+    def newest(self, ns: str, consistency: str = "strong", on_start=None) -> Manifest | None:
         """The newest manifest, dropped or not; None if the namespace never existed."""
         check_namespace_name(ns)
         with self._lock:
@@ -57,6 +62,8 @@ class Catalog:
         start = known[0] if known else self._starting_point(ns)
         if start is None:
             return None
+        if on_start is not None and not start.deleted:
+            on_start(start)
         newest = self._probe_forward(ns, start)
         self._remember(newest)
         return newest

@@ -31,6 +31,10 @@ class _Memo:
         self._data: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
 
+    def __contains__(self, key) -> bool:
+        with self._lock:
+            return key in self._data
+
     def get(self, key, make):
         with self._lock:
             if key in self._data:
@@ -59,6 +63,12 @@ class NamespaceReader:
         self._ids = _Memo(64)
         self._lexical = _Memo(256)
         self._masks = _Memo(256)
+
+    def has_layout(self, ns: str, seg: SegmentRef) -> bool:
+        return segment.file_key(ns, seg.id, "ivf.bin") in self._layouts
+
+    def has_tail(self, manifest: Manifest) -> bool:
+        return tuple(w.key for w in manifest.wal) in self._tails
 
     def layout(self, ns: str, seg: SegmentRef) -> Layout:
         key = segment.file_key(ns, seg.id, "ivf.bin")
