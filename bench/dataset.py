@@ -187,7 +187,8 @@ def _generator(seed: int, log) -> _Generator:
     import faiss
 
     real = real_embeddings(log)
-    kmeans = faiss.Kmeans(DIMS, TOP_CLUSTERS, niter=25, seed=seed, verbose=False)
+    # 3,633 points for 100 centres is below FAISS's 39-per-centre advice; it only warns.
+    kmeans = faiss.Kmeans(DIMS, TOP_CLUSTERS, niter=25, seed=seed, verbose=False, min_points_per_centroid=30)
     kmeans.train(np.ascontiguousarray(real))
     _, labels = kmeans.index.search(real, 1)
     labels = labels[:, 0]
@@ -222,7 +223,7 @@ def load_model():
 
 
 def real_embeddings(log=print) -> np.ndarray:
-    """The real NFCorpus document embeddings (made once, ~2-3 minutes on 2 cores)."""
+    """The real NFCorpus document embeddings (made once: 3,633 documents at ~25 docs/s on 2 idle cores)."""
     path = CACHE / "nfcorpus-minilm.npy"
     if path.exists():
         return np.load(path)
@@ -256,7 +257,7 @@ def exact_top_k(base: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
 
 def recall_at_k(found: list[list[int]] | np.ndarray, gt: np.ndarray, k: int = K) -> float:
     """Mean |found[:k] ∩ gt[:k]| / k over queries."""
-    hits = sum(len(set(map(int, f[:k])) & set(map(int, g[:k]))) for f, g in zip(found, gt))
+    hits = sum(len(set(map(int, f[:k])) & set(map(int, g[:k]))) for f, g in zip(found, gt, strict=True))
     return hits / (k * len(gt))
 
 
@@ -271,7 +272,7 @@ def neighbour_similarity(vectors: np.ndarray, sample: np.ndarray, base: np.ndarr
     d, i = faiss.knn(np.ascontiguousarray(vectors), np.ascontiguousarray(base), K + 1,
                      metric=faiss.METRIC_INNER_PRODUCT)
     nn1, nn10 = [], []
-    for row, ds, ids in zip(sample, d, i):
+    for row, ds, ids in zip(sample, d, i, strict=True):
         others = ds[ids != row][:K]
         nn1.append(others[0])
         nn10.append(others[K - 1])

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -22,11 +23,7 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
-from collections import Counter
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -37,107 +34,14 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import dataset as ds_mod  # noqa: E402
+from counting import CountingStore, describe_requests  # noqa: E402
+
 from api.service import Service  # noqa: E402
 from storage import CachedStore, open_raw_store  # noqa: E402
-from storage.base import ObjectInfo, ObjectStore  # noqa: E402
 from tests.servers import free_port  # noqa: E402
 from vectordb.settings import Settings  # noqa: E402
 
 NAMESPACE = "bench"
-
-
-# --------------------------------------------------------------------------- counting store
-
-
-@dataclass(frozen=True)
-class Request:
-    op: str  # GET, GET_RANGE, HEAD, PUT, PUT_IF_ABSENT, DELETE, LIST, LIST_PREFIXES
-    key: str
-    bytes: int
-    start: float  # perf_counter seconds
-    end: float
-    error: str | None = None
-
-
-class CountingStore:
-    """An ObjectStore wrapper that records every request that reaches the real store."""
-
-    def __init__(self, inner: ObjectStore) -> None:
-        self.inner = inner
-        self.uri = inner.uri
-        self._lock = threading.Lock()
-        self.requests: list[Request] = []
-
-    def take(self) -> list[Request]:
-        """The requests recorded since the last take, oldest first."""
-        with self._lock:
-            out, self.requests = self.requests, []
-        return sorted(out, key=lambda r: r.start)
-
-    def _timed(self, op: str, key: str, fn, size=len):
-        started = time.perf_counter()
-        try:
-            result = fn()
-        except Exception as exc:
-            self._record(Request(op, key, 0, started, time.perf_counter(), type(exc).__name__))
-            raise
-        self._record(Request(op, key, size(result), started, time.perf_counter()))
-        return result
-
-    def _record(self, request: Request) -> None:
-        with self._lock:
-            self.requests.append(request)
-
-    def get(self, key: str) -> bytes:
-        return self._timed("GET", key, lambda: self.inner.get(key))
-
-    def get_range(self, key: str, start: int, length: int) -> bytes:
-        return self._timed("GET_RANGE", key, lambda: self.inner.get_range(key, start, length))
-
-    def head(self, key: str) -> ObjectInfo | None:
-        return self._timed("HEAD", key, lambda: self.inner.head(key), lambda _: 0)
-
-    def put(self, key: str, data: bytes) -> None:
-        self._timed("PUT", key, lambda: self.inner.put(key, data), lambda _: len(data))
-
-    def put_if_absent(self, key: str, data: bytes) -> None:
-        self._timed("PUT_IF_ABSENT", key, lambda: self.inner.put_if_absent(key, data), lambda _: len(data))
-
-    def delete(self, key: str) -> None:
-        self._timed("DELETE", key, lambda: self.inner.delete(key), lambda _: 0)
-
-    def list(self, prefix: str, start_after: str | None = None) -> Iterator[ObjectInfo]:
-        return iter(self._timed("LIST", prefix, lambda: list(self.inner.list(prefix, start_after)), lambda _: 0))
-
-    def list_prefixes(self, prefix: str) -> list[str]:
-        return self._timed("LIST_PREFIXES", prefix, lambda: self.inner.list_prefixes(prefix), lambda _: 0)
-
-
-def round_trips(requests: list[Request]) -> int:
-    """Depth of the critical path: requests that overlap in time form one round."""
-    rounds, round_end = 0, None
-    for r in sorted(requests, key=lambda r: r.start):
-        if round_end is None or r.start >= round_end:
-            rounds += 1
-            round_end = r.end
-        else:
-            round_end = max(round_end, r.end)
-    return rounds
-
-
-def describe_requests(requests: list[Request]) -> dict:
-    t0 = requests[0].start if requests else 0.0
-    return {
-        "requests": len(requests),
-        "bytes": sum(r.bytes for r in requests),
-        "round_trips": round_trips(requests),
-        "by_op": dict(Counter(r.op + (f"({r.error})" if r.error else "") for r in requests)),
-        "trace": [
-            {"op": r.op, "key": r.key.split("/", 1)[-1], "bytes": r.bytes, "start_ms": round((r.start - t0) * 1000, 2),
-             "end_ms": round((r.end - t0) * 1000, 2), **({"error": r.error} if r.error else {})}
-            for r in requests
-        ],
-    }
 
 
 # --------------------------------------------------------------------------- helpers
@@ -162,22 +66,48 @@ def proc_memory(pid: int) -> dict:
     return out
 
 
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def wait_idle(pid: int, timeout: float = 60.0) -> float:
+    """Wait until process ``pid`` uses < 5% of a core over 0.5 s; the seconds waited."""
+    started = time.perf_counter()
+    last = cpu_seconds(pid)
+    while time.perf_counter() - started < timeout:
+        time.sleep(0.5)
+        now = cpu_seconds(pid)
+        if now - last < 0.025:
+            break
+        last = now
+    return time.perf_counter() - started
+
+
 def row_of(doc_id: str) -> int:
     return int(doc_id[1:])
 
 
-def upsert_body(base: np.ndarray, lo: int, hi: int) -> bytes:
+def upsert_body(base: np.ndarray, lo: int, hi: int, encoding: str = "base64") -> bytes:
     """``{"documents": [{"id", "vector"}...]}`` for rows [lo, hi).
 
-    Written as integers with an exponent (``1234567e-7``): valid JSON numbers, exact to
-    1e-7 (finer than float32 resolution at these magnitudes), and ~3x faster to produce
-    than json.dumps of floats, so the client does not steal the server's CPU.
+    ``base64``: each vector as the API's compact form, base64 of little-endian float32
+    (exact). ``json``: lists of numbers, written as integers with an exponent
+    (``1234567e-7``, valid JSON rounded to 1e-7, so an inner product moves by < 1e-6):
+    less than half the bytes of json.dumps and ~3x faster to produce.
     """
-    ints = np.rint(np.asarray(base[lo:hi], np.float64) * 1e7).astype(np.int64).tolist()
-    docs = ",".join(
-        '{"id":"%s","vector":[%se-7]}' % (ds_mod.doc_id(lo + i), "e-7,".join(map(str, row)))
-        for i, row in enumerate(ints)
-    )
+    block = np.asarray(base[lo:hi], np.float32)
+    if encoding == "base64":
+        docs = ",".join(
+            f'{{"id":"{ds_mod.doc_id(lo + i)}","vector":"{base64.b64encode(row.astype("<f4").tobytes()).decode()}"}}'
+            for i, row in enumerate(block)
+        )
+    else:
+        ints = np.rint(block.astype(np.float64) * 1e7).astype(np.int64).tolist()
+        docs = ",".join(
+            f'{{"id":"{ds_mod.doc_id(lo + i)}","vector":[{"e-7,".join(map(str, row))}e-7]}}'
+            for i, row in enumerate(ints)
+        )
     return ('{"documents":[' + docs + "]}").encode()
 
 
@@ -225,10 +155,10 @@ class Worker:
 # --------------------------------------------------------------------------- phases
 
 
-def ingest(data: ds_mod.Dataset, env: dict, workdir: Path, clients: int, batch: int, log) -> dict:
+def ingest(data: ds_mod.Dataset, env: dict, workdir: Path, clients: int, batch: int, encoding: str, log) -> dict:
     out: dict = {}
     started = time.perf_counter()
-    bodies = [upsert_body(data.base, lo, min(lo + batch, data.rows)) for lo in range(0, data.rows, batch)]
+    bodies = [upsert_body(data.base, lo, min(lo + batch, data.rows), encoding) for lo in range(0, data.rows, batch)]
     out["client_encode_s"] = round(time.perf_counter() - started, 2)
     out["upsert_body_mb"] = round(sum(map(len, bodies)) / 1e6, 1)
     worker = Worker({**env, "VECTORDB_PRELOAD_EMBEDDER": ""}, "ingest", workdir / "ingest.log")
@@ -266,10 +196,11 @@ def ingest(data: ds_mod.Dataset, env: dict, workdir: Path, clients: int, batch: 
             "upsert_p50_ms": round(ms(percentile(latencies, 0.5)), 1),
             "upsert_p99_ms": round(ms(percentile(latencies, 0.99)), 1),
             "ingest_clients": clients,
+            "vector_encoding": encoding,
             "ingest_batch": batch,
         })
         log(f"ours: ingested {data.rows:,} rows in {ingest_s:.1f} s ({data.rows / ingest_s:,.0f} vectors/s)")
-        del bodies
+        bodies.clear()  # free the JSON before the index build
         with httpx.Client(base_url=worker.url, timeout=3600) as c:
             started = time.perf_counter()
             r = c.post(f"/v1/namespaces/{NAMESPACE}/index", json={})
@@ -288,6 +219,9 @@ def ingest(data: ds_mod.Dataset, env: dict, workdir: Path, clients: int, batch: 
 
 def in_process(data: ds_mod.Dataset, settings: Settings, colds: int, log) -> dict:
     """Fresh Services with empty caches (cold), then warm passes on the last one."""
+    from vectordb import ivf
+
+    ivf._faiss()  # import FAISS first: "connect -> first answer" is in a warm process
     queries = data.queries
     cold = []
     service = None
@@ -305,22 +239,24 @@ def in_process(data: ds_mod.Dataset, settings: Settings, colds: int, log) -> dic
         if i < colds - 1:
             service.close()
     assert service is not None
+    median = sorted(cold, key=lambda c: c["connect_first_ms"])[len(cold) // 2]
     out: dict = {
         "connect_first_ms": round(statistics.median(c["connect_first_ms"] for c in cold), 1),
         "cold_connect_ms": round(statistics.median(c["connect_ms"] for c in cold), 1),
         "cold_first_query_ms": round(statistics.median(c["first_query_ms"] for c in cold), 1),
-        "cold_requests": cold[0]["requests"],
-        "cold_bytes": cold[0]["bytes"],
-        "cold_round_trips": cold[0]["round_trips"],
+        "cold_requests": median["requests"],
+        "cold_bytes": median["bytes"],
+        "cold_round_trips": median["round_trips"],
         "cold_runs": [{k: v for k, v in c.items() if k != "trace"} for c in cold],
-        "cold_trace": cold[0]["trace"],
+        "cold_trace": median["trace"],  # of the median run
     }
 
     def search(q, consistency="eventual"):
         return [row_of(h.id) for h in service.query(NAMESPACE, vector=q, top_k=ds_mod.K, consistency=consistency).hits]
 
-    out.update(warm_passes(search, queries, data.gt))
-    out["warm_requests"] = describe_requests(service.store.inner.take())["by_op"]
+    counting = service.store.inner
+    out.update(warm_passes(search, queries, data.gt, after_warm_up=counting.take))
+    out["warm_requests"] = describe_requests(counting.take())["by_op"]
     out["warm_cache"] = service.store.stats()
     # Strong consistency pays a manifest probe per query: one extra round trip.
     strong = []
@@ -336,9 +272,11 @@ def in_process(data: ds_mod.Dataset, settings: Settings, colds: int, log) -> dic
     return out
 
 
-def warm_passes(search, queries: np.ndarray, gt: np.ndarray) -> dict:
+def warm_passes(search, queries: np.ndarray, gt: np.ndarray, after_warm_up=lambda: None) -> dict:
+    """One warm-up pass over every query, then a measured pass: latency and recall@10."""
     for q in queries:
         search(q)
+    after_warm_up()
     latencies, found = [], []
     for q in queries:
         t = time.perf_counter()
@@ -352,37 +290,43 @@ def warm_passes(search, queries: np.ndarray, gt: np.ndarray) -> dict:
     }
 
 
-def over_http(data: ds_mod.Dataset, env: dict, workdir: Path, preload: bool, warm: bool, log) -> dict:
-    """A fresh query worker: process start -> first answer; then warm passes and RSS."""
+def over_http(data: ds_mod.Dataset, env: dict, workdir: Path, preload: bool, starts: int, log) -> dict:
+    """``starts`` fresh query workers: process start -> first answer (median); the last one
+    then runs the warm passes and reports its RSS."""
     worker_env = dict(env) if preload else {**env, "VECTORDB_PRELOAD_EMBEDDER": ""}
-    worker = Worker(worker_env, "query", workdir / "query.log")
+    samples: list[dict] = []
     out: dict = {}
-    try:
-        ready_s = worker.wait_ready()
-        with httpx.Client(base_url=worker.url, timeout=120) as c:
-            url = f"/v1/namespaces/{NAMESPACE}/query"
+    for n in range(starts):
+        worker = Worker(worker_env, "query", workdir / "query.log")
+        try:
+            ready_s = worker.wait_ready()
+            with httpx.Client(base_url=worker.url, timeout=120) as c:
+                url = f"/v1/namespaces/{NAMESPACE}/query"
 
-            def search(q):
-                r = c.post(url, json={"vector": q.tolist(), "top_k": ds_mod.K, "consistency": "eventual"})
-                r.raise_for_status()
-                return [row_of(h["id"]) for h in r.json()["results"]]
+                def search(q, c=c, url=url):
+                    r = c.post(url, json={"vector": q.tolist(), "top_k": ds_mod.K, "consistency": "eventual"})
+                    r.raise_for_status()
+                    return [row_of(h["id"]) for h in r.json()["results"]]
 
-            t = time.perf_counter()
-            search(data.queries[0])
-            now = time.perf_counter()
-            out["process_first_ms"] = round(ms(now - worker.spawned), 1)
-            out["ready_ms"] = round(ms(ready_s), 1)
-            out["connect_first_ms"] = round(ms(now - t), 1)
-            out["cold_cache"] = c.get("/healthz").json()["stats"].get("cache", {})
-            if warm:
-                out.update(warm_passes(search, data.queries, data.gt))
-                out.update(proc_memory(worker.proc.pid))
-                out["warm_cache"] = c.get("/healthz").json()["stats"].get("cache", {})
-    finally:
-        worker.stop()
-    if warm:
-        log(f"ours HTTP: process->first {out['process_first_ms']} ms, warm p50 {out['warm_p50_ms']} ms, "
-            f"RSS {out['rss_mb']} MB")
+                t = time.perf_counter()
+                search(data.queries[0])
+                now = time.perf_counter()
+                samples.append({"process_first_ms": round(ms(now - worker.spawned), 1),
+                                "ready_ms": round(ms(ready_s), 1), "connect_first_ms": round(ms(now - t), 1)})
+                if n == starts - 1:
+                    out["cold_cache"] = c.get("/healthz").json()["stats"].get("cache", {})
+                    # Steady state: let the background embedder preload finish before measuring.
+                    out["settle_s"] = round(wait_idle(worker.proc.pid), 1)
+                    out.update(warm_passes(search, data.queries, data.gt))
+                    out.update(proc_memory(worker.proc.pid))
+                    out["warm_cache"] = c.get("/healthz").json()["stats"].get("cache", {})
+        finally:
+            worker.stop()
+    for key in ("process_first_ms", "ready_ms", "connect_first_ms"):
+        out[key] = round(statistics.median(s[key] for s in samples), 1)
+    out["starts"] = samples
+    log(f"ours HTTP ({'preload' if preload else 'no preload'}): process->first {out['process_first_ms']} ms "
+        f"(median of {starts}), warm p50 {out['warm_p50_ms']} ms, RSS {out['rss_mb']} MB")
     return out
 
 
@@ -397,25 +341,40 @@ def embedding(n_docs: int, n_queries: int, seed: int, log) -> dict:
     rng = np.random.default_rng([seed, 4])
     docs = [texts[i] for i in rng.choice(len(texts), n_docs, replace=False)]
     with open(ds_mod.DATA / "nfcorpus" / "queries.jsonl") as f:
-        query_texts = [json.loads(line)["text"] for _, line in zip(range(n_queries + 3), f)]
+        query_texts = [json.loads(line)["text"] for _, line in zip(range(n_queries + 3), f, strict=False)]
     started = time.perf_counter()
     embedder = embedders.get("minilm", settings)
     embedder.load()
     load_s = time.perf_counter() - started
-    for text in query_texts[:3]:
-        embedder.embed_query(text)
-    latencies = []
-    for text in query_texts[3:]:
-        t = time.perf_counter()
-        embedder.embed_query(text)
-        latencies.append(time.perf_counter() - t)
+    import torch
+
+    def query_latencies() -> list[float]:
+        for text in query_texts[:3]:
+            embedder.embed_query(text)
+        latencies = []
+        for text in query_texts[3:]:
+            t = time.perf_counter()
+            embedder.embed_query(text)
+            latencies.append(time.perf_counter() - t)
+        return latencies
+
+    threads = torch.get_num_threads()
+    latencies = query_latencies()
     t = time.perf_counter()
     embedder.embed_documents(docs)
     docs_s = time.perf_counter() - t
+    # torch's default (one thread per core) collapses when the cores are busy with other
+    # work; one thread is the comparison that shows it.
+    torch.set_num_threads(1)
+    one_thread = query_latencies()
+    torch.set_num_threads(threads)
     out = {
         "model_load_s": round(load_s, 2),
+        "torch_threads": threads,
         "query_p50_ms": round(ms(percentile(latencies, 0.5)), 2),
         "query_p99_ms": round(ms(percentile(latencies, 0.99)), 2),
+        "query_1thread_p50_ms": round(ms(percentile(one_thread, 0.5)), 2),
+        "query_1thread_p99_ms": round(ms(percentile(one_thread, 0.99)), 2),
         "queries": len(latencies),
         "docs": n_docs,
         "docs_per_s": round(n_docs / docs_s, 1),
@@ -426,9 +385,9 @@ def embedding(n_docs: int, n_queries: int, seed: int, log) -> dict:
     return out
 
 
-def run(data: ds_mod.Dataset, endpoint: str, bucket: str, access: str, secret: str, workdir: Path, *,
-        clients: int, batch: int, colds: int, quick: bool, log) -> dict:
-    store_uri = f"s3://{bucket}/ours-{uuid.uuid4().hex[:10]}"
+def run(data: ds_mod.Dataset, endpoint: str, bucket: str, prefix: str, access: str, secret: str, workdir: Path, *,
+        clients: int, batch: int, encoding: str, colds: int, quick: bool, log) -> dict:
+    store_uri = f"s3://{bucket}/{prefix}"
     env = {
         "VECTORDB_STORE_URI": store_uri,
         "VECTORDB_S3_ENDPOINT": endpoint,
@@ -442,9 +401,10 @@ def run(data: ds_mod.Dataset, endpoint: str, bucket: str, access: str, secret: s
                         preload_embedder="")
     nlist = ds_mod.nlist_for(data.rows)
     out: dict = {"store_uri": store_uri, "nlist": nlist, "nprobe": min(nlist, max(8, int(np.ceil(nlist / 128))))}
-    out["ingest"] = ingest(data, env, workdir, clients, batch, log)
+    out["ingest"] = ingest(data, env, workdir, clients, batch, encoding, log)
     out["in_process"] = in_process(data, settings, colds, log)
-    out["http"] = over_http(data, env, workdir, preload=True, warm=True, log=log)
+    starts = 1 if quick else 3
+    out["http"] = over_http(data, env, workdir, preload=True, starts=starts, log=log)
     if not quick:
-        out["http_no_preload"] = over_http(data, env, workdir, preload=False, warm=False, log=log)
+        out["http_no_preload"] = over_http(data, env, workdir, preload=False, starts=starts, log=log)
     return out

@@ -93,16 +93,14 @@ def faiss_build(args, data: ds_mod.Dataset) -> dict:
     import faiss
 
     started = time.perf_counter()
-    base = np.ascontiguousarray(data.base, np.float32)  # into RAM: FAISS's "ingest"
-    ingest_s = time.perf_counter() - started
-    started = time.perf_counter()
+    base = np.ascontiguousarray(data.base, np.float32)  # FAISS has no ingest: build counts from here
     index = faiss.IndexIVFFlat(faiss.IndexFlatIP(ds_mod.DIMS), ds_mod.DIMS, args.nlist, faiss.METRIC_INNER_PRODUCT)
     rng = np.random.default_rng(1234)
     train = base if len(base) <= args.nlist * 128 else base[np.sort(rng.choice(len(base), args.nlist * 128, False))]
     index.train(train)
     index.add(base)
     faiss.write_index(index, str(Path(args.workdir) / "faiss.index"))
-    return {"ingest_s": ingest_s, "build_s": time.perf_counter() - started}
+    return {"ingest_s": None, "build_s": time.perf_counter() - started}
 
 
 def faiss_serve(args, queries: np.ndarray, gt: np.ndarray) -> dict:

