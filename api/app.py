@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 from fastapi import APIRouter, FastAPI, Form, Query, Request, UploadFile
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
@@ -127,8 +127,10 @@ def _query_routes(service: Service) -> APIRouter:
     r = APIRouter()
 
     @r.post("/v1/namespaces/{ns}/query", response_model=QueryResponse, response_model_exclude_none=True)
-    def query(ns: str, body: QueryRequest) -> Any:
-        result = service.query(
+    async def query(ns: str, body: QueryRequest) -> Any:
+        # One hop to the thread pool and orjson straight out: this route is the hot path.
+        result = await run_in_threadpool(
+            service.query,
             ns,
             vector=body.vector,
             text=body.text,
@@ -141,7 +143,8 @@ def _query_routes(service: Service) -> APIRouter:
             rrf_k=body.rrf_k,
             weights=body.weights,
         )
-        return {"results": [h.__dict__ for h in result.hits], "version": result.version}
+        hits = [{k: v for k, v in h.__dict__.items() if v is not None} for h in result.hits]
+        return Response(orjson.dumps({"results": hits, "version": result.version}), media_type="application/json")
 
     return r
 
@@ -188,12 +191,6 @@ def create_app(settings: Settings | None = None, role: str | None = None, servic
     app.state.role = role
     errors.install(app)
 
-    @app.middleware("http")
-    async def _request_id(request: Request, call_next):
-        response = await call_next(request)
-        response.headers["x-request-id"] = errors.request_id(request)
-        return response
-
     @app.get("/healthz")
     def healthz() -> dict:
         return {"status": "ok", "role": role, "store": service.store.uri, "stats": service.stats()}
@@ -206,4 +203,5 @@ def create_app(settings: Settings | None = None, role: str | None = None, servic
     if role in ("query", "all"):
         app.include_router(_query_routes(service))
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(errors.RequestId)
     return app

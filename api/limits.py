@@ -16,7 +16,7 @@ class BodyLimit:
             return await self.app(scope, receive, send)
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            return await self._refuse(send)
+            return await self._refuse(scope, send)
         seen = 0
         too_large = False
 
@@ -41,15 +41,15 @@ class BodyLimit:
             await self.app(scope, limited_receive, tracking_send)
         except _TooLarge:
             if not started:
-                await self._refuse(send)
+                await self._refuse(scope, send)
         except Exception:
             if too_large and not started:
-                await self._refuse(send)
+                await self._refuse(scope, send)
             else:
                 raise
 
-    async def _refuse(self, send) -> None:
-        rid = uuid.uuid4().hex[:16]
+    async def _refuse(self, scope, send) -> None:
+        rid = scope.get("state", {}).get("request_id") or uuid.uuid4().hex[:16]
         body = json.dumps(
             {
                 "error": {

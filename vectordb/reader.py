@@ -31,6 +31,17 @@ class _Memo:
         self._data: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
 
+    def peek_many(self, keys: list) -> list:
+        """The values of ``keys`` that are present (None where absent), without loading."""
+        with self._lock:
+            out = []
+            for key in keys:
+                value = self._data.get(key)
+                if value is not None:
+                    self._data.move_to_end(key)
+                out.append(value)
+            return out
+
     def __contains__(self, key) -> bool:
         with self._lock:
             return key in self._data
@@ -85,11 +96,17 @@ class NamespaceReader:
         return self._partitions.get((key, p), load)
 
     def partitions(self, ns: str, seg: SegmentRef, layout: Layout, parts) -> list[Partition]:
-        """Several partitions, fetched in parallel."""
+        """Several partitions; those not yet decoded are fetched in parallel."""
         parts = [int(p) for p in parts]
-        if len(parts) <= 1:
-            return [self.partition(ns, seg, layout, p) for p in parts]
-        return list(self.pool.map(lambda p: self.partition(ns, seg, layout, p), parts))
+        key = segment.file_key(ns, seg.id, "vectors.bin")
+        found = self._partitions.peek_many([(key, p) for p in parts])
+        missing = [p for p, part in zip(parts, found) if part is None]
+        if len(missing) == 1:
+            found[parts.index(missing[0])] = self.partition(ns, seg, layout, missing[0])
+        elif missing:
+            loaded = dict(zip(missing, self.pool.map(lambda p: self.partition(ns, seg, layout, p), missing)))
+            found = [part if part is not None else loaded[p] for p, part in zip(parts, found)]
+        return found
 
     def all_rows(self, ns: str, seg: SegmentRef) -> tuple[np.ndarray, list[str]]:
         """Every vector and id of a segment, in segment row order."""

@@ -1,0 +1,43 @@
+"""``POST /v1/namespaces/{ns}/warm``: the warm hint of the query role (see :mod:`query.warm`).
+
+A router, a scheduler or a client that knows traffic is coming calls it on a worker that
+has just started; the answer says what was fetched. A body is optional.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, FastAPI
+from pydantic import BaseModel, ConfigDict, Field
+
+from query import warm as warming
+
+
+class WarmRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    budget_bytes: int = Field(
+        warming.DEFAULT_BUDGET_BYTES, ge=0, description="Most partition (and docs) bytes to prefetch."
+    )
+    include_docs: bool = Field(False, description="Also fetch docs.parquet (for queries that include text or filter).")
+    load_embedder: bool = Field(True, description="Also load the namespace's embedding model.")
+
+
+def warm_routes(service) -> APIRouter:
+    r = APIRouter()
+
+    @r.post("/v1/namespaces/{ns}/warm")
+    def warm_namespace(ns: str, body: WarmRequest | None = None) -> dict:
+        body = body or WarmRequest()
+        return warming.warm(
+            service, ns, budget_bytes=body.budget_bytes, include_docs=body.include_docs, load_embedder=body.load_embedder
+        )
+
+    return r
+
+
+def install_warm(app: FastAPI, service) -> None:
+    """Add the warm route to ``app`` (idempotent)."""
+    if getattr(app.state, "warm_installed", False):
+        return
+    app.include_router(warm_routes(service))
+    app.state.warm_installed = True
