@@ -20,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api import errors
 from api.limits import BodyLimit
+from api.metrics import install_metrics
 from api.models import (
     DeleteRequest,
     DeleteResponse,
@@ -27,9 +28,11 @@ from api.models import (
     NamespaceCreate,
     QueryRequest,
     QueryResponse,
+    RagRequest,
     UpsertResponse,
 )
 from api.service import Service
+from api.warm import install_warm
 from vectordb.errors import InvalidArgument
 from vectordb.settings import Settings
 
@@ -54,7 +57,10 @@ def _write_routes(service: Service) -> APIRouter:
         # Parsed by hand, not by the pydantic model: a batch of 10,000 vectors is
         # millions of floats, and validate.prepare_upserts checks them in numpy.
         raw = await request.body()
-        version, count = await run_in_threadpool(lambda: service.upsert(ns, _documents(raw)))
+        if request.headers.get("content-type", "").startswith(ARROW_STREAM):
+            version, count = await run_in_threadpool(lambda: service.upsert_table(ns, _arrow_table(raw)))
+        else:
+            version, count = await run_in_threadpool(lambda: service.upsert(ns, _documents(raw)))
         return {"version": version, "upserted": count}
 
     @r.post("/v1/namespaces/{ns}/documents/delete", response_model=DeleteResponse)
@@ -146,6 +152,10 @@ def _query_routes(service: Service) -> APIRouter:
         hits = [{k: v for k, v in h.__dict__.items() if v is not None} for h in result.hits]
         return Response(orjson.dumps({"results": hits, "version": result.version}), media_type="application/json")
 
+    @r.post("/v1/namespaces/{ns}/rag")
+    def rag_answer(ns: str, body: RagRequest) -> dict:
+        return service.rag(ns, body.question, **body.model_dump(exclude={"question"}))
+
     return r
 
 
@@ -159,6 +169,18 @@ def _json_object(text: str, name: str) -> dict:
     return value
 
 
+ARROW_STREAM = "application/vnd.apache.arrow.stream"
+
+
+def _arrow_table(raw: bytes):
+    import pyarrow as pa
+
+    try:
+        return pa.ipc.open_stream(raw).read_all()
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InvalidArgument(f"body is not an Arrow IPC stream: {exc}") from exc
+
+
 def _documents(raw: bytes) -> list:
     try:
         body = orjson.loads(raw)  # several times faster than json on large vector batches
@@ -169,7 +191,14 @@ def _documents(raw: bytes) -> list:
     return body["documents"]
 
 
-def create_app(settings: Settings | None = None, role: str | None = None, service: Service | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    role: str | None = None,
+    service: Service | None = None,
+    cold_start=None,
+) -> FastAPI:
+    """The app for ``role``. ``cold_start`` (a ``vectordb.coldstart.ColdStart``) defaults to
+    the process's clock; tests that share a process pass their own."""
     settings = settings or Settings()
     role = role or settings.role
     if role not in ROLES:
@@ -202,6 +231,8 @@ def create_app(settings: Settings | None = None, role: str | None = None, servic
         app.include_router(_write_routes(service))
     if role in ("query", "all"):
         app.include_router(_query_routes(service))
+        install_warm(app, service)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(errors.RequestId)
+    install_metrics(app, service, cold_start)  # outermost: it times and counts everything, refusals included
     return app

@@ -4,6 +4,8 @@
     vectordb index NS [--compact] [--gc]
     vectordb gc NS
     vectordb namespaces
+    vectordb eval beir DIR [...]     (nDCG@10 / recall@100 per mode; see bench/beir.py)
+    vectordb deploy ray [...]        (see deploy/README.md)
 
 Settings come from ``VECTORDB_*`` environment variables (see README); flags override them.
 """
@@ -63,6 +65,27 @@ def _namespaces(args) -> int:
     return 0
 
 
+def _eval(args) -> int:
+    # bench/ is not an installed package: load the evaluation from this checkout.
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "bench" / "beir.py"
+    if not path.exists():
+        print("vectordb eval needs a source checkout (bench/beir.py)", file=sys.stderr)
+        return 2
+    spec = importlib.util.spec_from_file_location("vectordb_bench_beir", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main(args.rest)
+
+
+def _deploy(args) -> int:
+    from deploy.ray_serve import main as deploy_ray
+
+    return deploy_ray((["--store", args.store] if args.store else []) + args.deploy_args)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vectordb", description="Serverless vector search on object storage.")
     parser.add_argument("--store", help="store URI (overrides VECTORDB_STORE_URI)")
@@ -87,6 +110,17 @@ def main(argv: list[str] | None = None) -> int:
 
     names = sub.add_parser("namespaces", help="list namespaces")
     names.set_defaults(func=_namespaces)
+
+    ev = sub.add_parser("eval", help="retrieval quality on a BEIR dataset through the HTTP API", add_help=False)
+    ev.add_argument("suite", choices=["beir"])
+    ev.add_argument("rest", nargs=argparse.REMAINDER, help="see: vectordb eval beir --help")
+    ev.set_defaults(func=_eval)
+
+    # add_help=False lets "vectordb deploy ray --help" reach the deploy command's own help.
+    deploy = sub.add_parser("deploy", help="run the roles on an engine that scales them to zero", add_help=False)
+    deploy.add_argument("engine", choices=["ray"])
+    deploy.add_argument("deploy_args", nargs=argparse.REMAINDER, help="see: vectordb deploy ray --help")
+    deploy.set_defaults(func=_deploy)
 
     args = parser.parse_args(argv)
     from vectordb.errors import VectorDBError

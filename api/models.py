@@ -78,6 +78,17 @@ class QueryResponse(BaseModel):
     version: int
 
 
+class RagRequest(_Strict):
+    question: str
+    top_k: int = Field(8, description="Chunks retrieved before merging and trimming.")
+    mode: Literal["vector", "bm25", "hybrid"] = "hybrid"
+    filter: dict[str, Any] | None = None
+    max_context_tokens: int = Field(2000, description="Token budget of the numbered context block.")
+    max_answer_tokens: int = Field(512, description="Token limit of the generated answer.")
+    generate: bool | None = Field(None, description="Ask the configured LLM (default: when one is configured).")
+    consistency: Literal["strong", "eventual"] = "strong"
+
+
 class IndexRequest(_Strict):
     compact: bool = False
     gc: bool = False

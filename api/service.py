@@ -13,12 +13,14 @@ from ingest import chunker, documents, gc, parsers, validate
 from ingest.commit import GroupCommitter
 from ingest.indexer import Indexer, IndexResult
 from ingest.jobs import Job, Jobs
+from query import rag
 from query.engine import QueryEngine, QueryResult
+from query.llm import ChatClient
 from storage import open_store
 from storage.base import ObjectStore
 from vectordb import embedders
 from vectordb.catalog import Catalog
-from vectordb.errors import InvalidArgument
+from vectordb.errors import InvalidArgument, UpstreamError
 from vectordb.manifest import Manifest
 from vectordb.namespace import NamespaceConfig, check_namespace_name
 from vectordb.reader import NamespaceReader
@@ -37,6 +39,7 @@ class Service:
         self.engine = QueryEngine(self.catalog, self.reader, self.settings)
         self.jobs = Jobs()
         self._counter = None
+        self.llm = ChatClient.from_settings(self.settings)
 
     def preload(self) -> None:
         """Load the configured embedder in a background thread (cold-start work off the query path)."""
@@ -55,6 +58,8 @@ class Service:
 
     def close(self) -> None:
         self.committer.close()
+        if self.llm is not None:
+            self.llm.close()
 
     # --- namespaces ----------------------------------------------------------------------
     def create_namespace(
@@ -121,6 +126,12 @@ class Service:
         expanded = documents.expand(docs, config, self.token_counter()) if config.chunk_tokens else docs
         rows = validate.prepare_upserts(expanded, config, self.settings)
         return self._write_replacing(ns, config, rows, documents.parents(expanded)), len(rows)
+
+    def upsert_table(self, ns: str, table) -> tuple[int, int]:
+        """Bulk upsert of an Arrow table (see ``validate.prepare_table``)."""
+        config = self.catalog.latest(ns).config
+        rows = validate.prepare_table(table, config, self.settings)
+        return self.committer.write(ns, WriteBatch(rows, []), config.dimensions), len(rows)
 
     def _write_replacing(self, ns: str, config, rows: RowBatch, parents: list[str]) -> int:
         """Write ``rows``, deleting in the same commit the old chunks of ``parents`` that
@@ -189,6 +200,48 @@ class Service:
     # --- reads ----------------------------------------------------------------------------
     def query(self, ns: str, **kwargs) -> QueryResult:
         return self.engine.query(ns, **kwargs)
+
+    def rag(
+        self,
+        ns: str,
+        question: str,
+        *,
+        top_k: int = 8,
+        mode: str = "hybrid",
+        filter: dict | None = None,
+        max_context_tokens: int = 2000,
+        max_answer_tokens: int = 512,
+        generate: bool | None = None,
+        consistency: str = "strong",
+    ) -> dict:
+        """Passages for ``question`` (merged, ordered, trimmed, cited), a ready prompt, and the
+        LLM's answer when one is configured."""
+        if not isinstance(question, str) or not question.strip():
+            raise InvalidArgument("question must be a non-empty string")
+        if not 1 <= max_context_tokens <= 100_000 or not 1 <= max_answer_tokens <= 100_000:
+            raise InvalidArgument("max_context_tokens and max_answer_tokens must be between 1 and 100000")
+        config = self.catalog.latest(ns, consistency).config
+        if config.embedder == embedders.NONE and mode != "bm25":
+            mode = "bm25"  # no model to embed the question: lexical retrieval only
+        result = self.engine.query(ns, text=question, top_k=top_k, mode=mode, filter=filter,
+                                   include=("text", "attributes"), consistency=consistency)
+        context = rag.build_context(question, result.hits, max_context_tokens, self.token_counter())
+        if generate is None:
+            generate = self.llm is not None
+        answer = None
+        if generate:
+            if self.llm is None:
+                raise UpstreamError('no LLM is configured: set VECTORDB_LLM_URL, or send "generate": false')
+            answer = self.llm.complete(context.prompt, max_tokens=max_answer_tokens)
+        return {
+            "answer": answer,
+            "citations": context.citations,
+            "passages": [{**p.citation, "text": p.text, "score": p.score} for p in context.passages],
+            "prompt": context.prompt,
+            "context_tokens": context.tokens,
+            "mode": mode,
+            "version": result.version,
+        }
 
     def get_document(self, ns: str, doc_id: str, consistency: str = "strong") -> dict:
         hit = self.engine.get_document(ns, validate.check_id(doc_id, "id"), consistency)

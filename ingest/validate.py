@@ -157,3 +157,70 @@ def _attributes_json(attributes: Any, where: str) -> str | None:
     if len(text.encode()) > MAX_ATTRIBUTES_BYTES:
         raise PayloadTooLarge(f"{where}: attributes exceed {MAX_ATTRIBUTES_BYTES} bytes as JSON")
     return text
+
+
+def prepare_table(table, config: NamespaceConfig, settings: Settings) -> RowBatch:
+    """Validate an Arrow table of documents (the bulk form of ``prepare_upserts``).
+
+    Columns: ``id`` (string, required), ``vector`` (list of ``dimensions`` floats), ``text``
+    (string) and ``attributes`` (JSON object text), all but ``id`` optional. Checks run
+    column-wise in numpy, so a batch of 100,000 vectors costs milliseconds, not seconds.
+    Texts are embedded when there is no vector column; they are stored whole (no chunking).
+    """
+    import pyarrow as pa
+
+    unknown = set(table.column_names) - {"id", "vector", "text", "attributes"}
+    if unknown:
+        raise InvalidArgument(f"unknown columns {sorted(unknown)}; expected id, vector, text, attributes")
+    n = table.num_rows
+    if n == 0 or "id" not in table.column_names:
+        raise InvalidArgument("the table needs rows and an 'id' column")
+    if n > settings.max_batch_docs:
+        raise PayloadTooLarge(f"at most {settings.max_batch_docs} documents per request, got {n}")
+    ids = table.column("id").to_pylist()
+    for row, doc_id in enumerate(ids):
+        check_id(doc_id, f"row {row}")
+    _reject_duplicates(ids, "id")
+    texts = table.column("text").to_pylist() if "text" in table.column_names else [None] * n
+    if any(t is not None and not isinstance(t, str) for t in texts):
+        raise InvalidArgument("the 'text' column must hold strings")
+    attrs: list[str | None] = [None] * n
+    if "attributes" in table.column_names:
+        attrs = [_attributes_json(_json_object(a, row), f"row {row}") for row, a in enumerate(table.column("attributes").to_pylist())]
+    dims = config.dimensions
+    if "vector" in table.column_names:
+        column = table.column("vector").combine_chunks()
+        if not pa.types.is_list(column.type) and not pa.types.is_fixed_size_list(column.type):
+            raise InvalidArgument("the 'vector' column must be a list of floats")
+        if column.null_count:
+            raise InvalidArgument("the 'vector' column has nulls")
+        flat = column.flatten().to_numpy(zero_copy_only=False)
+        if len(flat) != n * dims or (pa.types.is_list(column.type) and (np.diff(column.offsets.to_numpy()) != dims).any()):
+            raise InvalidArgument(f"every vector must have {dims} values")
+        if flat.dtype.kind not in "if":
+            raise InvalidArgument("the 'vector' column must hold numbers")
+        vectors = flat.astype(np.float32).reshape(n, dims)
+        bad = np.flatnonzero(~np.isfinite(vectors).all(axis=1))
+        if len(bad):
+            raise InvalidArgument(f"row {int(bad[0])}: vector contains NaN or infinite values (or overflows float32)")
+    elif config.embedder == embedders.NONE:
+        raise InvalidArgument("this namespace takes vectors (embedder 'none'); the 'vector' column is missing")
+    else:
+        missing = [row for row, t in enumerate(texts) if not t or not t.strip()]
+        if missing:
+            raise InvalidArgument(f"row {missing[0]}: needs 'text' to embed (no 'vector' column)")
+        vectors = embedders.get(config.embedder, settings).embed_documents(texts)
+    vectors = normalise(vectors, config.metric, lambda row: f"row {row}")
+    return RowBatch(ids, vectors, texts, attrs)
+
+
+def _json_object(text: Any, row: int) -> dict | None:
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgument(f"row {row}: attributes must be JSON object text") from exc
+    if not isinstance(value, dict):
+        raise InvalidArgument(f"row {row}: attributes must be a JSON object")
+    return value

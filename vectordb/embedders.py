@@ -90,7 +90,16 @@ def bundled_model_dir() -> str:
 
 
 def _minilm(settings: Settings) -> Embedder:
-    return SentenceTransformerEmbedder("minilm", settings.model_path or bundled_model_dir(), 384, settings)
+    model_dir = settings.model_path or bundled_model_dir()
+    if settings.embed_runtime == "numpy":
+        from vectordb.bert_numpy import NumpyBertEmbedder
+
+        return NumpyBertEmbedder(
+            "minilm", model_dir, settings.embed_max_seq_length, settings.embed_batch_size, settings.embed_threads or 1
+        )
+    if settings.embed_runtime != "torch":
+        raise InvalidArgument(f"embed_runtime must be 'torch' or 'numpy', not {settings.embed_runtime!r}")
+    return SentenceTransformerEmbedder("minilm", model_dir, 384, settings)
 
 
 _FACTORIES: dict[str, tuple[int, Callable[[Settings], Embedder]]] = {"minilm": (384, _minilm)}

@@ -56,6 +56,11 @@ class Settings(BaseSettings):
         description="Embedder loaded in the background when the server starts, so the first text "
         "query does not wait for it ('' = load on first use).",
     )
+    embed_runtime: str = Field(
+        "torch",
+        description="How the 'minilm' embedder runs: 'torch' (sentence-transformers) or 'numpy' (the same "
+        "vectors without torch; loads in ~0.1 s instead of 5-14 s; for query workers that must start fast).",
+    )
     embed_batch_size: int = Field(64, description="Texts per batch when embedding documents.")
     embed_max_seq_length: int = Field(256, description="Token limit per text for the embedder.")
     embed_threads: int | None = Field(None, description="torch threads for embedding (None: torch default).")
@@ -84,6 +89,18 @@ class Settings(BaseSettings):
     )
     eventual_ttl_s: float = Field(5.0, description="How long 'eventual' queries may reuse a cached manifest.")
     fetch_threads: int = Field(16, description="Parallel object-store reads per query.")
+
+    # --- RAG --------------------------------------------------------------------------------
+    llm_url: str = Field(
+        "",
+        description="Base URL of an OpenAI-compatible chat API for /rag answers, up to the version "
+        "(https://api.openai.com/v1, http://127.0.0.1:8000/v1 for vLLM); '' = context only, no generation.",
+    )
+    llm_api_key: str = Field("", description="Bearer token sent to the LLM API ('' = no Authorization header).")
+    llm_model: str = Field("", description="Model name sent with each chat completion (e.g. gpt-4o-mini).")
+    llm_timeout_s: float = Field(
+        60.0, description="Connect/read timeout of one LLM request; past it /rag answers 502 llm_unavailable."
+    )
 
     # --- garbage collection --------------------------------------------------------------
     retain_manifests: int = Field(10, description="Newest manifest versions kept by garbage collection.")

@@ -1,0 +1,266 @@
+"""Ray Serve deployment: the query role and the ingest role as two Serve applications, each
+autoscaled on its own between ``min_replicas`` (0 by default) and ``max_replicas``.
+
+    vectordb deploy ray                       # one machine: starts Ray, serves, blocks
+    vectordb deploy ray --address auto        # an existing Ray cluster: deploys and exits
+
+    query role   http://HOST:PORT/             /v1/namespaces/{ns}/query, /warm, /metrics, ...
+    ingest role  http://HOST:PORT/ingest/      /ingest/v1/namespaces/{ns}/documents, ...
+
+Service settings come from ``VECTORDB_*`` as for ``vectordb serve``; they are resolved
+once here and handed to every replica. Scaling is set by the flags (``--query-idle-s``:
+seconds without traffic before the last query replica stops).
+
+Ray Serve's autoscaler learns about load from metrics that replicas and the HTTP proxy
+push every 10 s by default, so a replica at zero would wait up to that long for its first
+request to be noticed. :data:`RAY_ENV` shortens those intervals; it must be in the
+environment of every Ray node (``start_local`` sets it; on a cluster export it before
+``ray start``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+QUERY_APP = "vectordb-query"
+INGEST_APP = "vectordb-ingest"
+ROUTE_PREFIXES = {QUERY_APP: "/", INGEST_APP: "/ingest"}
+
+# Seconds between the autoscaling metrics that the proxy (handle) and replicas push.
+RAY_ENV = {
+    "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.5",
+    "RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.5",
+}
+# Ray (2.60) binds all interfaces unless this is 0; its auth mode must be off to be local.
+_CLUSTER_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+LOCAL_ENV = {_CLUSTER_ENV: "0", "RAY_AUTH_MODE": "disabled"}
+METRICS_INTERVAL_S = 0.5
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+@dataclass(frozen=True)
+class Scaling:
+    """How one role scales. ``idle_s``: no traffic for this long stops a replica (the
+    last one too when ``min_replicas`` is 0)."""
+
+    min_replicas: int = 0
+    max_replicas: int = 4
+    idle_s: float = 60.0
+    target_ongoing_requests: float = 2.0
+    upscale_delay_s: float = 2.0
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    max_ongoing_requests: int = 16
+
+    def autoscaling_config(self) -> dict[str, Any]:
+        """Ray Serve's ``autoscaling_config``. Scaling up from zero never waits for
+        ``upscale_delay_s``: Serve starts the first replica as soon as a request queues."""
+        if not 0 <= self.min_replicas <= self.max_replicas or self.max_replicas < 1:
+            raise ValueError(f"need 0 <= min_replicas <= max_replicas and max_replicas >= 1, not {self}")
+        return {
+            "min_replicas": self.min_replicas,
+            "initial_replicas": self.min_replicas,
+            "max_replicas": self.max_replicas,
+            "target_ongoing_requests": self.target_ongoing_requests,
+            "upscale_delay_s": self.upscale_delay_s,
+            "downscale_delay_s": self.idle_s,
+            "downscale_to_zero_delay_s": self.idle_s,
+            # The load averaged over this window decides "idle": keep it shorter than
+            # idle_s, or the last request keeps a replica up for the whole window.
+            "look_back_period_s": max(2 * METRICS_INTERVAL_S, min(10.0, self.idle_s / 2)),
+            "metrics_interval_s": METRICS_INTERVAL_S,
+        }
+
+
+def role_deployment(
+    role: str,
+    settings,
+    scaling: Scaling,
+    embed_runtime: str = "numpy",
+    warm: tuple[str, ...] = (),
+    loopback_only: bool = False,
+):
+    """The bound Serve application of one role (``query``, ``ingest`` or ``all``).
+    ``loopback_only``: replicas keep every port they open on 127.0.0.1 (one machine)."""
+    from ray import serve
+
+    from deploy.replica import VectorDBReplica
+
+    with warnings.catch_warnings():
+        # metrics_interval_s is deprecated in favour of RAY_ENV, yet a look-back window
+        # shorter than it is refused with a warning: set both, hush the deprecation.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        deployment = serve.deployment(
+            VectorDBReplica,
+            name=role,
+            autoscaling_config=scaling.autoscaling_config(),
+            max_ongoing_requests=scaling.max_ongoing_requests,
+            ray_actor_options={"num_cpus": scaling.num_cpus, "num_gpus": scaling.num_gpus},
+            # A replica that is stopping finishes its requests; none should take long.
+            graceful_shutdown_timeout_s=10.0,
+        )
+    return deployment.bind(role, settings.model_dump(), embed_runtime, tuple(warm), loopback_only)
+
+
+def deploy(
+    settings,
+    query: Scaling | None = Scaling(),
+    ingest: Scaling | None = Scaling(max_replicas=1, idle_s=300.0),
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    embed_runtime: str = "numpy",
+    warm: tuple[str, ...] = (),
+) -> dict[str, str]:
+    """Start Serve's HTTP proxy on ``host:port`` (in the connected Ray cluster) and deploy
+    the roles that are not None. Returns {application name: base URL}."""
+    from ray import serve
+
+    serve.start(http_options={"host": host, "port": port})
+    loopback_only = host in LOOPBACK
+    urls = {}
+    for name, role, scaling, runtime in (
+        (QUERY_APP, "query", query, embed_runtime),
+        (INGEST_APP, "ingest", ingest, "torch"),  # batch embedding: torch is the reference
+    ):
+        if scaling is None:
+            continue
+        app = role_deployment(role, settings, scaling, runtime, warm if role == "query" else (), loopback_only)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            serve.run(app, name=name, route_prefix=ROUTE_PREFIXES[name], blocking=False)
+        urls[name] = f"http://{host}:{port}{ROUTE_PREFIXES[name].rstrip('/')}"
+    return urls
+
+
+def replica_states(app_name: str) -> dict[str, int]:
+    """Replica counts by state (``RUNNING``, ``STARTING``, ``STOPPING``...) of the single
+    deployment of ``app_name``; {} when it has none."""
+    from ray import serve
+
+    app = serve.status().applications.get(app_name)
+    if app is None:
+        return {}
+    counts: dict[str, int] = {}
+    for deployment in app.deployments.values():
+        for state, n in deployment.replica_states.items():
+            key = getattr(state, "value", str(state))
+            counts[key] = counts.get(key, 0) + n
+    return {k: v for k, v in counts.items() if v}
+
+
+def start_local(num_cpus: int | None = None, temp_dir: str | None = None, extra_env: dict[str, str] | None = None) -> None:
+    """Start a one-machine Ray (no dashboard, bound to 127.0.0.1) with :data:`RAY_ENV`.
+
+    Environment variables are set before Ray starts so that its processes inherit them;
+    variables already set win (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1`` would bind every
+    interface).
+    """
+    for key, value in {**LOCAL_ENV, **RAY_ENV, **(extra_env or {})}.items():
+        os.environ.setdefault(key, value)
+    constants = sys.modules.get("ray._private.ray_constants")
+    if constants is not None and os.environ[_CLUSTER_ENV] == "0":
+        # Ray read the variable when it was imported; this process decides what the
+        # processes it starts bind to, so tell the module too.
+        constants.ENABLE_RAY_CLUSTER = False
+    import ray
+
+    ray.init(
+        num_cpus=num_cpus,
+        include_dashboard=False,
+        _temp_dir=temp_dir,
+        _node_ip_address="127.0.0.1",
+        log_to_driver=False,
+        configure_logging=False,
+    )
+
+
+def shutdown() -> None:
+    """Delete the Serve applications and stop the Ray started by :func:`start_local`."""
+    import ray
+    from ray import serve
+
+    try:
+        serve.shutdown()
+    finally:
+        ray.shutdown()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``vectordb deploy ray``: see the module docstring."""
+    parser = argparse.ArgumentParser(prog="vectordb deploy ray", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--address", help="Ray cluster to deploy to ('auto' = the local node's); "
+                        "default: start Ray on this machine and block")
+    parser.add_argument("--host", help="address of Serve's HTTP proxy (default VECTORDB_HOST, 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="port of Serve's HTTP proxy (default 8000)")
+    parser.add_argument("--num-cpus", type=int, help="CPUs Ray may use when started here (default: all)")
+    parser.add_argument("--temp-dir", help="Ray's session directory when started here")
+    parser.add_argument("--store", help="store URI (overrides VECTORDB_STORE_URI)")
+    parser.add_argument("--embed-runtime", choices=["numpy", "torch"], default="numpy",
+                        help="how query replicas run the minilm embedder (numpy: no torch import)")
+    parser.add_argument("--warm", action="append", default=[], metavar="NS",
+                        help="namespace a new query replica prefetches before taking traffic (repeatable)")
+    for role, default in (("query", Scaling()), ("ingest", Scaling(max_replicas=1, idle_s=300.0))):
+        parser.add_argument(f"--{role}-min-replicas", type=int, default=default.min_replicas)
+        parser.add_argument(f"--{role}-max-replicas", type=int, default=default.max_replicas)
+        parser.add_argument(f"--{role}-idle-s", type=float, default=default.idle_s,
+                            help=f"seconds without traffic before a {role} replica stops")
+        parser.add_argument(f"--{role}-target-ongoing", type=float, default=default.target_ongoing_requests,
+                            help=f"requests in flight per {role} replica that the autoscaler aims for")
+        parser.add_argument(f"--{role}-num-cpus", type=float, default=default.num_cpus)
+        parser.add_argument(f"--{role}-num-gpus", type=float, default=default.num_gpus)
+    parser.add_argument("--no-ingest", action="store_true", help="deploy the query role only")
+    args = parser.parse_args(argv)
+
+    from vectordb.settings import Settings
+
+    settings = Settings(**({"store_uri": args.store} if args.store else {}))
+
+    def scaling(role: str) -> Scaling:
+        return Scaling(
+            min_replicas=getattr(args, f"{role}_min_replicas"),
+            max_replicas=getattr(args, f"{role}_max_replicas"),
+            idle_s=getattr(args, f"{role}_idle_s"),
+            target_ongoing_requests=getattr(args, f"{role}_target_ongoing"),
+            num_cpus=getattr(args, f"{role}_num_cpus"),
+            num_gpus=getattr(args, f"{role}_num_gpus"),
+        )
+
+    local = args.address is None
+    if local:
+        start_local(args.num_cpus, args.temp_dir)
+    else:
+        import ray
+
+        ray.init(address=args.address, log_to_driver=False)
+    urls = deploy(
+        settings,
+        query=scaling("query"),
+        ingest=None if args.no_ingest else scaling("ingest"),
+        host=args.host or settings.host,
+        port=args.port,
+        embed_runtime=args.embed_runtime,
+        warm=tuple(args.warm),
+    )
+    for name, url in urls.items():
+        print(f"{name}: {url}", flush=True)
+    if not local:
+        return 0  # the applications live in the cluster
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    print("serving; Ctrl-C stops", flush=True)
+    stop.wait()
+    shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
