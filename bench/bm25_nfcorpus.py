@@ -23,7 +23,6 @@ stemming 0.3141, plural-s stripping 0.3270, Snowball English (Porter2) 0.3320, S
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 import time
@@ -31,6 +30,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from beir import read_queries  # noqa: E402  (bench/ is this script's directory)
 
 from vectordb.bm25 import BM25Index  # noqa: E402
 from vectordb.evaluation import ndcg_at_k, recall_at_k  # noqa: E402
@@ -43,16 +44,7 @@ def load(data: Path) -> tuple[list[str], list[str], dict[str, str], dict[str, di
             doc = json.loads(line)
             doc_ids.append(doc["_id"])
             texts.append((doc.get("title", "") + " " + doc.get("text", "")).strip())
-    qrels: dict[str, dict[str, int]] = {}
-    with open(data / "qrels" / "test.tsv", encoding="utf-8") as f:
-        for row in csv.DictReader(f, delimiter="\t"):
-            qrels.setdefault(row["query-id"], {})[row["corpus-id"]] = int(row["score"])
-    queries = {}
-    with open(data / "queries.jsonl", encoding="utf-8") as f:
-        for line in f:
-            query = json.loads(line)
-            if query["_id"] in qrels:
-                queries[query["_id"]] = query["text"]
+    queries, qrels = read_queries(data, "test")
     return doc_ids, texts, queries, qrels
 
 

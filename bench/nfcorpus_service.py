@@ -24,28 +24,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from beir import read_queries  # noqa: E402  (bench/ is this script's directory)
+
 from tests.data import DATA, nfcorpus_docs  # noqa: E402
 from tests.s3server import ACCESS_KEY, SECRET_KEY, TEST_BUCKET, port_open, seaweedfs, weed_binary  # noqa: E402
 from tests.servers import start_server  # noqa: E402
 from vectordb.evaluation import ndcg_at_k, recall_at_k  # noqa: E402
 
 PUBLISHED = {"ndcg@10": 0.31594, "recall@100": 0.31151}
-
-
-def load_test_queries(data: Path) -> tuple[dict[str, str], dict[str, dict[str, int]]]:
-    qrels: dict[str, dict[str, int]] = {}
-    with open(data / "qrels" / "test.tsv") as f:
-        next(f)
-        for line in f:
-            qid, did, score = line.rstrip("\n").split("\t")
-            qrels.setdefault(qid, {})[did] = int(score)
-    queries = {}
-    with open(data / "queries.jsonl") as f:
-        for line in f:
-            q = json.loads(line)
-            if q["_id"] in qrels:
-                queries[q["_id"]] = q["text"]
-    return queries, qrels
 
 
 def ms(seconds: float) -> float:
@@ -60,7 +46,7 @@ def run(endpoint: str, limit: int | None, batch: int, workdir: Path, chunking: b
         "VECTORDB_S3_SECRET_KEY": SECRET_KEY,
     }
     docs = nfcorpus_docs(limit)
-    queries, qrels = load_test_queries(DATA / "nfcorpus")
+    queries, qrels = read_queries(DATA / "nfcorpus", "test")
     out: dict = {"docs": len(docs), "queries": len(queries), "chunking": chunking}
     ingest = start_server(env, workdir, "ingest")
     try:

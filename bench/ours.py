@@ -88,15 +88,30 @@ def row_of(doc_id: str) -> int:
     return int(doc_id[1:])
 
 
+CONTENT_TYPES = {"arrow": "application/vnd.apache.arrow.stream", "base64": "application/json", "json": "application/json"}
+
+
 def upsert_body(base: np.ndarray, lo: int, hi: int, encoding: str = "base64") -> bytes:
     """``{"documents": [{"id", "vector"}...]}`` for rows [lo, hi).
 
+    ``arrow``: an Arrow IPC stream (columns ``id``, ``vector``), the API's bulk form.
     ``base64``: each vector as the API's compact form, base64 of little-endian float32
     (exact). ``json``: lists of numbers, written as integers with an exponent
     (``1234567e-7``, valid JSON rounded to 1e-7, so an inner product moves by < 1e-6):
     less than half the bytes of json.dumps and ~3x faster to produce.
     """
     block = np.asarray(base[lo:hi], np.float32)
+    if encoding == "arrow":
+        import pyarrow as pa
+
+        table = pa.table({
+            "id": [ds_mod.doc_id(lo + i) for i in range(hi - lo)],
+            "vector": pa.FixedSizeListArray.from_arrays(pa.array(block.reshape(-1)), block.shape[1]),
+        })
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
+        return sink.getvalue().to_pybytes()
     if encoding == "base64":
         docs = ",".join(
             f'{{"id":"{ds_mod.doc_id(lo + i)}","vector":"{base64.b64encode(row.astype("<f4").tobytes()).decode()}"}}'
@@ -180,7 +195,7 @@ def ingest(data: ds_mod.Dataset, env: dict, workdir: Path, clients: int, batch: 
                         return
                     t = time.perf_counter()
                     r = c.post(f"/v1/namespaces/{NAMESPACE}/documents", content=bodies[n],
-                               headers={"content-type": "application/json"})
+                               headers={"content-type": CONTENT_TYPES[encoding]})
                     r.raise_for_status()
                     with lock:
                         latencies.append(time.perf_counter() - t)

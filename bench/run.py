@@ -266,7 +266,7 @@ def main() -> int:
                         help="Chroma gets at most this many rows (its HNSW build is slow)")
     parser.add_argument("--clients", type=int, default=4, help="concurrent HTTP ingest clients")
     parser.add_argument("--batch", type=int, default=5000, help="vectors per upsert request")
-    parser.add_argument("--vector-encoding", choices=("base64", "json"), default="base64",
+    parser.add_argument("--vector-encoding", choices=("arrow", "base64", "json"), default="arrow",
                         help="how upserts carry vectors: base64 float32 (the API's bulk form) or JSON numbers")
     parser.add_argument("--no-embedding", action="store_true", help="skip the embedding model figures")
     parser.add_argument("--endpoint", help="S3 endpoint host:port (default: 127.0.0.1:8333, started if needed)")
