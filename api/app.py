@@ -206,7 +206,7 @@ def create_app(
     service = service or Service(settings)
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        service.preload()
+        service.preload(documents=role in ("ingest", "all"))
         yield
         service.close()
 

