@@ -33,7 +33,7 @@ class Service:
         self.settings = settings or Settings()
         self.store = store if store is not None else open_store(self.settings)
         self.catalog = Catalog(self.store, self.settings.eventual_ttl_s)
-        self.reader = NamespaceReader(self.store, self.settings.fetch_threads)
+        self.reader = NamespaceReader(self.store, self.settings.fetch_threads, self.settings.cache_bytes)
         self.indexer = Indexer(self.catalog, self.store, self.reader, self.settings)
         self.committer = GroupCommitter(self.catalog, self.store, self.settings, on_commit=self.indexer.maybe_index)
         self.engine = QueryEngine(self.catalog, self.reader, self.settings)

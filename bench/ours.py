@@ -39,6 +39,7 @@ from counting import CountingStore, describe_requests  # noqa: E402
 from api.service import Service  # noqa: E402
 from storage import CachedStore, open_raw_store  # noqa: E402
 from tests.servers import free_port  # noqa: E402
+from vectordb.ivf import default_nprobe  # noqa: E402
 from vectordb.settings import Settings  # noqa: E402
 
 NAMESPACE = "bench"
@@ -415,7 +416,7 @@ def run(data: ds_mod.Dataset, endpoint: str, bucket: str, prefix: str, access: s
     settings = Settings(store_uri=store_uri, s3_endpoint=endpoint, s3_access_key=access, s3_secret_key=secret,
                         preload_embedder="")
     nlist = ds_mod.nlist_for(data.rows)
-    out: dict = {"store_uri": store_uri, "nlist": nlist, "nprobe": min(nlist, max(8, int(np.ceil(nlist / 128))))}
+    out: dict = {"store_uri": store_uri, "nlist": nlist, "nprobe": default_nprobe(nlist)}
     out["ingest"] = ingest(data, env, workdir, clients, batch, encoding, log)
     out["in_process"] = in_process(data, settings, colds, log)
     starts = 1 if quick else 3

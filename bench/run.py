@@ -37,6 +37,7 @@ import dataset as ds_mod  # noqa: E402
 import s3  # noqa: E402
 
 from tests.s3server import ACCESS_KEY, SECRET_KEY  # noqa: E402
+from vectordb.ivf import default_nprobe  # noqa: E402
 
 PEERS_PYTHON = BENCH / ".venv-peers" / "bin" / "python"
 RESULTS = BENCH / "results"
@@ -287,7 +288,7 @@ def main() -> int:
     if "chroma" in peers and chroma_rows != rows:
         ds_mod.prepare(chroma_rows, args.seed, log, sanity=False)
     nlist = ds_mod.nlist_for(rows)
-    nprobe = min(nlist, max(8, -(-nlist // 128)))
+    nprobe = default_nprobe(nlist)  # the service's own choice, so FAISS runs at the same nprobe
     result: dict = {
         "started": started_at.strftime("%Y-%m-%d %H:%M UTC"), "rows": rows, "queries": queries, "seed": args.seed,
         "machine": {"cpus": _cpus(), "python": platform.python_version(), "platform": platform.platform(),

@@ -24,10 +24,14 @@ from vectordb.tail import Tail, fold
 
 
 class _Memo:
-    """A thread-safe LRU of decoded objects, bounded by entry count."""
+    """A thread-safe LRU of decoded objects, bounded by entry count and, when ``weigh`` is
+    given, by the bytes they hold."""
 
-    def __init__(self, entries: int) -> None:
+    def __init__(self, entries: int, max_bytes: int | None = None, weigh=None) -> None:
         self._entries = entries
+        self._max_bytes = max_bytes
+        self._weigh = weigh
+        self._bytes = 0
         self._data: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
 
@@ -53,20 +57,31 @@ class _Memo:
                 return self._data[key]
         value = make()
         with self._lock:
-            self._data[key] = value
-            while len(self._data) > self._entries:
-                self._data.popitem(last=False)
+            if key not in self._data:
+                self._data[key] = value
+                self._bytes += self._weigh(value) if self._weigh else 0
+            while len(self._data) > self._entries or (
+                self._max_bytes is not None and self._bytes > self._max_bytes and len(self._data) > 1
+            ):
+                _, old = self._data.popitem(last=False)
+                self._bytes -= self._weigh(old) if self._weigh else 0
         return value
+
+
+def _partition_bytes(part: Partition) -> int:
+    return part.vectors.nbytes + sum(len(i) + 49 for i in part.ids)  # 49: str object overhead
 
 
 class NamespaceReader:
     """Decoded access to segments and WAL of any namespace in one store."""
 
-    def __init__(self, store: ObjectStore, fetch_threads: int = 16) -> None:
+    def __init__(self, store: ObjectStore, fetch_threads: int = 16, partition_bytes: int | None = None) -> None:
         self.store = store
         self.pool = ThreadPoolExecutor(max_workers=fetch_threads, thread_name_prefix="fetch")
         self._layouts = _Memo(1024)
-        self._partitions = _Memo(16384)
+        # Decoded partitions share their vectors with the cached bytes; bounding them by the
+        # same budget keeps a worker's memory near its cache setting.
+        self._partitions = _Memo(1 << 20, partition_bytes, _partition_bytes)
         self._tombstones = _Memo(1024)
         self._wal = _Memo(4096)
         self._tails = _Memo(64)
