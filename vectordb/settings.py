@@ -30,7 +30,7 @@ class Settings(BaseSettings):
         0.1, description="Delay before the first S3 retry; it doubles with each retry (with random jitter)."
     )
     cache_bytes: int = Field(
-        512 * 1024 * 1024, description="RAM budget for cached immutable objects (segments, WAL, manifests)."
+        2 * 1024**3, description="RAM budget for cached immutable objects (segments, WAL, manifests); size it to the hot part of your indexes."
     )
     disk_cache_dir: str | None = Field(
         None, description="Optional local-disk cache tier for immutable objects that survives restarts."
