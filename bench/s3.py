@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.s3server import ACCESS_KEY, SECRET_KEY, port_open, weed_binary  # noqa: E402
+from tests.s3server import ACCESS_KEY, SECRET_KEY, port_open, stop_process, weed_binary  # noqa: E402
 
 BUCKET = "vdbbench"
 DEFAULT_ENDPOINT = "127.0.0.1:8333"
@@ -117,12 +117,7 @@ def seaweedfs(data_dir: Path, weed: str, log) -> Iterator[str]:
         log(f"started SeaweedFS (pid {process.pid}) with S3 on {started}")
         yield started
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
 
 
 def remove_prefixes(endpoint: str, prefixes: list[str], log) -> None:

@@ -55,6 +55,16 @@ def weed_binary() -> str | None:
     return str(beside) if beside.exists() else shutil.which("weed")
 
 
+def stop_process(process: subprocess.Popen) -> None:
+    """End a server we started: SIGTERM, then SIGKILL if it has not gone in 15 s."""
+    process.terminate()
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 @contextmanager
 def seaweedfs(data_dir: Path, weed: str) -> Iterator[str]:
     """Run ``weed mini`` on 127.0.0.1 with its S3 API on port 8333; yield the endpoint."""
@@ -82,12 +92,7 @@ def seaweedfs(data_dir: Path, weed: str) -> Iterator[str]:
             time.sleep(0.2)
         yield f"127.0.0.1:{DEFAULT_PORT}"
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
 
 
 def s3_healthy(endpoint: str) -> str | None:
