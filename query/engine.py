@@ -176,7 +176,7 @@ class QueryEngine:
         ctx = Context.of(manifest, self.reader.tail(manifest), filt, req.filter, nprobe)
         k = req.top_k
         if req.mode == "vector":
-            ranked = _best(vector_search.search(self.reader, ctx, q, k, self.settings.filter_exact_max_rows), k)
+            ranked = _best(self._vector_search(ctx, q, k), k)
             hits = [self._hit(manifest, c, req.include) for c in ranked]
         elif req.mode == "bm25":
             ranked = _best(lexical.search(self.reader, ctx, req.text, k), k)
@@ -184,12 +184,16 @@ class QueryEngine:
         else:
             n = max(k, req.candidates)
             lists = {
-                "vector": _best(vector_search.search(self.reader, ctx, q, n, self.settings.filter_exact_max_rows), n),
+                "vector": _best(self._vector_search(ctx, q, n), n),
                 "bm25": _best(lexical.search(self.reader, ctx, req.text, n), n),
             }
             fused = fusion.rrf(lists, req.weights or {}, req.rrf_k)[:k]
             hits = [self._hit(manifest, cand, req.include, score, per) for score, cand, per in fused]
         return QueryResult(hits, manifest.version, ctx.timings_ms)
+
+    def _vector_search(self, ctx: Context, q, k: int) -> list[Candidate]:
+        s = self.settings
+        return vector_search.search(self.reader, ctx, q, k, s.filter_exact_max_rows, s.search_device, s.cache_bytes)
 
     def _hit(self, manifest: Manifest, c: Candidate, include, score: float | None = None, scores=None) -> Hit:
         score = c.score if score is None else score

@@ -7,6 +7,9 @@ Filtered: the filter is evaluated over the segment's attributes (DuckDB) first. 
 keeps few rows they are searched exactly, so a selective filter never loses recall; when
 it keeps many, more partitions are probed in proportion to what it drops, and the scan
 skips rows the filter rejects.
+
+With ``search_device`` set to a torch device (:mod:`query.gpu`), unfiltered segment search
+runs on tensors that device holds; filtered search and the tail stay on this FAISS path.
 """
 
 from __future__ import annotations
@@ -15,18 +18,31 @@ import math
 
 import numpy as np
 
+from query import gpu
 from query.plan import TAIL, Candidate, Context, partition_of
 from vectordb import ivf
 from vectordb.manifest import SegmentRef
 from vectordb.reader import NamespaceReader
 
 
-def search(reader: NamespaceReader, ctx: Context, q: np.ndarray, k: int, exact_max_rows: int) -> list[Candidate]:
+def search(
+    reader: NamespaceReader,
+    ctx: Context,
+    q: np.ndarray,
+    k: int,
+    exact_max_rows: int,
+    device: str = "cpu",
+    device_bytes: int = 2 * 1024**3,
+) -> list[Candidate]:
+    """Candidates from every segment and the tail. ``device``: the ``search_device``
+    setting; ``device_bytes`` bounds the segment tensors a torch device holds."""
     metric = ctx.manifest.config.metric
     out = _search_tail(reader, ctx, q, k, metric)
+    torch_device = gpu.resolve_device(device) if ctx.filter is None else None
+    tensors = gpu.segment_tensors(reader, torch_device, device_bytes) if torch_device else None
     for seg in ctx.manifest.segments:
         if ctx.filter is None:
-            out += _search_segment(reader, ctx, seg, q, k, metric)
+            out += _search_segment(reader, ctx, seg, q, k, metric, tensors)
         else:
             out += _search_segment_filtered(reader, ctx, seg, q, k, metric, exact_max_rows)
     return out
@@ -49,10 +65,13 @@ def _nprobe(ctx: Context, nlist: int) -> int:
     return ctx.nprobe or ivf.default_nprobe(nlist)
 
 
-def _search_segment(reader: NamespaceReader, ctx: Context, seg: SegmentRef, q, k, metric) -> list[Candidate]:
+def _search_segment(reader: NamespaceReader, ctx: Context, seg: SegmentRef, q, k, metric, tensors=None) -> list[Candidate]:
     layout = reader.layout(ctx.ns, seg)
     dead = reader.tombstones(ctx.ns, seg)
     touched = ctx.tail.touched
+    index = tensors.index(reader, ctx.ns, seg, layout, metric) if tensors is not None else None
+    if index is not None:
+        return _search_segment_tensors(index, seg, q, k, _nprobe(ctx, layout.nlist), dead, touched)
     probes = ivf.probe(layout.centroids, q.reshape(1, -1), _nprobe(ctx, layout.nlist), metric)[0]
     probes = [int(p) for p in probes if p >= 0 and layout.rows_in(int(p)) > 0]
     out = []
@@ -66,6 +85,19 @@ def _search_segment(reader: NamespaceReader, ctx: Context, seg: SegmentRef, q, k
             if doc_id not in dead and doc_id not in touched:
                 out.append(Candidate(float(s), doc_id, seg, base + int(r)))
     return out
+
+
+def _search_segment_tensors(index: gpu.DeviceIndex, seg: SegmentRef, q, k, nprobe, dead, touched) -> list[Candidate]:
+    """The torch twin of :func:`_search_segment`: the same rows, dead ones masked on the device."""
+    exclude = None
+    if dead or touched:
+
+        def exclude(rows: np.ndarray) -> np.ndarray:
+            ids = index.ids
+            return np.fromiter((ids[r] in dead or ids[r] in touched for r in rows), bool, len(rows))
+
+    scores, rows = index.search(q.reshape(1, -1), k, nprobe, exclude)
+    return [Candidate(float(s), index.ids[r], seg, int(r)) for s, r in zip(scores[0], rows[0]) if r >= 0]
 
 
 def _search_segment_filtered(reader, ctx: Context, seg: SegmentRef, q, k, metric, exact_max_rows) -> list[Candidate]:

@@ -6,6 +6,8 @@ instance; nothing else reads ``os.environ``.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -90,6 +92,12 @@ class Settings(BaseSettings):
     )
     eventual_ttl_s: float = Field(5.0, description="How long 'eventual' queries may reuse a cached manifest.")
     fetch_threads: int = Field(16, description="Parallel object-store reads per query.")
+    search_device: Literal["cpu", "cuda", "auto", "torch-cpu"] = Field(
+        "cpu",
+        description="Where unfiltered segment search runs: 'cpu' (FAISS), 'cuda' (torch on the GPU; segments "
+        "held as GPU tensors within cache_bytes), 'auto' (cuda when torch sees a GPU, else cpu) or 'torch-cpu' "
+        "(the torch path on CPU tensors, for tests). Filtered search and the unindexed tail always use FAISS.",
+    )
 
     # --- RAG --------------------------------------------------------------------------------
     llm_url: str = Field(

@@ -1,0 +1,325 @@
+"""IVF-flat search with torch, on a GPU (or on CPU tensors, for tests and comparison).
+
+The same search as :mod:`vectordb.ivf` (``probe`` then an exact ``scan`` of the probed
+partitions, scores "higher is closer": inner product for ``cosine``/``dot``, negative
+squared L2 for ``l2``), but over many queries at once and on whatever device torch drives:
+
+* :class:`DeviceIndex` holds one segment as one contiguous ``rows × dims`` tensor plus the
+  partition row offsets, filled partition by partition as queries probe them (or whole).
+  Centroids are probed with one matmul; the union of the partitions probed by a batch is
+  scanned with one masked matmul (a query only sees rows of its own partitions) and
+  ``torch.topk``.
+* :class:`SegmentTensors` keeps :class:`DeviceIndex` objects of one reader's segments,
+  loaded from the reader's (cached) partitions, in an LRU bounded by bytes.
+* :class:`MicroBatcher` gathers single queries from concurrent callers for up to
+  ``max_wait_us`` or ``max_batch`` queries and runs them as one batch: on a GPU one
+  batch of 64 costs about what one query does.
+
+torch is imported on first use only; faiss is never needed here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import threading
+import time
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import Future
+
+import numpy as np
+
+from vectordb.errors import VectorDBError
+
+DEVICES = ("cpu", "cuda", "auto", "torch-cpu")
+# Score matrix elements per matmul chunk: bounds the temporary (b × rows) memory.
+_CHUNK_ELEMENTS = 1 << 26
+
+
+def _torch():
+    import torch  # heavy: only workers configured for the torch path pay for it
+
+    return torch
+
+
+@functools.cache
+def resolve_device(setting: str) -> str | None:
+    """The torch device for a ``search_device`` setting; None means the FAISS path.
+
+    ``cpu`` → None, ``torch-cpu`` → ``"cpu"``, ``cuda`` → ``"cuda"``, ``auto`` → ``"cuda"``
+    when torch sees a GPU (else None). Raises VectorDBError for an unknown value or for
+    ``cuda`` where torch sees no GPU (a configuration error, not a client's).
+    """
+    if setting not in DEVICES:
+        raise VectorDBError(f"search_device must be one of {', '.join(DEVICES)}; not {setting!r}")
+    if setting == "cpu":
+        return None
+    if setting == "torch-cpu":
+        return "cpu"
+    has_gpu = _torch().cuda.is_available()
+    if setting == "cuda" and not has_gpu:
+        raise VectorDBError("search_device is 'cuda' but torch sees no CUDA device; use 'auto' or 'cpu'")
+    return "cuda" if has_gpu else None
+
+
+class DeviceIndex:
+    """One IVF-flat segment as tensors on ``device``.
+
+    ``part_rows`` are the nlist + 1 row offsets of the partitions (rows sorted by
+    partition, as in a segment). Either ``vectors`` (all rows) is given, or ``loader``:
+    called with a list of partition numbers, it returns ``(vectors, ids)`` for each, and is
+    called only for partitions not loaded yet. ``ids`` are kept when the loader gives them.
+    """
+
+    def __init__(
+        self,
+        centroids: np.ndarray,
+        part_rows: np.ndarray,
+        metric: str,
+        device: str = "cpu",
+        vectors: np.ndarray | None = None,
+        loader: Callable[[list[int]], list[tuple[np.ndarray, list[str]]]] | None = None,
+    ) -> None:
+        torch = _torch()
+        self.torch = torch
+        self.metric = metric
+        self.device = torch.device(device)
+        self.part_rows = np.asarray(part_rows, np.int64)
+        self.rows = int(self.part_rows[-1])
+        self.nlist = len(self.part_rows) - 1
+        self.dims = int(centroids.shape[1])
+        self.centroids = torch.tensor(np.asarray(centroids, np.float32), device=self.device)
+        self._centroid_sq = (self.centroids * self.centroids).sum(1)
+        counts = torch.tensor(np.diff(self.part_rows), device=self.device)
+        self.row_part = torch.repeat_interleave(torch.arange(self.nlist, device=self.device), counts)
+        self.ids: list[str | None] = [None] * self.rows
+        self._loader = loader
+        self._lock = threading.Lock()
+        if vectors is not None:
+            self.vectors = torch.tensor(np.asarray(vectors, np.float32), device=self.device)
+            self._loaded = np.ones(self.nlist, bool)
+        else:
+            if loader is None:
+                raise ValueError("DeviceIndex needs vectors or a loader")
+            self.vectors = torch.zeros((self.rows, self.dims), dtype=torch.float32, device=self.device)
+            self._loaded = np.diff(self.part_rows) == 0
+        self._row_sq = (self.vectors * self.vectors).sum(1) if metric == "l2" else None
+
+    @property
+    def nbytes(self) -> int:
+        return (self.rows + self.nlist) * self.dims * 4 + self.rows * 8
+
+    def rows_in(self, p: int) -> int:
+        return int(self.part_rows[p + 1] - self.part_rows[p])
+
+    def ensure_loaded(self, parts: np.ndarray) -> None:
+        """Copy partitions ``parts`` onto the device if they are not there yet."""
+        missing = [int(p) for p in parts if not self._loaded[p]]
+        if not missing:
+            return
+        with self._lock:  # one loader at a time; a second caller finds them loaded
+            missing = [p for p in missing if not self._loaded[p]]
+            if not missing:
+                return
+            for p, (vectors, ids) in zip(missing, self._loader(missing)):
+                lo, hi = int(self.part_rows[p]), int(self.part_rows[p + 1])
+                block = self.torch.tensor(np.asarray(vectors, np.float32), device=self.device)
+                self.vectors[lo:hi] = block
+                if self._row_sq is not None:
+                    self._row_sq[lo:hi] = (block * block).sum(1)
+                if ids is not None:
+                    self.ids[lo:hi] = ids
+                self._loaded[p] = True
+
+    def _scores(self, queries, vectors, vectors_sq):
+        """queries × vectors scores, higher is closer (see the module docstring)."""
+        ip = queries @ vectors.T
+        if self.metric != "l2":
+            return ip
+        q_sq = (queries * queries).sum(1, keepdim=True)
+        return -(q_sq - 2 * ip + vectors_sq.unsqueeze(0))
+
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int,
+        nprobe: int,
+        exclude: Callable[[np.ndarray], np.ndarray] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top ``k`` rows of each query among its ``nprobe`` closest partitions.
+
+        ``exclude``, given the segment rows about to be scanned, returns a boolean mask of
+        those never to return (deleted rows). Returns (scores, rows), both ``b × k`` and best
+        first; where fewer than ``k`` rows qualify the rest is ``-inf`` / ``-1``.
+        """
+        torch = self.torch
+        q = torch.tensor(np.asarray(queries, np.float32).reshape(-1, self.dims), device=self.device)
+        b = q.shape[0]
+        nprobe = max(1, min(nprobe, self.nlist))
+        probes = self._scores(q, self.centroids, self._centroid_sq).topk(nprobe, dim=1).indices
+        parts = np.unique(probes.cpu().numpy())
+        parts = parts[self.part_rows[parts + 1] > self.part_rows[parts]]
+        out_scores = np.full((b, k), -np.inf, np.float32)
+        out_rows = np.full((b, k), -1, np.int64)
+        if not len(parts):
+            return out_scores, out_rows
+        self.ensure_loaded(parts)
+        rows = _row_ranges(self.part_rows, parts)
+        if len(rows) == self.rows:  # every row: no gather copy
+            idx, x, x_sq = None, self.vectors, self._row_sq
+            row_part = self.row_part
+        else:
+            idx = torch.tensor(rows, device=self.device)
+            x = self.vectors.index_select(0, idx)
+            x_sq = self._row_sq.index_select(0, idx) if self._row_sq is not None else None
+            row_part = self.row_part.index_select(0, idx)
+        member = torch.zeros((b, self.nlist), dtype=torch.bool, device=self.device)
+        member.scatter_(1, probes, True)
+        dead = None
+        if exclude is not None:
+            drop = np.asarray(exclude(rows), bool)
+            if drop.any():
+                dead = torch.tensor(drop, device=self.device)
+        kk = min(k, len(rows))
+        step = max(1, _CHUNK_ELEMENTS // len(rows))
+        for lo in range(0, b, step):
+            hi = min(b, lo + step)
+            s = self._scores(q[lo:hi], x, x_sq)
+            keep = member[lo:hi].index_select(1, row_part)
+            if dead is not None:
+                keep &= ~dead
+            s.masked_fill_(~keep, float("-inf"))
+            top = s.topk(kk, dim=1)
+            found = top.indices if idx is None else idx[top.indices]
+            out_scores[lo:hi, :kk] = top.values.cpu().numpy()
+            out_rows[lo:hi, :kk] = found.cpu().numpy()
+        out_rows[~np.isfinite(out_scores)] = -1
+        return out_scores, out_rows
+
+
+def _row_ranges(part_rows: np.ndarray, parts: np.ndarray) -> np.ndarray:
+    """The segment rows of partitions ``parts``, in order."""
+    starts, ends = part_rows[parts], part_rows[parts + 1]
+    lengths = ends - starts
+    offsets = np.repeat(starts - np.concatenate(([0], np.cumsum(lengths)[:-1])), lengths)
+    return np.arange(int(lengths.sum()), dtype=np.int64) + offsets
+
+
+class SegmentTensors:
+    """The :class:`DeviceIndex` of each segment a reader serves, least recently used
+    evicted first once they hold more than ``max_bytes``. A segment larger than
+    ``max_bytes`` on its own is not held: :meth:`index` returns None and the caller
+    searches it on the FAISS path."""
+
+    def __init__(self, device: str, max_bytes: int) -> None:
+        self.device = device
+        self.max_bytes = max_bytes
+        self._held: OrderedDict[str, DeviceIndex] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def index(self, reader, ns: str, seg, layout, metric: str) -> DeviceIndex | None:
+        with self._lock:
+            found = self._held.get(seg.id)
+            if found is not None:
+                self._held.move_to_end(seg.id)
+                return found
+        size = (int(layout.part_rows[-1]) + layout.nlist) * layout.dims * 4 + int(layout.part_rows[-1]) * 8
+        if size > self.max_bytes:
+            return None
+
+        def load(parts: list[int]) -> list[tuple[np.ndarray, list[str]]]:
+            return [(p.vectors, p.ids) for p in reader.partitions(ns, seg, layout, parts)]
+
+        made = DeviceIndex(layout.centroids, layout.part_rows, metric, self.device, loader=load)
+        with self._lock:
+            made = self._held.setdefault(seg.id, made)  # a racing caller's copy wins
+            while sum(i.nbytes for i in self._held.values()) > self.max_bytes and len(self._held) > 1:
+                self._held.popitem(last=False)
+        return made
+
+
+_by_reader: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_by_reader_lock = threading.Lock()
+
+
+def segment_tensors(reader, device: str, max_bytes: int) -> SegmentTensors:
+    """The :class:`SegmentTensors` of ``reader`` on ``device`` (made on first use; they go
+    away with the reader)."""
+    with _by_reader_lock:
+        per_device = _by_reader.setdefault(reader, {})
+        if device not in per_device:
+            per_device[device] = SegmentTensors(device, max_bytes)
+        return per_device[device]
+
+
+class MicroBatcher:
+    """Runs single queries from concurrent callers as batches.
+
+    ``run(batch)`` gets a list of submitted items and returns one result per item, in
+    order. A batch starts when ``max_batch`` items wait or ``max_wait_us`` after the first
+    one arrived. An exception from ``run`` is raised to every caller of that batch.
+    One worker thread; :meth:`close` stops it (pending callers still get their answer).
+    """
+
+    def __init__(self, run: Callable[[list], list], max_batch: int = 64, max_wait_us: float = 500.0) -> None:
+        self._run = run
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_us / 1e6
+        self._pending: list[tuple[object, Future]] = []
+        self._cond = threading.Condition()
+        self._closed = False
+        self.batches = 0  # how many batches ran (tests and benchmarks read it)
+        self._thread = threading.Thread(target=self._loop, name="microbatch", daemon=True)
+        self._thread.start()
+
+    def submit(self, item) -> Future:
+        """Queue ``item``; the future resolves to its result."""
+        future: Future = Future()
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("MicroBatcher is closed")
+            self._pending.append((item, future))
+            self._cond.notify()
+        return future
+
+    def __call__(self, item):
+        """Submit ``item`` and wait for its result (blocking callers, one per thread)."""
+        return self.submit(item).result()
+
+    async def asubmit(self, item):
+        """Submit ``item`` from a coroutine and await its result."""
+        return await asyncio.wrap_future(self.submit(item))
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and not self._closed:
+                    self._cond.wait()
+                if not self._pending:
+                    return
+                deadline = time.monotonic() + self.max_wait_s
+                while len(self._pending) < self.max_batch and not self._closed:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._cond.wait(left)
+                batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
+            self.batches += 1
+            try:
+                results = self._run([item for item, _ in batch])
+                if len(results) != len(batch):
+                    raise RuntimeError(f"batch of {len(batch)} answered with {len(results)} results")
+            except BaseException as exc:  # every caller of the batch learns why
+                for _, future in batch:
+                    future.set_exception(exc)
+                continue
+            for (_, future), result in zip(batch, results):
+                future.set_result(result)
