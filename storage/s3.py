@@ -19,6 +19,7 @@ Things learned from SeaweedFS (4.48) that shape this module:
 
 from __future__ import annotations
 
+import io
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -69,6 +70,7 @@ class S3Store:
         self._root = f"{prefix}/" if prefix else ""
         self._retries = max(0, settings.s3_retries)
         self._backoff_s = settings.s3_backoff_s
+        self._part_bytes = settings.s3_part_bytes
         timeout = urllib3.Timeout(connect=settings.s3_timeout_s, read=settings.s3_timeout_s)
         http = urllib3.PoolManager(
             timeout=timeout,
@@ -124,6 +126,14 @@ class S3Store:
 
     def put(self, key: str, data: bytes) -> None:
         name, body = self._name(key), bytes(data)
+        if len(body) > self._part_bytes:
+            # A segment's vectors can be gigabytes: one PUT of that size outlives any sane
+            # read timeout (and S3 caps a single PUT at 5 GB). Multipart sends bounded parts,
+            # two at a time; a failed attempt is retried whole, from a fresh stream.
+            self._call("PUT", key, lambda: self._client.put_object(
+                self.bucket, name, io.BytesIO(body), len(body), content_type=_CONTENT_TYPE["Content-Type"],
+                part_size=self._part_bytes, num_parallel_uploads=2))
+            return
         # A fresh headers dict per attempt: the SDK adds its signature to the one it gets.
         self._call("PUT", key, lambda: self._client._put_object(self.bucket, name, body, dict(_CONTENT_TYPE)))
 

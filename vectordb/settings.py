@@ -28,6 +28,10 @@ class Settings(BaseSettings):
     s3_create_bucket: bool = Field(True, description="Create the bucket at start-up if it is missing.")
     s3_retries: int = Field(4, description="Retries (with exponential backoff) on 5xx and timeouts.")
     s3_timeout_s: float = Field(10.0, description="Connect and read timeout for one S3 request.")
+    s3_part_bytes: int = Field(
+        64 * 1024**2, ge=5 * 1024**2,
+        description="Objects larger than this are uploaded in parts of this size (S3 multipart upload).",
+    )
     s3_backoff_s: float = Field(
         0.1, description="Delay before the first S3 retry; it doubles with each retry (with random jitter)."
     )
