@@ -36,6 +36,8 @@ from vectordb.errors import VectorDBError
 DEVICES = ("cpu", "cuda", "auto", "torch-cpu")
 # Score matrix elements per matmul chunk: bounds the temporary (b × rows) memory.
 _CHUNK_ELEMENTS = 1 << 26
+# On CPU tensors, probed partitions in at most this many contiguous runs are scored in place.
+_MAX_RUNS = 64
 
 
 def _torch():
@@ -141,6 +143,23 @@ class DeviceIndex:
         q_sq = (queries * queries).sum(1, keepdim=True)
         return -(q_sq - 2 * ip + vectors_sq.unsqueeze(0))
 
+    def _scorer(self, rows: np.ndarray, runs: list[tuple[int, int]]):
+        """A function: queries → their scores against ``rows`` (b × len(rows))."""
+        if len(rows) == self.rows:  # every row: no copy
+            return lambda q: self._scores(q, self.vectors, self._row_sq)
+        sq = self._row_sq
+        if self.device.type == "cpu" and len(runs) <= _MAX_RUNS:
+            # On a CPU copying the rows costs as much as scoring them: score slices in place.
+            def by_runs(q):
+                parts = [self._scores(q, self.vectors[a:z], sq[a:z] if sq is not None else None) for a, z in runs]
+                return parts[0] if len(parts) == 1 else self.torch.cat(parts, 1)
+
+            return by_runs
+        # On a GPU one gather and one matmul beat many small kernels.
+        idx = self.torch.tensor(rows, device=self.device)
+        x, x_sq = self.vectors.index_select(0, idx), sq.index_select(0, idx) if sq is not None else None
+        return lambda q: self._scores(q, x, x_sq)
+
     def search(
         self,
         queries: np.ndarray,
@@ -166,45 +185,44 @@ class DeviceIndex:
         if not len(parts):
             return out_scores, out_rows
         self.ensure_loaded(parts)
-        rows = _row_ranges(self.part_rows, parts)
-        if len(rows) == self.rows:  # every row: no gather copy
-            idx, x, x_sq = None, self.vectors, self._row_sq
-            row_part = self.row_part
-        else:
-            idx = torch.tensor(rows, device=self.device)
-            x = self.vectors.index_select(0, idx)
-            x_sq = self._row_sq.index_select(0, idx) if self._row_sq is not None else None
-            row_part = self.row_part.index_select(0, idx)
-        member = torch.zeros((b, self.nlist), dtype=torch.bool, device=self.device)
-        member.scatter_(1, probes, True)
-        dead = None
+        rows, runs = _row_ranges(self.part_rows, parts)
+        score_rows = self._scorer(rows, runs)
+        member = row_part = live = None
+        if b > 1:  # a row counts only for the queries that probed its partition
+            member = torch.zeros((b, self.nlist), dtype=torch.bool, device=self.device)
+            member.scatter_(1, probes, True)
+            row_part = self.row_part if len(rows) == self.rows else self.row_part[torch.tensor(rows, device=self.device)]
         if exclude is not None:
             drop = np.asarray(exclude(rows), bool)
             if drop.any():
-                dead = torch.tensor(drop, device=self.device)
+                live = torch.tensor(~drop, device=self.device).unsqueeze(0)
         kk = min(k, len(rows))
         step = max(1, _CHUNK_ELEMENTS // len(rows))
         for lo in range(0, b, step):
             hi = min(b, lo + step)
-            s = self._scores(q[lo:hi], x, x_sq)
-            keep = member[lo:hi].index_select(1, row_part)
-            if dead is not None:
-                keep &= ~dead
-            s.masked_fill_(~keep, float("-inf"))
+            s = score_rows(q[lo:hi])
+            keep = member[lo:hi].index_select(1, row_part) if member is not None else None
+            if live is not None:
+                keep = live if keep is None else keep & live
+            if keep is not None:
+                s.masked_fill_(~keep, float("-inf"))
             top = s.topk(kk, dim=1)
-            found = top.indices if idx is None else idx[top.indices]
             out_scores[lo:hi, :kk] = top.values.cpu().numpy()
-            out_rows[lo:hi, :kk] = found.cpu().numpy()
+            out_rows[lo:hi, :kk] = rows[top.indices.cpu().numpy()]
         out_rows[~np.isfinite(out_scores)] = -1
         return out_scores, out_rows
 
 
-def _row_ranges(part_rows: np.ndarray, parts: np.ndarray) -> np.ndarray:
-    """The segment rows of partitions ``parts``, in order."""
+def _row_ranges(part_rows: np.ndarray, parts: np.ndarray) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """The segment rows of partitions ``parts`` (sorted), in order, and the same rows as
+    maximal contiguous (start, end) runs."""
     starts, ends = part_rows[parts], part_rows[parts + 1]
     lengths = ends - starts
     offsets = np.repeat(starts - np.concatenate(([0], np.cumsum(lengths)[:-1])), lengths)
-    return np.arange(int(lengths.sum()), dtype=np.int64) + offsets
+    rows = np.arange(int(lengths.sum()), dtype=np.int64) + offsets
+    breaks = np.flatnonzero(starts[1:] != ends[:-1]) + 1
+    runs = [(int(starts[a]), int(ends[z - 1])) for a, z in zip(np.r_[0, breaks], np.r_[breaks, len(parts)])]
+    return rows, runs
 
 
 class SegmentTensors:
