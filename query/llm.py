@@ -11,9 +11,12 @@ what happened without repeating the API key.
 
 from __future__ import annotations
 
-import httpx
+from typing import TYPE_CHECKING
 
 from vectordb.errors import UpstreamError
+
+if TYPE_CHECKING:
+    import httpx
 
 SYSTEM_PROMPT = (
     "You answer questions about a collection of documents. Use only the context you are given, "
@@ -43,6 +46,8 @@ class ChatClient:
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.system_prompt = system_prompt
+        import httpx  # with its CLI extras ~50 ms of imports: only where an LLM is configured
+
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout_s, transport=transport)
 
@@ -65,6 +70,8 @@ class ChatClient:
             "temperature": 0,
             "max_tokens": max_tokens,
         }
+        import httpx
+
         try:
             response = self._http.post("/chat/completions", json=body)
         except httpx.TimeoutException as exc:

@@ -1,6 +1,7 @@
 """IVF kernels: train centroids, assign rows, pick partitions, scan exactly.
 
-Pure functions over numpy arrays (FAISS underneath). Scores are "higher is closer" for
+Pure functions over numpy arrays, FAISS underneath (and numpy until FAISS has been
+imported: see ``_faiss_if_loaded``). Scores are "higher is closer" for
 every metric: inner product for ``cosine`` (vectors are stored unit-length) and ``dot``,
 negative squared L2 distance for ``l2``.
 """
@@ -8,6 +9,8 @@ negative squared L2 distance for ``l2``.
 from __future__ import annotations
 
 import math
+import sys
+import threading
 
 import numpy as np
 
@@ -20,6 +23,31 @@ def _faiss():
     import faiss  # heavy: imported on first use so workers start fast
 
     return faiss
+
+
+_FAISS_IMPORT_DELAY_S = 0.2
+_faiss_import: threading.Timer | None = None
+_faiss_lock = threading.Lock()
+
+
+def _faiss_if_loaded():
+    """FAISS if it has been imported, else None, having scheduled its import.
+
+    A fresh query worker answers its first queries with numpy rather than wait ~0.1 s for
+    FAISS to import; FAISS is imported in the background a moment later (after that first
+    answer has gone out, on a 2-core machine) and from then on scans with it: its
+    single-query scan reads memory ~1.5x faster than BLAS. Both give the same top-k.
+    """
+    faiss = sys.modules.get("faiss")
+    if faiss is not None and not getattr(faiss.__spec__, "_initializing", False):  # not half imported
+        return faiss
+    global _faiss_import
+    with _faiss_lock:
+        if _faiss_import is None:
+            _faiss_import = threading.Timer(_FAISS_IMPORT_DELAY_S, _faiss)
+            _faiss_import.daemon = True
+            _faiss_import.start()
+    return None
 
 
 def _metric(metric: str) -> int:
@@ -71,10 +99,15 @@ def assign(vectors: np.ndarray, centroids: np.ndarray, metric: str) -> np.ndarra
 
 
 def probe(centroids: np.ndarray, queries: np.ndarray, nprobe: int, metric: str) -> np.ndarray:
-    """The ``nprobe`` partitions closest to each query (q × nprobe)."""
+    """The ``nprobe`` partitions closest to each query (q × nprobe), closest first."""
     nprobe = min(nprobe, len(centroids))
-    _, parts = _faiss().knn(np.ascontiguousarray(queries, np.float32), centroids, nprobe, metric=_metric(metric))
-    return parts
+    queries = np.ascontiguousarray(queries, np.float32).reshape(-1, centroids.shape[1])
+    faiss = _faiss_if_loaded()
+    if faiss is not None:
+        _, parts = faiss.knn(queries, np.ascontiguousarray(centroids, np.float32), nprobe, metric=_metric(metric))
+        return parts
+    scores = _scores(np.ascontiguousarray(centroids, np.float32), queries, metric)
+    return np.stack([_top(row, nprobe) for row in scores]) if len(scores) else np.zeros((0, nprobe), np.int64)
 
 
 def scan(vectors: np.ndarray, query: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
@@ -82,11 +115,34 @@ def scan(vectors: np.ndarray, query: np.ndarray, k: int, metric: str) -> tuple[n
     k = min(k, len(vectors))
     if k == 0:
         return np.zeros(0, np.float32), np.zeros(0, np.int64)
-    dist, idx = _faiss().knn(
-        np.ascontiguousarray(query.reshape(1, -1), np.float32),
-        np.ascontiguousarray(vectors, np.float32),
-        k,
-        metric=_metric(metric),
-    )
-    scores = -dist[0] if metric == "l2" else dist[0]
-    return scores.astype(np.float32), idx[0].astype(np.int64)
+    q = np.ascontiguousarray(query, np.float32).reshape(1, -1)
+    vectors = np.ascontiguousarray(vectors, np.float32)
+    faiss = _faiss_if_loaded()
+    if faiss is not None:
+        dist, idx = faiss.knn(q, vectors, k, metric=_metric(metric))
+        scores = -dist[0] if metric == "l2" else dist[0]
+        return scores.astype(np.float32), idx[0].astype(np.int64)
+    scores = _scores(vectors, q, metric)[0]
+    idx = _top(scores, k)
+    return scores[idx], idx
+
+
+def _scores(vectors: np.ndarray, queries: np.ndarray, metric: str) -> np.ndarray:
+    """q × n scores, higher is closer: inner product, or negative squared L2 distance."""
+    ip = queries @ vectors.T
+    if metric != "l2":
+        return ip
+    sq = np.einsum("ij,ij->i", vectors, vectors)
+    qsq = np.einsum("ij,ij->i", queries, queries)
+    return 2 * ip - sq[None, :] - qsq[:, None]
+
+
+def _top(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` highest ``scores``, highest first, ties in index order."""
+    if k < len(scores):
+        # argpartition over a negated copy is faster than a full sort for k << n.
+        idx = np.argpartition(-scores, k - 1)[:k]
+    else:
+        idx = np.arange(len(scores))
+    order = np.lexsort((idx, -scores[idx]))
+    return idx[order].astype(np.int64)

@@ -9,18 +9,20 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pyarrow as pa
 
 from storage.base import ObjectStore
 from vectordb import segment, wal
 from vectordb.bm25 import BM25Index
-from vectordb.filter_sql import matching_rows
 from vectordb.filters import Filter
 from vectordb.manifest import Manifest, SegmentRef, WalRef
 from vectordb.segment import Layout, Partition
 from vectordb.tail import Tail, fold
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 
 class _Memo:
@@ -170,6 +172,8 @@ class NamespaceReader:
     def filter_mask(self, ns: str, seg: SegmentRef, filt: Filter, filter_key: str) -> np.ndarray:
         """Rows of the segment whose id and attributes match ``filt`` (DuckDB)."""
 
+        from vectordb.filter_sql import matching_rows  # DuckDB: imported when a filter first needs it
+
         def make() -> np.ndarray:
             docs = self.docs(ns, seg)
             return matching_rows(filt, docs.column("id").combine_chunks(), docs.column("attributes").combine_chunks())
@@ -177,6 +181,8 @@ class NamespaceReader:
         return self._masks.get(("filter", seg.id, filter_key), make)
 
     def tail_filter_mask(self, manifest: Manifest, filt: Filter, filter_key: str) -> np.ndarray:
+        from vectordb.filter_sql import matching_rows
+
         rows = self.tail(manifest).rows
         sig = tuple(w.key for w in manifest.wal)
         return self._masks.get(("tail-filter", sig, filter_key), lambda: matching_rows(filt, rows.ids, rows.attributes))

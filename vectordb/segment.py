@@ -28,18 +28,22 @@ import io
 import json
 import uuid
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from vectordb import bm25, ivf, keys
 from vectordb.errors import VectorDBError
 from vectordb.rows import RowBatch
 
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+# pyarrow (~0.1 s to import) is imported where Parquet is read or written, not here: a query
+# worker answering vector queries needs only ivf.bin and vectors.bin.
+
 MAGIC = b"VDBIVF01"
 FILES = ("ivf.bin", "vectors.bin", "docs.parquet", "bm25.bin")
-DOCS_SCHEMA = pa.schema([("id", pa.string()), ("text", pa.string()), ("attributes", pa.string())])
 
 
 @dataclass(frozen=True)
@@ -136,9 +140,13 @@ def build(rows: RowBatch, metric: str, rows_per_partition: int, flat_max_rows: i
     np.cumsum(counts, out=part_rows[1:])
     sorted_rows = rows.take(order.tolist())
 
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema([("id", pa.string()), ("text", pa.string()), ("attributes", pa.string())])
     blobs = []
     writer_sink = io.BytesIO()
-    with pq.ParquetWriter(writer_sink, DOCS_SCHEMA, compression="zstd") as writer:
+    with pq.ParquetWriter(writer_sink, schema, compression="zstd") as writer:
         for p in range(nlist):
             lo, hi = int(part_rows[p]), int(part_rows[p + 1])
             blobs.append(encode_partition(sorted_rows.vectors[lo:hi], sorted_rows.ids[lo:hi]))
@@ -149,7 +157,7 @@ def build(rows: RowBatch, metric: str, rows_per_partition: int, flat_max_rows: i
                         "text": sorted_rows.texts[lo:hi],
                         "attributes": sorted_rows.attributes[lo:hi],
                     },
-                    schema=DOCS_SCHEMA,
+                    schema=schema,
                 )
             )
     part_bytes = np.zeros(nlist + 1, np.int64)
@@ -175,6 +183,8 @@ def file_keys(ns: str, segment_id: str) -> list[str]:
 
 def read_docs(data: bytes, row_groups: list[int] | None = None, columns: list[str] | None = None) -> pa.Table:
     """Rows of ``docs.parquet`` (all, or the given row groups = partitions)."""
+    import pyarrow.parquet as pq
+
     f = pq.ParquetFile(io.BytesIO(data))
     if row_groups is None:
         return f.read(columns=columns)

@@ -11,8 +11,6 @@ from __future__ import annotations
 import io
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from vectordb.rows import RowBatch, WriteBatch
 
@@ -37,6 +35,9 @@ def encode(batches: list[WriteBatch], dims: int) -> bytes:
         texts += [None] * len(batch.deletes)
         attrs += [None] * len(batch.deletes)
         vectors.append(np.zeros((len(batch.deletes), dims), np.float32))
+    import pyarrow as pa  # on first use: a query worker with no unindexed writes never needs it
+    import pyarrow.parquet as pq
+
     flat = np.concatenate(vectors).reshape(-1) if vectors else np.zeros(0, np.float32)
     vec = pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), dims)
     table = pa.table(
@@ -62,6 +63,8 @@ def encode(batches: list[WriteBatch], dims: int) -> bytes:
 
 def decode(data: bytes, dims: int) -> tuple[np.ndarray, RowBatch]:
     """Returns (ops, rows); ``rows.vectors`` is zero where ``ops`` is DELETE."""
+    import pyarrow.parquet as pq
+
     table = pq.read_table(io.BytesIO(data))
     ops = table.column("op").to_numpy()
     flat = table.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False)

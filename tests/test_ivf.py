@@ -1,0 +1,89 @@
+"""The IVF kernels against brute force: the numpy path a fresh worker starts on and the
+FAISS path it moves to must pick the same rows and partitions."""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+import pytest
+
+from vectordb import ivf
+
+METRICS = ["cosine", "dot", "l2"]
+
+
+def brute_force(vectors: np.ndarray, q: np.ndarray, metric: str) -> np.ndarray:
+    v, q = vectors.astype(np.float64), q.astype(np.float64)
+    return -((v - q) ** 2).sum(axis=1) if metric == "l2" else v @ q
+
+
+def data(metric: str, rows: int = 2000, dims: int = 48, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    vectors = rng.standard_normal((rows, dims)).astype(np.float32)
+    queries = rng.standard_normal((5, dims)).astype(np.float32)
+    if metric == "cosine":
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    return vectors, queries
+
+
+@pytest.fixture(params=["numpy", "faiss"])
+def kernel(request, monkeypatch):
+    """Run a test with FAISS treated as not yet imported (numpy), or as imported."""
+    if request.param == "numpy":
+        monkeypatch.setattr(ivf, "_faiss_if_loaded", lambda: None)
+    else:
+        monkeypatch.setattr(ivf, "_faiss_if_loaded", lambda: faiss)
+    return request.param
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_scan_is_exact(kernel, metric):
+    vectors, queries = data(metric)
+    for q in queries:
+        scores, rows = ivf.scan(vectors, q, 10, metric)
+        truth = brute_force(vectors, q, metric)
+        assert list(rows) == list(np.argsort(-truth, kind="stable")[:10])
+        np.testing.assert_allclose(scores, truth[rows], rtol=1e-4, atol=1e-3)
+        assert scores.dtype == np.float32 and rows.dtype == np.int64
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_probe_picks_the_closest_centroids(kernel, metric):
+    centroids, queries = data(metric, rows=64)
+    parts = ivf.probe(centroids, queries, 6, metric)
+    assert parts.shape == (5, 6)
+    for q, row in zip(queries, parts):
+        assert list(row) == list(np.argsort(-brute_force(centroids, q, metric), kind="stable")[:6])
+
+
+def test_k_beyond_the_rows_and_empty_inputs(kernel):
+    vectors, queries = data("cosine", rows=4)
+    scores, rows = ivf.scan(vectors, queries[0], 10, "cosine")
+    assert sorted(rows) == [0, 1, 2, 3] and list(scores) == sorted(scores, reverse=True)
+    scores, rows = ivf.scan(vectors[:0], queries[0], 10, "cosine")
+    assert len(scores) == len(rows) == 0
+    assert ivf.probe(vectors, queries, 99, "cosine").shape == (5, 4)
+
+
+def test_equal_scores_come_in_row_order():
+    vectors = np.tile(np.eye(3, dtype=np.float32), (4, 1))  # the same three rows, four times over
+    q = np.array([1, 0, 0], np.float32)
+    rows = ivf._top(vectors @ q, 4)
+    assert list(rows) == [0, 3, 6, 9]
+
+
+def test_a_fresh_process_answers_before_faiss_is_imported():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, time, numpy as np\n"
+        "from vectordb import ivf\n"
+        "v = np.eye(4, dtype=np.float32)\n"
+        "print(ivf.scan(v, v[2], 1, 'dot')[1][0], 'faiss' in sys.modules)\n"
+        "time.sleep(ivf._FAISS_IMPORT_DELAY_S + 3)\n"
+        "print(ivf._faiss_if_loaded() is not None)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True).stdout
+    assert out.split() == ["2", "False", "True"]
