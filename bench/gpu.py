@@ -286,8 +286,8 @@ def main(argv: list[str] | None = None) -> dict:
     sides = {"cpu": "cpu", "device": args.device}  # role -> torch device
     # Seconds per measurement: the CPU side gets a small fixed share, the device the rest.
     left = deadline - time.perf_counter()
-    cpu_s = max(2.0, min(10.0, left * 0.04))
-    dev_s = max(2.0, min(10.0, left * 0.03))
+    cpu_s = min(10.0, max(0.5, left * 0.04))
+    dev_s = min(10.0, max(0.5, left * 0.03))
     results: dict = {role: {} for role in sides}
     model_used = None
     for (role, side), seconds in zip(sides.items(), (cpu_s, dev_s)):

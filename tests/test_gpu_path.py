@@ -8,6 +8,7 @@ default. CUDA checks run only where torch sees a GPU.
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 import threading
@@ -342,6 +343,25 @@ def test_the_torch_path_needs_neither_faiss_nor_torch_at_import():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[0, 1]"
+
+
+def test_the_benchmark_runs_without_faiss(tmp_path):
+    """bench/gpu.py end to end on a tiny set, with faiss made unimportable (the GPU machine
+    has none)."""
+    code = (
+        "import sys, runpy; sys.modules['faiss'] = None\n"
+        f"sys.argv = ['gpu.py', '--device', 'cpu', '--rows', '3000', '--minutes', '0.05', '--skip-embedding',"
+        f" '--cpu-threads', '1', '--out', {str(tmp_path)!r}]\n"
+        "runpy.run_path('bench/gpu.py', run_name='__main__')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "queries/s, batch 1024" in out.stdout
+    (written,) = tmp_path.glob("*-gpu-cpu-3000.json")
+    record = json.loads(written.read_text())
+    for side in ("cpu", "device"):
+        assert record["results"][side]["recall_at_10"] > 0.9
+        assert record["results"][side]["qps_b1_microbatch"] > 0
 
 
 # --- CUDA ---------------------------------------------------------------------------------------
