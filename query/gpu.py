@@ -38,6 +38,9 @@ DEVICES = ("cpu", "cuda", "auto", "torch-cpu")
 _CHUNK_ELEMENTS = 1 << 26
 # On CPU tensors, probed partitions in at most this many contiguous runs are scored in place.
 _MAX_RUNS = 64
+# Service queries on a GPU wait up to this long for others to share a batch with.
+_MICRO_BATCH = 64
+_MICRO_WAIT_US = 200.0
 
 
 def _torch():
@@ -229,13 +232,28 @@ class SegmentTensors:
     """The :class:`DeviceIndex` of each segment a reader serves, least recently used
     evicted first once they hold more than ``max_bytes``. A segment larger than
     ``max_bytes`` on its own is not held: :meth:`index` returns None and the caller
-    searches it on the FAISS path."""
+    searches it on the FAISS path.
 
-    def __init__(self, device: str, max_bytes: int) -> None:
+    With ``micro_batch`` (on a GPU), :meth:`search` runs concurrent single queries as one
+    batch per segment and nprobe (see :class:`MicroBatcher`)."""
+
+    def __init__(self, device: str, max_bytes: int, micro_batch: bool = False) -> None:
         self.device = device
         self.max_bytes = max_bytes
         self._held: OrderedDict[str, DeviceIndex] = OrderedDict()
         self._lock = threading.Lock()
+        self._batcher = None
+        if micro_batch:
+            ref = weakref.ref(self)  # the worker thread must not keep these tensors alive
+
+            def run(items: list) -> list:
+                owner = ref()
+                if owner is None:
+                    raise RuntimeError("segment tensors were released")
+                return owner._run_batch(items)
+
+            self._batcher = MicroBatcher(run, _MICRO_BATCH, _MICRO_WAIT_US)
+            weakref.finalize(self, self._batcher.close, False)
 
     def index(self, reader, ns: str, seg, layout, metric: str) -> DeviceIndex | None:
         with self._lock:
@@ -246,9 +264,10 @@ class SegmentTensors:
         size = (int(layout.part_rows[-1]) + layout.nlist) * layout.dims * 4 + int(layout.part_rows[-1]) * 8
         if size > self.max_bytes:
             return None
+        reader_ref = weakref.ref(reader)  # held tensors must not keep their reader alive
 
         def load(parts: list[int]) -> list[tuple[np.ndarray, list[str]]]:
-            return [(p.vectors, p.ids) for p in reader.partitions(ns, seg, layout, parts)]
+            return [(p.vectors, p.ids) for p in reader_ref().partitions(ns, seg, layout, parts)]
 
         made = DeviceIndex(layout.centroids, layout.part_rows, metric, self.device, loader=load)
         with self._lock:
@@ -256,6 +275,29 @@ class SegmentTensors:
             while sum(i.nbytes for i in self._held.values()) > self.max_bytes and len(self._held) > 1:
                 self._held.popitem(last=False)
         return made
+
+    def search(self, index: DeviceIndex, query: np.ndarray, k: int, nprobe: int, exclude=None):
+        """One query on ``index``: (scores, rows) as :meth:`DeviceIndex.search` gives for a
+        batch of one. Queries with ``exclude`` (rows deleted for this caller's view) are not
+        micro-batched: their masks differ."""
+        if self._batcher is None or exclude is not None:
+            scores, rows = index.search(query.reshape(1, -1), k, nprobe, exclude)
+            return scores[0], rows[0]
+        return self._batcher((index, np.asarray(query, np.float32).reshape(-1), k, nprobe))
+
+    @staticmethod
+    def _run_batch(items: list) -> list:
+        groups: dict = {}
+        for n, (index, _, _, nprobe) in enumerate(items):
+            groups.setdefault((id(index), nprobe), []).append(n)
+        out: list = [None] * len(items)
+        for members in groups.values():
+            index, nprobe = items[members[0]][0], items[members[0]][3]
+            k = max(items[n][2] for n in members)
+            scores, rows = index.search(np.stack([items[n][1] for n in members]), k, nprobe)
+            for j, n in enumerate(members):
+                out[n] = (scores[j, : items[n][2]], rows[j, : items[n][2]])
+        return out
 
 
 _by_reader: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -268,7 +310,7 @@ def segment_tensors(reader, device: str, max_bytes: int) -> SegmentTensors:
     with _by_reader_lock:
         per_device = _by_reader.setdefault(reader, {})
         if device not in per_device:
-            per_device[device] = SegmentTensors(device, max_bytes)
+            per_device[device] = SegmentTensors(device, max_bytes, micro_batch=device != "cpu")
         return per_device[device]
 
 
@@ -310,11 +352,13 @@ class MicroBatcher:
         """Submit ``item`` from a coroutine and await its result."""
         return await asyncio.wrap_future(self.submit(item))
 
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
+        """Stop taking items; the worker answers what is queued, then ends (``wait``: join it)."""
         with self._cond:
             self._closed = True
             self._cond.notify()
-        self._thread.join()
+        if wait and threading.current_thread() is not self._thread:
+            self._thread.join()
 
     def _loop(self) -> None:
         while True:

@@ -71,7 +71,7 @@ def _search_segment(reader: NamespaceReader, ctx: Context, seg: SegmentRef, q, k
     touched = ctx.tail.touched
     index = tensors.index(reader, ctx.ns, seg, layout, metric) if tensors is not None else None
     if index is not None:
-        return _search_segment_tensors(index, seg, q, k, _nprobe(ctx, layout.nlist), dead, touched)
+        return _search_segment_tensors(tensors, index, seg, q, k, _nprobe(ctx, layout.nlist), dead, touched)
     probes = ivf.probe(layout.centroids, q.reshape(1, -1), _nprobe(ctx, layout.nlist), metric)[0]
     probes = [int(p) for p in probes if p >= 0 and layout.rows_in(int(p)) > 0]
     out = []
@@ -87,7 +87,7 @@ def _search_segment(reader: NamespaceReader, ctx: Context, seg: SegmentRef, q, k
     return out
 
 
-def _search_segment_tensors(index: gpu.DeviceIndex, seg: SegmentRef, q, k, nprobe, dead, touched) -> list[Candidate]:
+def _search_segment_tensors(tensors, index: gpu.DeviceIndex, seg: SegmentRef, q, k, nprobe, dead, touched) -> list[Candidate]:
     """The torch twin of :func:`_search_segment`: the same rows, dead ones masked on the device."""
     exclude = None
     if dead or touched:
@@ -96,8 +96,8 @@ def _search_segment_tensors(index: gpu.DeviceIndex, seg: SegmentRef, q, k, nprob
             ids = index.ids
             return np.fromiter((ids[r] in dead or ids[r] in touched for r in rows), bool, len(rows))
 
-    scores, rows = index.search(q.reshape(1, -1), k, nprobe, exclude)
-    return [Candidate(float(s), index.ids[r], seg, int(r)) for s, r in zip(scores[0], rows[0]) if r >= 0]
+    scores, rows = tensors.search(index, q, k, nprobe, exclude)
+    return [Candidate(float(s), index.ids[r], seg, int(r)) for s, r in zip(scores, rows) if r >= 0]
 
 
 def _search_segment_filtered(reader, ctx: Context, seg: SegmentRef, q, k, metric, exact_max_rows) -> list[Candidate]:

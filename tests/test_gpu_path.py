@@ -250,6 +250,53 @@ def test_microbatcher_reports_errors_to_every_caller_of_the_batch():
         batcher.submit(1)
 
 
+def test_segment_tensors_micro_batch_concurrent_queries_of_several_shapes():
+    """On a GPU the service micro-batches; each caller must still get its own k and nprobe."""
+    rng = np.random.default_rng(13)
+    vectors, centroids, part_rows = _segment(rng, 1200, 16, 12, "l2")
+    index = gpu.DeviceIndex(centroids, part_rows, "l2", "cpu", vectors=vectors)
+    tensors = gpu.SegmentTensors("cpu", 1 << 30, micro_batch=True)
+    queries = rng.normal(size=(48, 16)).astype(np.float32)
+    shapes = [(5 + i % 3 * 10, 1 + i % 4) for i in range(len(queries))]  # (k, nprobe)
+    got: list = [None] * len(queries)
+
+    def caller(i):
+        got[i] = tensors.search(index, queries[i], *shapes[i])
+
+    threads = [threading.Thread(target=caller, args=(i,)) for i in range(len(queries))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, (k, nprobe) in enumerate(shapes):
+        want = index.search(queries[i], k, nprobe)
+        assert got[i][1].tolist() == want[1][0].tolist()
+        np.testing.assert_allclose(got[i][0], want[0][0], rtol=1e-6)
+    # A caller with rows to exclude is answered on its own, correctly.
+    scores, rows = tensors.search(index, queries[0], 10, 3, exclude=lambda r: r % 2 == 0)
+    assert len(rows) == 10 and all(r % 2 == 1 for r in rows if r >= 0)
+
+
+def test_held_tensors_do_not_keep_a_service_reader_alive():
+    import gc
+    import weakref
+
+    rng = np.random.default_rng(2)
+    svc = Service(_settings("torch-cpu"), store=MemoryStore())
+    svc.create_namespace("ns", "none", 8, "dot")
+    svc.upsert("ns", _docs(rng.normal(size=(120, 8)).astype(np.float32)))
+    svc.index("ns")
+    svc.query("ns", vector=rng.normal(size=8).tolist())
+    reader = weakref.ref(svc.reader)
+    held = gpu.segment_tensors(svc.reader, "cpu", 1)
+    assert held._held
+    tensors = weakref.ref(held)
+    svc.close()
+    del svc, held
+    gc.collect()
+    assert reader() is None and tensors() is None
+
+
 # --- through the service -------------------------------------------------------------------
 
 
