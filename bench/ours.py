@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import os
 import signal
@@ -28,6 +29,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import orjson
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -306,6 +308,24 @@ def warm_passes(search, queries: np.ndarray, gt: np.ndarray, after_warm_up=lambd
     }
 
 
+def lean_search(port: int):
+    """A search function over one keep-alive ``http.client`` connection."""
+    conn = http.client.HTTPConnection("127.0.0.1", port)
+    url = f"/v1/namespaces/{NAMESPACE}/query"
+    headers = {"content-type": "application/json"}
+
+    def search(q):
+        conn.request("POST", url, body=orjson.dumps({"vector": q.tolist(), "top_k": ds_mod.K, "consistency": "eventual"}),
+                     headers=headers)
+        response = conn.getresponse()
+        body = response.read()
+        if response.status != 200:
+            raise RuntimeError(f"query failed: {response.status} {body[:300]!r}")
+        return [row_of(h["id"]) for h in orjson.loads(body)["results"]]
+
+    return search
+
+
 def over_http(data: ds_mod.Dataset, env: dict, workdir: Path, preload: bool, starts: int, log) -> dict:
     """``starts`` fresh query workers: process start -> first answer (median); the last one
     then runs the warm passes and reports its RSS."""
@@ -334,6 +354,9 @@ def over_http(data: ds_mod.Dataset, env: dict, workdir: Path, preload: bool, sta
                     # Steady state: let the background embedder preload finish before measuring.
                     out["settle_s"] = round(wait_idle(worker.proc.pid), 1)
                     out.update(warm_passes(search, data.queries, data.gt))
+                    # The same passes from a lean keep-alive client (http.client + orjson): what
+                    # the service costs over HTTP without httpx's own ~0.5 ms per request.
+                    out["lean_client"] = warm_passes(lean_search(worker.port), data.queries, data.gt)
                     out.update(proc_memory(worker.proc.pid))
                     out["warm_cache"] = c.get("/healthz").json()["stats"].get("cache", {})
         finally:

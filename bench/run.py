@@ -133,6 +133,13 @@ def rows_of_table(result: dict) -> list[dict]:
             "recall_at_10": http["recall_at_10"], "rss_mb": http["rss_mb"],
             "process_first_ms": http["process_first_ms"], "connect_first_ms": http["connect_first_ms"],
         })
+        lean = http.get("lean_client")
+        if lean:
+            table.append({
+                "system": "ours, HTTP, http.client", "params": params, "rows": result["rows"],
+                "warm_p50_ms": lean["warm_p50_ms"], "warm_p99_ms": lean["warm_p99_ms"],
+                "recall_at_10": lean["recall_at_10"],
+            })
     for system, peer in result.get("peers", {}).items():
         table.append({"system": system, **{k: peer.get(k) for k in (
             "params", "rows", "ingest_vectors_per_s", "ingest_s", "build_s", "warm_p50_ms", "warm_p99_ms",
