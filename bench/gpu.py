@@ -306,6 +306,8 @@ def main(argv: list[str] | None = None) -> dict:
         results[role] = res
         print(f"{role} ({side}): measured in {time.perf_counter() - stage:.1f} s", flush=True)
 
+    print("both sides run query.gpu.DeviceIndex (the service's search_device path): the cpu column on CPU "
+          "tensors, not FAISS")
     if model_used:
         print(f"embedding model: {model_used}")
     report = _table(results, args.device, nprobe)

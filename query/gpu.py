@@ -116,9 +116,6 @@ class DeviceIndex:
     def nbytes(self) -> int:
         return (self.rows + self.nlist) * self.dims * 4 + self.rows * 8
 
-    def rows_in(self, p: int) -> int:
-        return int(self.part_rows[p + 1] - self.part_rows[p])
-
     def ensure_loaded(self, parts: np.ndarray) -> None:
         """Copy partitions ``parts`` onto the device if they are not there yet."""
         missing = [int(p) for p in parts if not self._loaded[p]]
