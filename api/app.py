@@ -46,7 +46,9 @@ def _write_routes(service: Service) -> APIRouter:
     @r.put("/v1/namespaces/{ns}", status_code=200)
     def create_namespace(ns: str, body: NamespaceCreate) -> dict:
         chunking = body.chunking.model_dump() if isinstance(body.chunking, BaseModel) else body.chunking
-        manifest, created = service.create_namespace(ns, body.embedder, body.dimensions, body.metric, chunking)
+        manifest, created = service.create_namespace(
+            ns, body.embedder, body.dimensions, body.metric, chunking, body.vector_dtype
+        )
         return {"name": ns, "created": created, "version": manifest.version, **manifest.config.to_json()}
 
     @r.delete("/v1/namespaces/{ns}")

@@ -73,11 +73,13 @@ class Service:
         dimensions: int | None = None,
         metric: str = "cosine",
         chunking: dict | bool | None = None,
+        vector_dtype: str = "float32",
     ) -> tuple[Manifest, bool]:
         """Create ``ns`` (or return it if it exists with the same configuration).
 
         ``chunking``: ``{"chunk_tokens", "overlap_tokens"}``, ``False`` for none, or None for
         the default (256/32 tokens with an embedder, none when the client sends vectors).
+        ``vector_dtype``: ``float32`` or ``float16``, how indexed segments store vectors.
         """
         check_namespace_name(ns)
         fixed = embedders.dimensions_of(embedder)
@@ -99,6 +101,7 @@ class Service:
             metric,
             chunk_tokens=chunking.chunk_tokens if chunking else None,
             overlap_tokens=chunking.overlap_tokens if chunking else 0,
+            vector_dtype=vector_dtype,
         ).validate()
         return self.catalog.create(ns, config)
 

@@ -107,7 +107,9 @@ class Indexer:
             kept = [s for s in kept if s.live_rows > 0]
         built = None
         if len(rows):
-            built = segment.build(rows, config.metric, self.settings.rows_per_partition, self.settings.flat_max_rows)
+            built = segment.build(
+                rows, config.metric, self.settings.rows_per_partition, self.settings.flat_max_rows, config.vector_dtype
+            )
             self._upload(ns, built)
             kept.append(SegmentRef(built.id, built.rows, built.nlist, built.bytes))
         return built, tuple(kept), len(rows)

@@ -65,6 +65,15 @@ class CachedStore:
                 return whole[start : start + length]
         return self._read((key, start, length), lambda: self.inner.get_range(key, start, length))
 
+    def discard(self, key: str, start: int, length: int) -> None:
+        """Drop one ranged read from RAM (not from the disk tier): for a caller that keeps
+        its own decoded copy, so the bytes are not held twice."""
+        with self._lock:
+            entry = (key, start, length)
+            data = self._entries.pop(entry, None)
+            if data is not None:
+                self._forget(entry, data)
+
     def get_uncached(self, key: str) -> bytes:
         """The object as the store holds it now, bypassing (and not filling) the cache."""
         data = self.inner.get(key)

@@ -108,7 +108,12 @@ class NamespaceReader:
         def load() -> Partition:
             start, length = layout.byte_range(p)
             data = self.store.get_range(key, start, length) if length else b""
-            return segment.decode_partition(data, layout.rows_in(p), layout.dims)
+            part = segment.decode_partition(data, layout.rows_in(p), layout.dims, layout.vector_dtype)
+            if layout.vector_dtype != "float32" and length and hasattr(self.store, "discard"):
+                # Widened to float32 in a copy: this memo holds the partition now, and the
+                # read cache need not hold its bytes as well.
+                self.store.discard(key, start, length)
+            return part
 
         return self._partitions.get((key, p), load)
 

@@ -3,13 +3,15 @@
 A segment ``<ns>/segments/<id>/`` has three objects:
 
 ``ivf.bin``
-    magic ``VDBIVF01``, uint32 nlist, uint32 dims, float32 centroids (nlist × dims),
-    int64 byte offsets of the partitions in ``vectors.bin`` (nlist + 1), int64 row
-    offsets (nlist + 1). Small; a query fetches it first and keeps it cached.
+    magic ``VDBIVF02``, uint32 nlist, uint32 dims, uint32 vector type (0 float32,
+    1 float16), uint32 0, float32 centroids (nlist × dims), int64 byte offsets of the
+    partitions in ``vectors.bin`` (nlist + 1), int64 row offsets (nlist + 1). Small; a
+    query fetches it first and keeps it cached. (``VDBIVF01``: the same without the type
+    word, float32.)
 ``vectors.bin``
-    the partitions back to back. Partition ``p`` is one contiguous byte range: float32
-    vectors (n × dims), int32 id offsets (n + 1), then the UTF-8 ids. A query fetches only
-    the partitions it probes, one ranged GET each.
+    the partitions back to back. Partition ``p`` is one contiguous byte range: vectors
+    (n × dims, float32 or float16 as ``ivf.bin`` says), int32 id offsets (n + 1), then
+    the UTF-8 ids. A query fetches only the partitions it probes, one ranged GET each.
 ``docs.parquet``
     ``id``, ``text``, ``attributes`` (JSON text), one row group per partition (empty ones
     included), rows in the same order as ``vectors.bin``: row group ``p`` holds partition
@@ -42,7 +44,9 @@ if TYPE_CHECKING:
 # pyarrow (~0.1 s to import) is imported where Parquet is read or written, not here: a query
 # worker answering vector queries needs only ivf.bin and vectors.bin.
 
-MAGIC = b"VDBIVF01"
+MAGIC_V1 = b"VDBIVF01"  # float32 vectors, no type word
+MAGIC = b"VDBIVF02"
+_DTYPES = ("float32", "float16")  # the type word indexes this
 FILES = ("ivf.bin", "vectors.bin", "docs.parquet", "bm25.bin")
 
 
@@ -53,6 +57,7 @@ class Layout:
     centroids: np.ndarray  # nlist × dims
     part_bytes: np.ndarray  # nlist + 1 byte offsets into vectors.bin
     part_rows: np.ndarray  # nlist + 1 row offsets
+    vector_dtype: str = "float32"  # how vectors.bin stores the partitions' vectors
 
     @property
     def nlist(self) -> int:
@@ -69,7 +74,7 @@ class Layout:
         return int(self.part_rows[p + 1] - self.part_rows[p])
 
     def to_bytes(self) -> bytes:
-        header = MAGIC + np.array([self.nlist, self.dims], np.uint32).tobytes()
+        header = MAGIC + np.array([self.nlist, self.dims, _DTYPES.index(self.vector_dtype), 0], np.uint32).tobytes()
         return (
             header
             + self.centroids.astype(np.float32).tobytes()
@@ -79,15 +84,21 @@ class Layout:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Layout:
-        if data[:8] != MAGIC:
+        if data[:8] == MAGIC:
+            nlist, dims, dtype, _ = (int(x) for x in np.frombuffer(data, np.uint32, 4, 8))
+            if dtype >= len(_DTYPES):
+                raise VectorDBError(f"corrupt segment: unknown vector type {dtype} in ivf.bin")
+            vector_dtype, at = _DTYPES[dtype], 24
+        elif data[:8] == MAGIC_V1:
+            nlist, dims = (int(x) for x in np.frombuffer(data, np.uint32, 2, 8))
+            vector_dtype, at = "float32", 16
+        else:
             raise VectorDBError("corrupt segment: bad ivf.bin header")
-        nlist, dims = (int(x) for x in np.frombuffer(data, np.uint32, 2, 8))
-        at = 16
         centroids = np.frombuffer(data, np.float32, nlist * dims, at).reshape(nlist, dims)
         at += nlist * dims * 4
         part_bytes = np.frombuffer(data, np.int64, nlist + 1, at)
         part_rows = np.frombuffer(data, np.int64, nlist + 1, at + (nlist + 1) * 8)
-        return cls(centroids, part_bytes, part_rows)
+        return cls(centroids, part_bytes, part_rows, vector_dtype)
 
 
 @dataclass(frozen=True)
@@ -96,16 +107,21 @@ class Partition:
     ids: list[str]
 
 
-def encode_partition(vectors: np.ndarray, ids: list[str]) -> bytes:
+def encode_partition(vectors: np.ndarray, ids: list[str], vector_dtype: str = "float32") -> bytes:
     encoded = [i.encode() for i in ids]
     offsets = np.zeros(len(ids) + 1, np.int32)
     np.cumsum([len(e) for e in encoded], out=offsets[1:])
-    return np.ascontiguousarray(vectors, np.float32).tobytes() + offsets.tobytes() + b"".join(encoded)
+    return np.ascontiguousarray(vectors, vector_dtype).tobytes() + offsets.tobytes() + b"".join(encoded)
 
 
-def decode_partition(data: bytes, rows: int, dims: int) -> Partition:
-    vectors = np.frombuffer(data, np.float32, rows * dims).reshape(rows, dims)
-    at = rows * dims * 4
+def decode_partition(data: bytes, rows: int, dims: int, vector_dtype: str = "float32") -> Partition:
+    """A partition's float32 vectors and ids. float32 vectors share ``data``'s memory;
+    float16 ones are widened into a new array (scans run on float32)."""
+    stored = np.dtype(vector_dtype)
+    vectors = np.frombuffer(data, stored, rows * dims).reshape(rows, dims)
+    if stored != np.float32:
+        vectors = vectors.astype(np.float32)
+    at = rows * dims * stored.itemsize
     offsets = np.frombuffer(data, np.int32, rows + 1, at)
     blob = data[at + (rows + 1) * 4 :]
     ids = [blob[offsets[i] : offsets[i + 1]].decode() for i in range(rows)]
@@ -128,8 +144,11 @@ def new_segment_id() -> str:
     return uuid.uuid4().hex
 
 
-def build(rows: RowBatch, metric: str, rows_per_partition: int, flat_max_rows: int) -> BuiltSegment:
-    """Cluster ``rows`` into an IVF segment. Vectors must already be normalised for cosine."""
+def build(
+    rows: RowBatch, metric: str, rows_per_partition: int, flat_max_rows: int, vector_dtype: str = "float32"
+) -> BuiltSegment:
+    """Cluster ``rows`` into an IVF segment. Vectors must already be normalised for cosine;
+    ``vector_dtype`` is how ``vectors.bin`` stores them (float32 or float16)."""
     n, dims = rows.vectors.shape
     nlist = ivf.choose_nlist(n, rows_per_partition, flat_max_rows)
     centroids = ivf.train_centroids(rows.vectors, nlist, metric)
@@ -149,7 +168,7 @@ def build(rows: RowBatch, metric: str, rows_per_partition: int, flat_max_rows: i
     with pq.ParquetWriter(writer_sink, schema, compression="zstd") as writer:
         for p in range(nlist):
             lo, hi = int(part_rows[p]), int(part_rows[p + 1])
-            blobs.append(encode_partition(sorted_rows.vectors[lo:hi], sorted_rows.ids[lo:hi]))
+            blobs.append(encode_partition(sorted_rows.vectors[lo:hi], sorted_rows.ids[lo:hi], vector_dtype))
             writer.write_table(
                 pa.table(
                     {
@@ -162,7 +181,7 @@ def build(rows: RowBatch, metric: str, rows_per_partition: int, flat_max_rows: i
             )
     part_bytes = np.zeros(nlist + 1, np.int64)
     np.cumsum([len(b) for b in blobs], out=part_bytes[1:])
-    layout = Layout(centroids, part_bytes, part_rows)
+    layout = Layout(centroids, part_bytes, part_rows, vector_dtype)
     lexical = bm25.BM25Index.build(t or "" for t in sorted_rows.texts)
     files = {
         "ivf.bin": layout.to_bytes(),
