@@ -87,3 +87,16 @@ def test_a_fresh_process_answers_before_faiss_is_imported():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True).stdout
     assert out.split() == ["2", "False", "True"]
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_both_kernels_report_identical_scores(monkeypatch, metric):
+    """A fresh worker (numpy) and a warm one (FAISS) must answer with the same numbers."""
+    vectors, queries = data(metric)
+    answers = []
+    for kernel in (lambda: None, lambda: faiss):
+        monkeypatch.setattr(ivf, "_faiss_if_loaded", kernel)
+        answers.append([ivf.scan(vectors, q, 10, metric) for q in queries])
+    for (s1, r1), (s2, r2) in zip(*answers):
+        assert list(r1) == list(r2)
+        assert s1.tobytes() == s2.tobytes()

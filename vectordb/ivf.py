@@ -111,7 +111,12 @@ def probe(centroids: np.ndarray, queries: np.ndarray, nprobe: int, metric: str) 
 
 
 def scan(vectors: np.ndarray, query: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-k of one query over ``vectors``: (scores, row indices), best first."""
+    """Exact top-k of one query over ``vectors``: (scores, row indices), best first.
+
+    The rows are picked by FAISS (or by numpy before FAISS is imported); the scores of the
+    picked rows are then recomputed by :func:`exact_scores`, so a row's score does not
+    depend on which kernel found it and every worker answers with the same numbers.
+    """
     k = min(k, len(vectors))
     if k == 0:
         return np.zeros(0, np.float32), np.zeros(0, np.int64)
@@ -119,12 +124,22 @@ def scan(vectors: np.ndarray, query: np.ndarray, k: int, metric: str) -> tuple[n
     vectors = np.ascontiguousarray(vectors, np.float32)
     faiss = _faiss_if_loaded()
     if faiss is not None:
-        dist, idx = faiss.knn(q, vectors, k, metric=_metric(metric))
-        scores = -dist[0] if metric == "l2" else dist[0]
-        return scores.astype(np.float32), idx[0].astype(np.int64)
-    scores = _scores(vectors, q, metric)[0]
-    idx = _top(scores, k)
-    return scores[idx], idx
+        _, idx = faiss.knn(q, vectors, k, metric=_metric(metric))
+        idx = idx[0].astype(np.int64)
+    else:
+        idx = _top(_scores(vectors, q, metric)[0], k)
+    scores = exact_scores(vectors[idx], q[0], metric)
+    order = np.lexsort((idx, -scores))  # best first, equal scores in row order
+    return scores[order], idx[order]
+
+
+def exact_scores(vectors: np.ndarray, query: np.ndarray, metric: str) -> np.ndarray:
+    """Scores of a few rows, one way everywhere (einsum, not BLAS: the sum order does not
+    depend on the matrix shape or on threads). Negative squared distance for ``l2``."""
+    if metric == "l2":
+        diff = vectors - query
+        return -np.einsum("ij,ij->i", diff, diff)
+    return np.einsum("ij,j->i", vectors, query)
 
 
 def _scores(vectors: np.ndarray, queries: np.ndarray, metric: str) -> np.ndarray:
