@@ -173,8 +173,9 @@ class Worker:
 # --------------------------------------------------------------------------- phases
 
 
-def ingest(data: ds_mod.Dataset, env: dict, workdir: Path, clients: int, batch: int, encoding: str, log) -> dict:
-    out: dict = {}
+def ingest(data: ds_mod.Dataset, env: dict, workdir: Path, clients: int, batch: int, encoding: str, log,
+           vector_dtype: str = "float32") -> dict:
+    out: dict = {"vector_dtype": vector_dtype}
     started = time.perf_counter()
     bodies = [upsert_body(data.base, lo, min(lo + batch, data.rows), encoding) for lo in range(0, data.rows, batch)]
     out["client_encode_s"] = round(time.perf_counter() - started, 2)
@@ -184,7 +185,8 @@ def ingest(data: ds_mod.Dataset, env: dict, workdir: Path, clients: int, batch: 
         worker.wait_ready()
         with httpx.Client(base_url=worker.url, timeout=600) as c:
             c.put(f"/v1/namespaces/{NAMESPACE}",
-                  json={"embedder": "none", "dimensions": ds_mod.DIMS, "metric": "cosine"}).raise_for_status()
+                  json={"embedder": "none", "dimensions": ds_mod.DIMS, "metric": "cosine",
+                        "vector_dtype": vector_dtype}).raise_for_status()
         latencies: list[float] = []
         lock = threading.Lock()
         queue = iter(range(len(bodies)))
@@ -417,15 +419,53 @@ def embedding(n_docs: int, n_queries: int, seed: int, log) -> dict:
         "queries": len(latencies),
         "docs": n_docs,
         "docs_per_s": round(n_docs / docs_s, 1),
+        "runtime": settings.embed_runtime,
         "batch_size": settings.embed_batch_size,
         "max_seq_length": settings.embed_max_seq_length,
     }
+    out.update(text_queries(settings, query_texts[3:], log))
     log(f"embedding: query p50 {out['query_p50_ms']} ms, {out['docs_per_s']} docs/s")
     return out
 
 
+def text_queries(settings: Settings, query_texts: list[str], log) -> dict:
+    """Warm text queries through the service (embed + search) on NFCorpus (3,633 documents,
+    their cached MiniLM vectors supplied at ingest), beside the embedder alone on the same
+    texts in the same process: the difference is what the service adds to a text query."""
+    from vectordb import embedders
+
+    vectors = ds_mod.real_embeddings(log)
+    texts = ds_mod.nfcorpus_texts()
+    svc = Service(settings.model_copy(update={"store_uri": "memory://bench-text", "auto_index": False}))
+    try:
+        svc.create_namespace("nf", embedder="minilm", chunking=False)
+        for lo in range(0, len(vectors), 1000):
+            svc.upsert("nf", [{"id": f"d{i}", "text": texts[i], "vector": base64.b64encode(vectors[i].tobytes()).decode()}
+                              for i in range(lo, min(lo + 1000, len(vectors)))])
+        svc.index("nf")
+        embedder = embedders.get("minilm", settings)
+        for text in query_texts[:3]:
+            svc.query("nf", text=text, top_k=10, consistency="eventual")
+        embed, full = [], []
+        for text in query_texts:
+            t = time.perf_counter()
+            embedder.embed_query(text)
+            embed.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            svc.query("nf", text=text, top_k=10, consistency="eventual")
+            full.append(time.perf_counter() - t)
+    finally:
+        svc.close()
+    out = {"text_query_p50_ms": round(ms(percentile(full, 0.5)), 2),
+           "text_query_embed_p50_ms": round(ms(percentile(embed, 0.5)), 2)}
+    out["text_query_overhead_ms"] = round(out["text_query_p50_ms"] - out["text_query_embed_p50_ms"], 2)
+    log(f"text query (in-process, NFCorpus): p50 {out['text_query_p50_ms']} ms = embedding "
+        f"{out['text_query_embed_p50_ms']} ms + {out['text_query_overhead_ms']} ms")
+    return out
+
+
 def run(data: ds_mod.Dataset, endpoint: str, bucket: str, prefix: str, access: str, secret: str, workdir: Path, *,
-        clients: int, batch: int, encoding: str, colds: int, quick: bool, log) -> dict:
+        clients: int, batch: int, encoding: str, colds: int, quick: bool, log, vector_dtype: str = "float32") -> dict:
     store_uri = f"s3://{bucket}/{prefix}"
     env = {
         "VECTORDB_STORE_URI": store_uri,
@@ -440,7 +480,8 @@ def run(data: ds_mod.Dataset, endpoint: str, bucket: str, prefix: str, access: s
                         preload_embedder="")
     nlist = ds_mod.nlist_for(data.rows)
     out: dict = {"store_uri": store_uri, "nlist": nlist, "nprobe": default_nprobe(nlist)}
-    out["ingest"] = ingest(data, env, workdir, clients, batch, encoding, log)
+    out["vector_dtype"] = vector_dtype
+    out["ingest"] = ingest(data, env, workdir, clients, batch, encoding, log, vector_dtype)
     out["in_process"] = in_process(data, settings, colds, log)
     starts = 1 if quick else 3
     out["http"] = over_http(data, env, workdir, preload=True, starts=starts, log=log)

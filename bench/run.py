@@ -119,7 +119,7 @@ def rows_of_table(result: dict) -> list[dict]:
     ours = result.get("ours")
     if ours:
         ing, inp, http = ours["ingest"], ours["in_process"], ours["http"]
-        params = f"IVF-flat nlist {ours['nlist']}, nprobe {ours['nprobe']}"
+        params = f"IVF-flat nlist {ours['nlist']}, nprobe {ours['nprobe']}, {ours.get('vector_dtype', 'float32')}"
         table.append({
             "system": "ours, in-process (S3)", "params": params, "rows": result["rows"],
             "ingest_vectors_per_s": ing["ingest_vectors_per_s"], "ingest_s": ing["ingest_s"], "build_s": ing["build_s"],
@@ -247,13 +247,17 @@ def report(result: dict) -> str:
                          f"{np_['warm_p50_ms']} ms; RSS {np_['rss_mb']} MB")
     emb = result.get("embedding")
     if emb:
-        parts.append(f"* embedding (minilm, sentence-transformers, max_seq_length {emb['max_seq_length']}, batch "
+        parts.append(f"* embedding (minilm, embed_runtime {emb.get('runtime', '?')}, max_seq_length {emb['max_seq_length']}, batch "
                      f"{emb['batch_size']}): model load {emb['model_load_s']} s; single query p50 "
                      f"{emb['query_p50_ms']} ms / p99 {emb['query_p99_ms']} ms with {emb['torch_threads']} torch "
                      f"threads, {emb['query_1thread_p50_ms']} / {emb['query_1thread_p99_ms']} ms with 1 "
                      f"({emb['queries']} queries); "
                      f"{emb['docs_per_s']} NFCorpus docs/s ({emb['docs']} docs) "
                      f"[BENCHMARKS.md: 7.3 / 11.6 ms, 25.8 docs/s]")
+        if "text_query_p50_ms" in emb:
+            parts.append(f"* warm text query through the service (in-process, NFCorpus, 3,633 docs): p50 "
+                         f"{emb['text_query_p50_ms']} ms = query embedding {emb['text_query_embed_p50_ms']} ms + "
+                         f"{emb['text_query_overhead_ms']} ms")
     return "\n".join(parts)
 
 
@@ -276,6 +280,8 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=5000, help="vectors per upsert request")
     parser.add_argument("--vector-encoding", choices=("arrow", "base64", "json"), default="arrow",
                         help="how upserts carry vectors: base64 float32 (the API's bulk form) or JSON numbers")
+    parser.add_argument("--vector-dtype", choices=("float32", "float16"), default="float16",
+                        help="how our namespace stores indexed vectors (float16: half the bytes per cold query)")
     parser.add_argument("--no-embedding", action="store_true", help="skip the embedding model figures")
     parser.add_argument("--endpoint", help="S3 endpoint host:port (default: 127.0.0.1:8333, started if needed)")
     parser.add_argument("--out", help="JSON path (default bench/results/<time>-<rows>.json)")
@@ -320,7 +326,7 @@ def main() -> int:
                     result["ours"] = ours.run(
                         data, ep, BUCKET, prefixes[-1], ACCESS_KEY, SECRET_KEY, workdir, clients=args.clients,
                         batch=args.batch, encoding=args.vector_encoding, colds=3 if args.quick else 5,
-                        quick=args.quick, log=log,
+                        quick=args.quick, log=log, vector_dtype=args.vector_dtype,
                     )
                 except Exception as exc:  # still run the peers; the report says what failed
                     log(f"ours failed: {exc!r}")
