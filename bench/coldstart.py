@@ -7,6 +7,9 @@ one-machine Ray (2 CPUs), with the query role scaled to zero after ``--idle-s``:
 * cold:       a text query while there is no replica (p50 of ``--runs``), and where the
               time went: request -> process start -> replica constructor -> imports ->
               app -> model -> manifest -> centroids -> partitions -> answer -> client;
+              the replica lands in a spare, preloaded Ray worker (``deploy.worker_pool``;
+              ``process_start`` before the request); ``cold_no_spare``: the same with
+              ``spare_workers=0``, a fresh process per replica;
 * warm:       the same replica, p50 of ``--warm-queries`` text queries, beside the same
               queries as direct in-process calls (``Service.query``) in this process;
 * warm hint:  cold again, with ``POST /v1/namespaces/{ns}/warm`` sent first, and with
@@ -97,6 +100,20 @@ def ensure_namespace(settings: Settings, limit: int | None) -> dict:
         service.close()
 
 
+def boot_clock_error() -> float:
+    """Seconds to add to a process start time computed from ``/proc/stat`` ``btime`` (as
+    ``process_start_time_seconds`` is): btime is truncated to whole seconds, which shifts
+    every process start by up to 1 s against the wall clock; 0 where ``/proc`` is missing."""
+    try:
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        with open("/proc/stat") as f:
+            btime = next(int(line.split()[1]) for line in f if line.startswith("btime"))
+    except (OSError, StopIteration, ValueError):
+        return 0.0
+    return (time.time() - uptime) - btime
+
+
 def scrape(client: httpx.Client) -> dict:
     out = {"stages": {}}
     for family in text_string_to_metric_families(client.get("/metrics").text):
@@ -132,9 +149,10 @@ def cold_run(ray_serve, client: httpx.Client, text: str, hint: bool = False) -> 
     total = time.perf_counter() - started
     r.raise_for_status()
     m = scrape(client)
-    proc = m["process_start_time_seconds"]
-    # Stages on one clock: seconds after the request was sent.
-    timeline = {"process_start": proc - sent}
+    proc = m["process_start_time_seconds"]  # btime-based, like the stage marks' origin
+    # Stages on one clock: seconds after the request was sent. The marks are wall-clock
+    # times minus the same start, so only the start itself needs the btime correction.
+    timeline = {"process_start": proc + boot_clock_error() - sent}
     for stage, at in sorted(m["stages"].items(), key=lambda kv: kv[1]):
         if stage != "process_start":
             timeline[stage] = proc + at - sent
@@ -144,6 +162,7 @@ def cold_run(ray_serve, client: httpx.Client, text: str, hint: bool = False) -> 
         steps[stage] = ms(at - previous)
         previous = at
     return {"total_ms": ms(total), "hint_ms": None if hint_s is None else ms(hint_s), "steps_ms": steps,
+            "from_spare": timeline["process_start"] < 0,
             "bytes_fetched": m.get("vectordb_store_bytes_fetched_total"), "disk_hits": m.get("hits_disk"),
             "ids": [h["id"] for h in r.json()["results"]]}
 
@@ -157,11 +176,15 @@ def median_steps(runs: list[dict]) -> dict:
     return {k: p50([r["steps_ms"].get(k, 0.0) for r in runs]) for k in keys}
 
 
-def cold_series(ray_serve, settings, port, queries, runs, idle_s, label, hint=False, warm=(), runtime="numpy") -> dict:
+def cold_series(ray_serve, settings, port, queries, runs, idle_s, label, hint=False, warm=(), runtime="numpy",
+                spares=1, settle_s=5.0) -> dict:
     from deploy.ray_serve import Scaling
 
-    ray_serve.deploy(settings, query=Scaling(max_replicas=1, idle_s=idle_s, num_cpus=1), ingest=None,
-                     host="127.0.0.1", port=port, embed_runtime=runtime, warm=warm)
+    ray_serve.deploy(settings, query=Scaling(max_replicas=1, idle_s=idle_s, num_cpus=1, spare_workers=spares),
+                     ingest=None, host="127.0.0.1", port=port, embed_runtime=runtime, warm=warm)
+    # Let the spare worker that deploy() prestarts finish its imports: a cold start comes
+    # after idle time, not in the seconds after a deployment.
+    time.sleep(settle_s if spares else 0.0)
     results = []
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
         for i in range(runs):
@@ -176,6 +199,7 @@ def cold_series(ray_serve, settings, port, queries, runs, idle_s, label, hint=Fa
         "bytes_fetched_p50": p50([r["bytes_fetched"] or 0 for r in results]),
         "disk_hits_p50": p50([r["disk_hits"] or 0 for r in results]),
         "first_ids": results[0]["ids"],
+        "from_spare": f"{sum(r['from_spare'] for r in results)}/{len(results)}",
     }
 
 
@@ -240,6 +264,8 @@ def main() -> int:
         ray_serve.start_local(num_cpus=2, temp_dir=temp_dir)
         cold = cold_series(ray_serve, settings, port, queries, args.runs, args.idle_s, "cold")
         out["cold"] = cold
+        out["cold_no_spare"] = cold_series(ray_serve, settings, port, queries, args.runs, args.idle_s,
+                                           "no-spare", spares=0)
         out["warm"] = warm_comparison(port, settings, queries, args.warm_queries)
         out["cold_with_warm_call"] = cold_series(ray_serve, settings, port, queries, args.runs, args.idle_s,
                                                  "hint", hint=True)
@@ -249,8 +275,10 @@ def main() -> int:
         cold_series(ray_serve, disk, port, queries, 1, args.idle_s, "disk-prime")
         out["cold_with_disk_cache"] = cold_series(ray_serve, disk, port, queries, args.runs, args.idle_s, "disk")
         if not args.skip_torch:
-            out["cold_torch_runtime"] = cold_series(ray_serve, settings, port, queries, 1, args.idle_s, "torch",
-                                                    runtime="torch")
+            # embed_runtime "auto" (the default) would run queries on numpy even here.
+            torch_settings = settings.model_copy(update={"embed_runtime": "torch"})
+            out["cold_torch_runtime"] = cold_series(ray_serve, torch_settings, port, queries, 1, args.idle_s,
+                                                    "torch", runtime="torch")
     finally:
         ray_serve.shutdown()
         shutil.rmtree(temp_dir, ignore_errors=True)

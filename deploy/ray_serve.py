@@ -33,16 +33,25 @@ QUERY_APP = "vectordb-query"
 INGEST_APP = "vectordb-ingest"
 ROUTE_PREFIXES = {QUERY_APP: "/", INGEST_APP: "/ingest"}
 
-# Seconds between the autoscaling metrics that the proxy (handle) and replicas push.
+# Seconds between the autoscaling metrics that the proxy (handle) and replicas push. A
+# request at zero replicas is pushed at once, but with the queue length last *recorded*
+# (every METRICS_INTERVAL_S), so the controller learns of it one record and one push
+# later: both short for the proxy, whose pushes start replicas from zero.
 RAY_ENV = {
-    "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.5",
+    "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.1",
     "RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.5",
+    # The controller's loop (default 0.1 s) runs ~3 times between a request at zero and
+    # the replica taking it (decide, start, see it ready). ~2 % of a core more when idle.
+    "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.05",
 }
 # Ray (2.60) binds all interfaces unless this is 0; its auth mode must be off to be local.
 _CLUSTER_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 LOCAL_ENV = {_CLUSTER_ENV: "0", "RAY_AUTH_MODE": "disabled"}
-METRICS_INTERVAL_S = 0.5
+METRICS_INTERVAL_S = 0.1
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+# Set by start_local: this process started Ray, so its job owns the Serve controller and
+# spare workers it prestarts fit the replicas (deploy.worker_pool).
+_started_locally = False
 
 
 @dataclass(frozen=True)
@@ -58,6 +67,9 @@ class Scaling:
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     max_ongoing_requests: int = 16
+    # Idle Ray workers, preloaded, that a running replica keeps for the next one (see
+    # deploy.worker_pool); 0: every replica starts in a fresh process.
+    spare_workers: int = 1
 
     def autoscaling_config(self) -> dict[str, Any]:
         """Ray Serve's ``autoscaling_config``. Scaling up from zero never waits for
@@ -91,6 +103,7 @@ def role_deployment(
     ``loopback_only``: replicas keep every port they open on 127.0.0.1 (one machine)."""
     from ray import serve
 
+    from deploy import worker_pool
     from deploy.replica import VectorDBReplica
 
     with warnings.catch_warnings():
@@ -102,25 +115,35 @@ def role_deployment(
             name=role,
             autoscaling_config=scaling.autoscaling_config(),
             max_ongoing_requests=scaling.max_ongoing_requests,
-            ray_actor_options={"num_cpus": scaling.num_cpus, "num_gpus": scaling.num_gpus},
+            ray_actor_options={
+                "num_cpus": scaling.num_cpus,
+                "num_gpus": scaling.num_gpus,
+                # Spare workers only fit replicas with the same runtime environment.
+                **({"runtime_env": worker_pool.runtime_env()} if scaling.spare_workers else {}),
+            },
             # A replica that is stopping finishes its requests; none should take long.
             graceful_shutdown_timeout_s=10.0,
         )
-    return deployment.bind(role, settings.model_dump(), embed_runtime, tuple(warm), loopback_only)
+    return deployment.bind(role, settings.model_dump(), embed_runtime, tuple(warm), loopback_only,
+                           scaling.spare_workers)
 
 
 def deploy(
     settings,
     query: Scaling | None = Scaling(),
-    ingest: Scaling | None = Scaling(max_replicas=1, idle_s=300.0),
+    ingest: Scaling | None = Scaling(max_replicas=1, idle_s=300.0, spare_workers=0),
     host: str = "127.0.0.1",
     port: int = 8000,
     embed_runtime: str = "numpy",
     warm: tuple[str, ...] = (),
 ) -> dict[str, str]:
     """Start Serve's HTTP proxy on ``host:port`` (in the connected Ray cluster) and deploy
-    the roles that are not None. Returns {application name: base URL}."""
+    the roles that are not None. Returns {application name: base URL}. On a Ray started
+    by :func:`start_local`, each role's spare workers are started right away, so that the
+    first replica from zero finds one too."""
     from ray import serve
+
+    from deploy import worker_pool
 
     serve.start(http_options={"host": host, "port": port})
     loopback_only = host in LOOPBACK
@@ -135,6 +158,8 @@ def deploy(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             serve.run(app, name=name, route_prefix=ROUTE_PREFIXES[name], blocking=False)
+        if _started_locally and scaling.spare_workers:
+            worker_pool.prestart_from_driver(scaling.spare_workers)
         urls[name] = f"http://{host}:{port}{ROUTE_PREFIXES[name].rstrip('/')}"
     return urls
 
@@ -162,6 +187,7 @@ def start_local(num_cpus: int | None = None, temp_dir: str | None = None, extra_
     variables already set win (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1`` would bind every
     interface).
     """
+    global _started_locally
     for key, value in {**LOCAL_ENV, **RAY_ENV, **(extra_env or {})}.items():
         os.environ.setdefault(key, value)
     constants = sys.modules.get("ray._private.ray_constants")
@@ -179,6 +205,7 @@ def start_local(num_cpus: int | None = None, temp_dir: str | None = None, extra_
         log_to_driver=False,
         configure_logging=False,
     )
+    _started_locally = True
 
 
 def shutdown() -> None:
@@ -186,10 +213,12 @@ def shutdown() -> None:
     import ray
     from ray import serve
 
+    global _started_locally
     try:
         serve.shutdown()
     finally:
         ray.shutdown()
+        _started_locally = False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -207,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="how query replicas run the minilm embedder (numpy: no torch import)")
     parser.add_argument("--warm", action="append", default=[], metavar="NS",
                         help="namespace a new query replica prefetches before taking traffic (repeatable)")
-    for role, default in (("query", Scaling()), ("ingest", Scaling(max_replicas=1, idle_s=300.0))):
+    for role, default in (("query", Scaling()), ("ingest", Scaling(max_replicas=1, idle_s=300.0, spare_workers=0))):
         parser.add_argument(f"--{role}-min-replicas", type=int, default=default.min_replicas)
         parser.add_argument(f"--{role}-max-replicas", type=int, default=default.max_replicas)
         parser.add_argument(f"--{role}-idle-s", type=float, default=default.idle_s,
@@ -216,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
                             help=f"requests in flight per {role} replica that the autoscaler aims for")
         parser.add_argument(f"--{role}-num-cpus", type=float, default=default.num_cpus)
         parser.add_argument(f"--{role}-num-gpus", type=float, default=default.num_gpus)
+        parser.add_argument(f"--{role}-spare-workers", type=int, default=default.spare_workers,
+                            help=f"idle preloaded Ray workers kept for the next {role} replica (0: none)")
     parser.add_argument("--no-ingest", action="store_true", help="deploy the query role only")
     args = parser.parse_args(argv)
 
@@ -231,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
             target_ongoing_requests=getattr(args, f"{role}_target_ongoing"),
             num_cpus=getattr(args, f"{role}_num_cpus"),
             num_gpus=getattr(args, f"{role}_num_gpus"),
+            spare_workers=getattr(args, f"{role}_spare_workers"),
         )
 
     local = args.address is None

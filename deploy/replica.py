@@ -25,6 +25,8 @@ class VectorDBReplica:
     ``embed_runtime``: ``numpy`` runs the ``minilm`` embedder without torch (fast cold
     start), ``torch`` uses sentence-transformers. ``warm``: namespaces to prefetch before
     the replica reports ready. ``loopback_only``: see :func:`_keep_internal_grpc_on_loopback`.
+    ``spare_workers``: once this replica has answered its first request, it has that many
+    idle, preloaded Ray workers started for the next replica (``deploy.worker_pool``).
     """
 
     def __init__(
@@ -34,6 +36,7 @@ class VectorDBReplica:
         embed_runtime: str = "numpy",
         warm: tuple[str, ...] = (),
         loopback_only: bool = False,
+        spare_workers: int = 0,
     ) -> None:
         clock = process_clock()
         clock.mark("replica_init")
@@ -73,6 +76,10 @@ class VectorDBReplica:
             except Exception as exc:  # a hint: a missing namespace must not fail the replica
                 log.warning("warming %s failed: %s", ns, exc)
         self._app = app
+        if spare_workers:
+            from deploy import worker_pool
+
+            worker_pool.prestart_after(lambda: clock.reached("first_answer"), spare_workers)
 
     def __serve_build_asgi_app__(self):
         return self._app

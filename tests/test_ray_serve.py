@@ -2,13 +2,15 @@
 
 With no traffic the query role has no replica; a query on a namespace that is already in
 object storage starts one and is answered correctly; after the idle delay the count is 0
-again; a second cold query is correct again. Run it alone with ``pytest -m ray``.
+again; a second cold query is correct again, from a replica placed in the spare worker
+that the first one left (``deploy.worker_pool``). Run it alone with ``pytest -m ray``.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -41,6 +43,17 @@ def test_autoscaling_config_scales_to_zero_after_idle():
         AutoscalingConfig(**config)
     with pytest.raises(ValueError):
         Scaling(min_replicas=2, max_replicas=1).autoscaling_config()
+
+
+def test_spare_workers_get_the_setup_hook_and_an_importable_path():
+    from deploy import worker_pool
+
+    env = worker_pool.runtime_env()["env_vars"]
+    assert worker_pool.SETUP_HOOK in env.values()
+    # The hook runs before Ray adds the driver's paths: PYTHONPATH alone must find it.
+    module, _, func = worker_pool.SETUP_HOOK.rpartition(".")
+    assert (Path(env["PYTHONPATH"].split(os.pathsep)[0]) / (module.replace(".", "/") + ".py")).is_file()
+    worker_pool.preload()  # imports only; never raises
 
 
 @pytest.fixture
@@ -160,6 +173,7 @@ def test_query_role_scales_to_zero_and_back(namespace, ray_serve):
     with httpx.Client(base_url=url, timeout=60) as client:
         for attempt in range(2):  # cold from zero, twice
             q = rng.normal(size=DIMS).astype(np.float32)
+            sent = time.time()
             started = time.monotonic()
             r = client.post("/v1/namespaces/cold/query", json={"vector": q.tolist(), "top_k": 5})
             cold_s = time.monotonic() - started
@@ -169,6 +183,11 @@ def test_query_role_scales_to_zero_and_back(namespace, ray_serve):
             metrics = client.get("/metrics").text  # the replica's own cold start, stage by stage
             for stage in ("replica_init", "imports", "app_ready", "first_manifest", "first_answer"):
                 assert f'vectordb_cold_start_stage_seconds{{stage="{stage}"}}' in metrics
+            # The second replica was placed in a worker started before the request: the
+            # spare that the first replica had the raylet prestart.
+            started_at = float(re.search(r"^process_start_time_seconds (\S+)$", metrics, re.M).group(1))
+            if attempt == 1:
+                assert started_at < sent - 1.0, "the second replica did not land in a spare worker"
             if attempt == 0 and Path("/proc/net/tcp").exists():
                 listening = _listening_addresses(_descendants(os.getpid()))
                 assert listening and all(_is_loopback(a) for a in listening), sorted(listening)
