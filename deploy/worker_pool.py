@@ -18,7 +18,7 @@ replica from zero is placed in one and starts in ~0.1 s instead of ~1.5 s.
 ``vectordb deploy ray`` on one machine also prestarts from the driver, so the very first
 replica finds one.
 
-What can go wrong: a spare costs memory (~300 MB with the imports) for up to
+What can go wrong: a spare costs memory (the imports alone are ~140 MB RSS) for up to
 :data:`KEEP_ALIVE_S`; a deployment that scaled to N replicas leaves up to N × spares
 behind for that long. The RPC is Ray-internal: if it fails (another Ray version), the
 replica logs a warning and every cold start spawns a process as before, slower, never
