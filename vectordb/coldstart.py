@@ -44,17 +44,23 @@ STAGES = (
 
 
 def process_start_time() -> float:
-    """Unix time at which this process started; this module's import time where
-    ``/proc`` is missing (not Linux)."""
+    """Unix time at which this process started, to ~10 ms; this module's import time where
+    ``/proc`` is missing (not Linux).
+
+    The process's age is ``/proc/uptime`` minus its start tick (both since boot, 10 ms
+    resolution). Adding the start tick to the boot time in ``/proc/stat`` instead would be
+    off by up to a second: that boot time is rounded to whole seconds.
+    """
     try:
         with open("/proc/self/stat") as f:
             # Field 22 (starttime, clock ticks after boot); the command name before it
             # may contain spaces, so count from the closing parenthesis.
             ticks = int(f.read().rsplit(")", 1)[1].split()[19])
-        with open("/proc/stat") as f:
-            boot = next(int(line.split()[1]) for line in f if line.startswith("btime"))
-        return boot + ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, StopIteration, IndexError):
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        now = time.time()
+        return now - max(0.0, uptime - ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
         return _IMPORTED_AT
 
 
