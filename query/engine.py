@@ -17,7 +17,7 @@ import numpy as np
 from query import fusion, lexical, vector_search
 from query.plan import TAIL, Candidate, Context, partition_of
 from storage.errors import ObjectNotFound
-from vectordb import embedders
+from vectordb import embedders, ivf
 from vectordb.catalog import Catalog
 from vectordb.errors import DocumentNotFound, InvalidArgument
 from vectordb.filters import parse_filter
@@ -83,6 +83,8 @@ class QueryEngine:
             # the newest manifest never references removed objects.
             manifest = self.catalog.latest(ns, "strong")
             return self._search(manifest, req, q, filt)
+        finally:
+            ivf.load_faiss_soon()  # a fresh worker's first answers are numpy's; FAISS after that
 
     def _prefetch(self, manifest: Manifest) -> None:
         """Start loading what any query of ``manifest`` needs first (centroids, tombstones, the

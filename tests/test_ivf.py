@@ -82,6 +82,7 @@ def test_a_fresh_process_answers_before_faiss_is_imported():
         "from vectordb import ivf\n"
         "v = np.eye(4, dtype=np.float32)\n"
         "print(ivf.scan(v, v[2], 1, 'dot')[1][0], 'faiss' in sys.modules)\n"
+        "ivf.load_faiss_soon()\n"
         "time.sleep(ivf._FAISS_IMPORT_DELAY_S + 3)\n"
         "print(ivf._faiss_if_loaded() is not None)\n"
     )

@@ -1,7 +1,7 @@
 """IVF kernels: train centroids, assign rows, pick partitions, scan exactly.
 
 Pure functions over numpy arrays, FAISS underneath (and numpy until FAISS has been
-imported: see ``_faiss_if_loaded``). Scores are "higher is closer" for
+imported: see ``_faiss_if_loaded``, ``load_faiss_soon``). Scores are "higher is closer" for
 every metric: inner product for ``cosine`` (vectors are stored unit-length) and ``dot``,
 negative squared L2 distance for ``l2``.
 """
@@ -25,29 +25,39 @@ def _faiss():
     return faiss
 
 
-_FAISS_IMPORT_DELAY_S = 0.2
+_FAISS_IMPORT_DELAY_S = 0.05
 _faiss_import: threading.Timer | None = None
 _faiss_lock = threading.Lock()
 
 
 def _faiss_if_loaded():
-    """FAISS if it has been imported, else None, having scheduled its import.
+    """FAISS if it has been imported (completely), else None: then numpy scans.
 
-    A fresh query worker answers its first queries with numpy rather than wait ~0.1 s for
-    FAISS to import; FAISS is imported in the background a moment later (after that first
-    answer has gone out, on a 2-core machine) and from then on scans with it: its
-    single-query scan reads memory ~1.5x faster than BLAS. Both give the same top-k.
+    A fresh query worker answers its first query with numpy rather than wait ~0.1 s for
+    FAISS to import; :func:`load_faiss_soon` imports it once that answer is out, and from
+    then on scans use it: its single-query scan reads memory ~1.5x faster than BLAS.
     """
     faiss = sys.modules.get("faiss")
     if faiss is not None and not getattr(faiss.__spec__, "_initializing", False):  # not half imported
         return faiss
+    return None
+
+
+def load_faiss_soon() -> None:
+    """Import FAISS in a background thread shortly (once per process).
+
+    Called when a query has been answered. Loading FAISS's library holds the interpreter
+    lock for ~0.1-0.3 s, so it must not start while that first query is still in flight
+    (the short delay lets its response go out).
+    """
     global _faiss_import
+    if _faiss_import is not None or "faiss" in sys.modules:
+        return
     with _faiss_lock:
         if _faiss_import is None:
             _faiss_import = threading.Timer(_FAISS_IMPORT_DELAY_S, _faiss)
             _faiss_import.daemon = True
             _faiss_import.start()
-    return None
 
 
 def _metric(metric: str) -> int:
