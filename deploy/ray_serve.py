@@ -41,7 +41,7 @@ RAY_ENV = {
     "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.1",
     "RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.5",
     # The controller's loop (default 0.1 s) runs ~3 times between a request at zero and
-    # the replica taking it (decide, start, see it ready). ~2 % of a core more when idle.
+    # the replica taking it (decide, start, see it ready). Idle cost: deploy/README.md.
     "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.05",
 }
 # Ray (2.60) binds all interfaces unless this is 0; its auth mode must be off to be local.
