@@ -74,8 +74,15 @@ def _search_segment(reader: NamespaceReader, ctx: Context, seg: SegmentRef, q, k
         return _search_segment_tensors(tensors, index, seg, q, k, _nprobe(ctx, layout.nlist), dead, touched)
     probes = ivf.probe(layout.centroids, q.reshape(1, -1), _nprobe(ctx, layout.nlist), metric)[0]
     probes = [int(p) for p in probes if p >= 0 and layout.rows_in(int(p)) > 0]
+    parts = reader.partitions(ctx.ns, seg, layout, probes)
+    if not dead and not touched:
+        scores, which, rows = ivf.scan_many([part.vectors for part in parts], q, k, metric)
+        return [
+            Candidate(float(s), parts[w].ids[r], seg, int(layout.part_rows[probes[w]]) + int(r))
+            for s, w, r in zip(scores, which, rows)
+        ]
     out = []
-    for p, part in zip(probes, reader.partitions(ctx.ns, seg, layout, probes)):
+    for p, part in zip(probes, parts):
         # Ask for enough extra rows that dropping the dead ones still leaves k.
         extra = sum(1 for i in part.ids if i in dead or i in touched) if (dead or touched) else 0
         scores, rows = ivf.scan(part.vectors, q, k + extra, metric)

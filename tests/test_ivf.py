@@ -101,3 +101,18 @@ def test_both_kernels_report_identical_scores(monkeypatch, metric):
     for (s1, r1), (s2, r2) in zip(*answers):
         assert list(r1) == list(r2)
         assert s1.tobytes() == s2.tobytes()
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_scan_many_is_one_exact_scan_over_all_blocks(kernel, metric):
+    vectors, queries = data(metric, rows=300)
+    cuts = [0, 40, 40, 41, 200, 200, 300]  # empty blocks too
+    blocks = [vectors[a:b] for a, b in zip(cuts, cuts[1:])]
+    for q in queries:
+        scores, which, rows = ivf.scan_many(blocks, q, 12, metric)
+        got = [cuts[w] + r for w, r in zip(which, rows)]
+        truth = brute_force(vectors, q, metric)
+        assert got == list(np.argsort(-truth, kind="stable")[:12])
+        single = ivf.scan(vectors, q, 12, metric)
+        assert scores.tobytes() == single[0].tobytes()  # the same numbers as any other scan
+    assert [len(x) for x in ivf.scan_many([vectors[:0]], queries[0], 5, metric)] == [0, 0, 0]
