@@ -91,3 +91,15 @@ def test_decoded_float16_partitions_leave_the_ram_cache(settings):
         fresh.close()
     finally:
         svc.close()
+
+
+def test_partition_ids_decode_on_demand():
+    ids = ["a", "bé", "", "x" * 300, "d/e#1"]
+    vectors = np.arange(10, dtype=np.float32).reshape(5, 2)
+    part = segment.decode_partition(segment.encode_partition(vectors, ids, "float16"), 5, 2, "float16")
+    assert len(part.ids) == 5 and list(part.ids) == ids
+    assert [part.ids[i] for i in range(5)] == ids and part.ids[-1] == "d/e#1" and part.ids[np.int64(1)] == "bé"
+    assert part.ids[1:3] == ids[1:3]
+    with pytest.raises(IndexError):
+        part.ids[5]
+    assert np.array_equal(part.vectors, vectors) and part.vectors.dtype == np.float32

@@ -71,7 +71,8 @@ class _Memo:
 
 
 def _partition_bytes(part: Partition) -> int:
-    return part.vectors.nbytes + sum(len(i) + 49 for i in part.ids)  # 49: str object overhead
+    ids = part.ids
+    return part.vectors.nbytes + (ids.nbytes if hasattr(ids, "nbytes") else sum(len(i) + 49 for i in ids))
 
 
 class NamespaceReader:
