@@ -10,6 +10,7 @@ outlives a restart except what the store's cache holds; a fresh worker answers t
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -67,6 +68,7 @@ class QueryEngine:
         self.catalog = catalog
         self.reader = reader
         self.settings = settings
+        self.answered = threading.Event()  # set once a query has been answered (or failed)
 
     # --- public ------------------------------------------------------------------------
     def query(self, ns: str, **kwargs) -> QueryResult:
@@ -84,6 +86,7 @@ class QueryEngine:
             manifest = self.catalog.latest(ns, "strong")
             return self._search(manifest, req, q, filt)
         finally:
+            self.answered.set()
             ivf.load_faiss_soon()  # a fresh worker's first answers are numpy's; FAISS after that
 
     def _prefetch(self, manifest: Manifest) -> None:

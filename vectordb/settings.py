@@ -62,6 +62,10 @@ class Settings(BaseSettings):
         description="Embedder loaded in the background when the server starts, so the first text "
         "query does not wait for it ('' = load on first use).",
     )
+    preload_delay_s: float = Field(
+        1.0, ge=0, description="The background preload starts after the first answered query, or this "
+        "many seconds after start-up, whichever comes first.",
+    )
     embed_runtime: str = Field(
         "auto",
         description="How the 'minilm' embedder runs: 'torch' (sentence-transformers), 'numpy' (the same "
