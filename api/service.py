@@ -7,6 +7,7 @@ The HTTP app and the command line both drive this; it holds no state that matter
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import asdict
 
 from ingest import chunker, documents, gc, parsers, validate
@@ -26,6 +27,9 @@ from vectordb.namespace import NamespaceConfig, check_namespace_name
 from vectordb.reader import NamespaceReader
 from vectordb.rows import RowBatch, WriteBatch
 from vectordb.settings import Settings
+
+# How long the embedder preload waits after the first query is answered (see ``preload``).
+_AFTER_ANSWER_S = 0.1
 
 
 class Service:
@@ -55,7 +59,10 @@ class Service:
             return
 
         def load() -> None:
-            self.engine.answered.wait(self.settings.preload_delay_s)
+            if self.engine.answered.wait(self.settings.preload_delay_s):
+                # The answer is computed but not yet sent: loading a model holds the GIL in
+                # long stretches, so give the response a moment to go out first.
+                time.sleep(_AFTER_ANSWER_S)
             try:
                 embedder = embedders.get(name, self.settings)
                 if isinstance(embedder, embedders.SplitEmbedder):

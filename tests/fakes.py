@@ -8,6 +8,7 @@ import re
 import numpy as np
 
 from vectordb import embedders
+from vectordb.settings import Settings
 
 FAKE_DIMS = 64
 
@@ -34,3 +35,20 @@ class HashEmbedder:
 
 def register_fake_embedder() -> None:
     embedders.register("fake", FAKE_DIMS, lambda settings: HashEmbedder())
+
+
+def unit_settings(store_uri: str = "memory://unit", **overrides) -> Settings:
+    """Settings for the unit tier: the fake embedder registered, commits without waiting,
+    tiny partitions (so a few hundred rows make several), no background indexing, and
+    garbage collection that keeps only the newest manifest at once."""
+    register_fake_embedder()
+    fields = dict(
+        store_uri=store_uri,
+        group_commit_ms=1,
+        flat_max_rows=50,
+        rows_per_partition=40,
+        auto_index=False,
+        gc_grace_s=0,
+        retain_manifests=1,
+    )
+    return Settings(**{**fields, **overrides})

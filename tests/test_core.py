@@ -10,23 +10,14 @@ import pytest
 
 from api.service import Service
 from storage.memory import MemoryStore
-from tests.fakes import register_fake_embedder
+from tests.fakes import unit_settings
 from vectordb.errors import AlreadyExists, InvalidArgument, NamespaceNotFound, PayloadTooLarge
 from vectordb.settings import Settings
 
 
 @pytest.fixture
 def settings() -> Settings:
-    register_fake_embedder()
-    return Settings(
-        store_uri="memory://unit",
-        group_commit_ms=1,
-        flat_max_rows=50,
-        rows_per_partition=40,
-        auto_index=False,
-        gc_grace_s=0,
-        retain_manifests=1,
-    )
+    return unit_settings()
 
 
 @pytest.fixture

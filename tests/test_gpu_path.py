@@ -20,7 +20,7 @@ import pytest
 from api.service import Service
 from query import gpu
 from storage.memory import MemoryStore
-from tests.fakes import register_fake_embedder
+from tests.fakes import unit_settings
 from vectordb import ivf
 from vectordb.errors import VectorDBError
 from vectordb.settings import Settings
@@ -301,17 +301,7 @@ def test_held_tensors_do_not_keep_a_service_reader_alive():
 
 
 def _settings(device: str) -> Settings:
-    register_fake_embedder()
-    return Settings(
-        store_uri="memory://gpu",
-        group_commit_ms=1,
-        flat_max_rows=50,
-        rows_per_partition=40,
-        auto_index=False,
-        gc_grace_s=0,
-        retain_manifests=1,
-        search_device=device,
-    )
+    return unit_settings("memory://gpu", search_device=device)
 
 
 def _docs(vectors, prefix="d", start=0):

@@ -23,6 +23,7 @@ import math
 import mmap
 import struct
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,23 @@ def _erf(x: np.ndarray) -> np.ndarray:
 def _gelu(x: np.ndarray) -> np.ndarray:
     """BERT's exact (erf) GELU."""
     return x * 0.5 * (1.0 + _erf(x * np.float32(1.0 / math.sqrt(2.0))))
+
+
+def padded_batches(tokenizer, texts: list[str], batch_size: int, mask_dtype) -> Iterator[tuple[list[int], np.ndarray, np.ndarray]]:
+    """Tokenise ``texts`` and yield (positions in ``texts``, token ids, attention mask) per
+    batch, texts of similar length together so that a batch pads little."""
+    encodings = tokenizer.encode_batch(list(texts)) if texts else []
+    order = sorted(range(len(texts)), key=lambda i: len(encodings[i].ids))
+    for lo in range(0, len(order), batch_size):
+        batch = order[lo : lo + batch_size]
+        width = max(len(encodings[i].ids) for i in batch)
+        ids = np.zeros((len(batch), width), np.int64)
+        mask = np.zeros((len(batch), width), mask_dtype)
+        for row, i in enumerate(batch):
+            n = len(encodings[i].ids)
+            ids[row, :n] = encodings[i].ids
+            mask[row, :n] = 1
+        yield batch, ids, mask
 
 
 def _layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float) -> np.ndarray:
@@ -167,18 +185,7 @@ class NumpyBertEmbedder:
     def embed_documents(self, texts: list[str]) -> np.ndarray:
         tokenizer, weights = self._model()
         out = np.zeros((len(texts), self.dimensions), np.float32)
-        encodings = tokenizer.encode_batch(list(texts)) if texts else []
-        # Similar lengths together, so a batch pads little.
-        order = sorted(range(len(texts)), key=lambda i: len(encodings[i].ids))
-        for lo in range(0, len(order), self._batch_size):
-            batch = order[lo : lo + self._batch_size]
-            width = max(len(encodings[i].ids) for i in batch)
-            ids = np.zeros((len(batch), width), np.int64)
-            mask = np.zeros((len(batch), width), np.float32)
-            for row, i in enumerate(batch):
-                n = len(encodings[i].ids)
-                ids[row, :n] = encodings[i].ids
-                mask[row, :n] = 1.0
+        for batch, ids, mask in padded_batches(tokenizer, texts, self._batch_size, np.float32):
             out[batch] = self._encode(weights, ids, mask)
         return out
 

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vectordb.bert_numpy import _check_pipeline
+from vectordb.bert_numpy import _check_pipeline, padded_batches
 from vectordb.errors import InvalidArgument
 
 # Part of the cache key: bump it when the exported graph changes.
@@ -210,17 +210,7 @@ class OnnxBertEmbedder:
     def embed_documents(self, texts: list[str]) -> np.ndarray:
         tokenizer, session = self._model()
         out = np.zeros((len(texts), self.dimensions), np.float32)
-        encodings = tokenizer.encode_batch(list(texts)) if texts else []
-        order = sorted(range(len(texts)), key=lambda i: len(encodings[i].ids))
-        for lo in range(0, len(order), self._batch_size):
-            batch = order[lo : lo + self._batch_size]
-            width = max(len(encodings[i].ids) for i in batch)
-            ids = np.zeros((len(batch), width), np.int64)
-            mask = np.zeros((len(batch), width), np.int64)
-            for row, i in enumerate(batch):
-                n = len(encodings[i].ids)
-                ids[row, :n] = encodings[i].ids
-                mask[row, :n] = 1
+        for batch, ids, mask in padded_batches(tokenizer, texts, self._batch_size, np.int64):
             # InferenceSession.run is thread-safe; no lock around it.
             out[batch] = session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
         return out
