@@ -49,6 +49,16 @@ def _gelu(x: np.ndarray) -> np.ndarray:
     return x * 0.5 * (1.0 + _erf(x * np.float32(1.0 / math.sqrt(2.0))))
 
 
+def load_tokenizer(model_dir: Path, max_seq_length: int):
+    """The model's fast tokenizer, truncating at ``max_seq_length`` tokens, unpadded."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    tokenizer.enable_truncation(max_length=max_seq_length)
+    tokenizer.no_padding()
+    return tokenizer
+
+
 def padded_batches(tokenizer, texts: list[str], batch_size: int, mask_dtype) -> Iterator[tuple[list[int], np.ndarray, np.ndarray]]:
     """Tokenise ``texts`` and yield (positions in ``texts``, token ids, attention mask) per
     batch, texts of similar length together so that a batch pads little."""
@@ -168,14 +178,11 @@ class NumpyBertEmbedder:
     def _model(self):
         with self._lock:
             if self._loaded is None:
-                from tokenizers import Tokenizer  # small, and only needed once a model is used
 
                 if self._blas_threads:
                     _limit_blas_threads(self._blas_threads)
                 _check_pipeline(self._dir)
-                tokenizer = Tokenizer.from_file(str(self._dir / "tokenizer.json"))
-                tokenizer.enable_truncation(max_length=self._max_seq_length)
-                tokenizer.no_padding()
+                tokenizer = load_tokenizer(self._dir, self._max_seq_length)
                 weights = read_safetensors(self._dir / "model.safetensors")
                 # Checkpoints saved from BertModel have no "bert." prefix; from BertFor* they do.
                 weights = {k.removeprefix("bert."): v for k, v in weights.items()}

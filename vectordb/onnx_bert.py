@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vectordb.bert_numpy import _check_pipeline, padded_batches
+from vectordb.bert_numpy import _check_pipeline, load_tokenizer, padded_batches
 from vectordb.errors import InvalidArgument
 
 # Part of the cache key: bump it when the exported graph changes.
@@ -194,16 +194,13 @@ class OnnxBertEmbedder:
         with self._lock:
             if self._loaded is None:
                 ort = _require("onnxruntime", "run the model")
-                from tokenizers import Tokenizer
 
                 self.model_path = exported_model(self._dir, self._cache_dir, self.int8)
                 options = ort.SessionOptions()
                 options.intra_op_num_threads = self._threads or 0
                 options.inter_op_num_threads = 1
                 session = ort.InferenceSession(str(self.model_path), options, providers=["CPUExecutionProvider"])
-                tokenizer = Tokenizer.from_file(str(self._dir / "tokenizer.json"))
-                tokenizer.enable_truncation(max_length=self._max_seq_length)
-                tokenizer.no_padding()
+                tokenizer = load_tokenizer(self._dir, self._max_seq_length)
                 self._loaded = (tokenizer, session)
             return self._loaded
 
