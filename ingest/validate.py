@@ -93,17 +93,6 @@ def check_vector(vector: Any, dims: int, where: str) -> np.ndarray:
     return out
 
 
-def check_storable(vectors: np.ndarray, config: NamespaceConfig, where: Callable[[int], str]) -> None:
-    """A float16 namespace refuses values its segments could not hold (beyond ±65504)."""
-    if config.vector_dtype != "float16" or len(vectors) == 0:
-        return
-    big = np.flatnonzero((np.abs(vectors) > FLOAT16_MAX).any(axis=1))
-    if len(big):
-        raise InvalidArgument(
-            f"{where(int(big[0]))}: vector values beyond ±{FLOAT16_MAX:g} do not fit this namespace's float16 storage"
-        )
-
-
 def normalise(vectors: np.ndarray, metric: str, where: Callable[[int], str]) -> np.ndarray:
     """Cosine namespaces store unit vectors; a zero vector has no direction."""
     if metric != "cosine" or len(vectors) == 0:
@@ -113,6 +102,19 @@ def normalise(vectors: np.ndarray, metric: str, where: Callable[[int], str]) -> 
     if len(bad):
         raise InvalidArgument(f"{where(int(bad[0]))}: a zero vector cannot be compared by cosine")
     return (vectors / norms[:, None]).astype(np.float32)
+
+
+def _stored_form(vectors: np.ndarray, config: NamespaceConfig, where: Callable[[int], str]) -> np.ndarray:
+    """The vectors as the namespace stores them: unit length for cosine; and a float16
+    namespace refuses values its segments could not hold (beyond ±65504)."""
+    vectors = normalise(vectors, config.metric, where)
+    if config.vector_dtype == "float16" and len(vectors):
+        big = np.flatnonzero((np.abs(vectors) > FLOAT16_MAX).any(axis=1))
+        if len(big):
+            raise InvalidArgument(
+                f"{where(int(big[0]))}: vector values beyond ±{FLOAT16_MAX:g} do not fit this namespace's float16 storage"
+            )
+    return vectors
 
 
 def prepare_upserts(docs: Any, config: NamespaceConfig, settings: Settings) -> RowBatch:
@@ -152,8 +154,7 @@ def prepare_upserts(docs: Any, config: NamespaceConfig, settings: Settings) -> R
     if to_embed:
         embedder = embedders.get(config.embedder, settings)
         vectors[to_embed] = embedder.embed_documents([texts[n] for n in to_embed])
-    vectors = normalise(vectors, config.metric, lambda n: f"documents[{n}]")
-    check_storable(vectors, config, lambda n: f"documents[{n}]")
+    vectors = _stored_form(vectors, config, lambda n: f"documents[{n}]")
     return RowBatch(ids, vectors, texts, attrs)
 
 
@@ -222,8 +223,7 @@ def prepare_table(table, config: NamespaceConfig, settings: Settings) -> RowBatc
         if missing:
             raise InvalidArgument(f"row {missing[0]}: needs 'text' to embed (no 'vector' column)")
         vectors = embedders.get(config.embedder, settings).embed_documents(texts)
-    vectors = normalise(vectors, config.metric, lambda row: f"row {row}")
-    check_storable(vectors, config, lambda row: f"row {row}")
+    vectors = _stored_form(vectors, config, lambda row: f"row {row}")
     return RowBatch(ids, vectors, texts, attrs)
 
 
