@@ -132,24 +132,21 @@ def _metadata_routes(service: Service) -> APIRouter:
     return r
 
 
-# The query route reads its body by hand; the schema still documents it in /openapi.json.
-_QUERY_SCHEMA = QueryRequest.model_json_schema(ref_template="#/components/schemas/{model}")
-
-
 def _query_routes(service: Service) -> APIRouter:
     r = APIRouter()
+    # The query route reads its body by hand; the schema still documents it in /openapi.json.
+    schema = QueryRequest.model_json_schema(ref_template="#/components/schemas/{model}")
 
     @r.post(
         "/v1/namespaces/{ns}/query",
         response_model=QueryResponse,
         response_model_exclude_none=True,
-        openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": _QUERY_SCHEMA}}}},
+        openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}},
     )
     async def query(ns: str, request: Request) -> Any:
         # The hot path, kept lean: the body is validated by pydantic-core straight from its
         # bytes (no json.loads, no dependency solving), the search runs in the thread pool,
-        # and the answer is orjson bytes. Together ~0.3 ms less per query than the
-        # declarative route.
+        # and the answer is orjson bytes.
         raw = await request.body()
         try:
             body = QueryRequest.model_validate_json(raw or b"null")

@@ -63,7 +63,10 @@ def resolve_device(setting: str) -> str | None:
         return None
     if setting == "torch-cpu":
         return "cpu"
-    has_gpu = _torch().cuda.is_available()
+    from vectordb.embedders import gpu_present
+
+    # 'auto' on a host with no NVIDIA driver: never import torch (seconds) just to learn that.
+    has_gpu = gpu_present() and _torch().cuda.is_available()
     if setting == "cuda" and not has_gpu:
         raise VectorDBError("search_device is 'cuda' but torch sees no CUDA device; use 'auto' or 'cpu'")
     return "cuda" if has_gpu else None

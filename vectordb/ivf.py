@@ -147,8 +147,9 @@ def scan_many(blocks: list[np.ndarray], query: np.ndarray, k: int, metric: str) 
     """Exact top-k of one query over several row blocks (a segment's probed partitions) at
     once: (scores, block index, row within the block), best first, ties in block/row order.
 
-    One pass of numpy per block, then one selection over all of them: for the ~10 blocks
-    of a query this costs about what FAISS does, and a worker never imports FAISS for it.
+    With FAISS imported, each block is scanned by :func:`scan` and the per-block top-k
+    merged; before that (a fresh worker), one numpy pass per block and one selection over
+    all of them.
     """
     sizes = np.array([len(b) for b in blocks], np.int64)
     total = int(sizes.sum())
