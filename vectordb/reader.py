@@ -71,8 +71,7 @@ class _Memo:
 
 
 def _partition_bytes(part: Partition) -> int:
-    ids = part.ids
-    return part.vectors.nbytes + (ids.nbytes if hasattr(ids, "nbytes") else sum(len(i) + 49 for i in ids))
+    return part.vectors.nbytes + part.ids.nbytes
 
 
 class NamespaceReader:

@@ -143,7 +143,7 @@ class PartitionIds(Sequence[str]):
 @dataclass(frozen=True)
 class Partition:
     vectors: np.ndarray  # n × dims, float32
-    ids: Sequence[str]  # a PartitionIds when decoded from a segment
+    ids: PartitionIds
 
 
 def encode_partition(vectors: np.ndarray, ids: list[str], vector_dtype: str = "float32") -> bytes:
