@@ -23,8 +23,10 @@ class NamespaceCreate(_Strict):
     chunking: Chunking | bool | None = Field(
         None, description="How long texts are split; false = never; default 256/32 tokens with an embedder."
     )
-    vector_dtype: Literal["float32", "float16"] = Field(
-        "float32", description="How indexed segments store vectors; float16 halves cold reads and cache use."
+    vector_dtype: Literal["float32", "float16", "int8"] = Field(
+        "float32",
+        description="How indexed segments store vectors: float16 halves cold reads, int8 (8-bit codes per "
+        "component over each segment's range) quarters them; both answer from float32 in memory.",
     )
 
 

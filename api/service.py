@@ -93,7 +93,7 @@ class Service:
 
         ``chunking``: ``{"chunk_tokens", "overlap_tokens"}``, ``False`` for none, or None for
         the default (256/32 tokens with an embedder, none when the client sends vectors).
-        ``vector_dtype``: ``float32`` or ``float16``, how indexed segments store vectors.
+        ``vector_dtype``: ``float32``, ``float16`` or ``int8``, how indexed segments store vectors.
         """
         check_namespace_name(ns)
         fixed = embedders.dimensions_of(embedder)

@@ -62,7 +62,7 @@ def test_float16_refuses_what_it_cannot_store(settings):
     svc.index("big")
     assert [h.id for h in svc.query("big", vector=[65504.0, -65504.0], top_k=1).hits] == ["a"]
     with pytest.raises(InvalidArgument, match="vector_dtype"):
-        svc.create_namespace("bad", embedder="none", dimensions=2, vector_dtype="int8")
+        svc.create_namespace("bad", embedder="none", dimensions=2, vector_dtype="int4")
     svc.close()
 
 
@@ -103,3 +103,77 @@ def test_partition_ids_decode_on_demand():
     with pytest.raises(IndexError):
         part.ids[5]
     assert np.array_equal(part.vectors, vectors) and part.vectors.dtype == np.float32
+
+
+@pytest.mark.parametrize("metric", ["cosine", "dot", "l2"])
+def test_int8_segments_answer_like_float32(settings, metric):
+    rng = np.random.default_rng(7)
+    vectors = rng.standard_normal((600, 24)).astype(np.float32) * 3.0 + 1.0
+    queries = rng.standard_normal((20, 24)).astype(np.float32)
+    store = MemoryStore()
+    svc = Service(settings, store=CachedStore(store, 64 * 1024**2))
+    try:
+        _ingest(svc, "f32", vectors, metric, "float32")
+        _ingest(svc, "q8", vectors, metric, "int8")
+        assert svc.describe("q8")["vector_dtype"] == "int8"
+        seg = svc.catalog.latest("q8").segments[0]
+        codes = store.get(segment.file_key("q8", seg.id, "vectors.bin"))
+        full = store.get(segment.file_key("f32", svc.catalog.latest("f32").segments[0].id, "vectors.bin"))
+        assert len(codes) < 0.5 * len(full)  # codes, plus a quantizer per partition
+        assert segment.Layout.from_bytes(store.get(segment.file_key("q8", seg.id, "ivf.bin"))).vector_dtype == "int8"
+        stored = vectors / np.linalg.norm(vectors, axis=1, keepdims=True) if metric == "cosine" else vectors
+        # No partition spans more than all rows do: each component is off by at most half
+        # of this step, so a score by at most sum_j |q_j| step_j / 2 (l2: twice that, to first order).
+        widest_step = (stored.max(axis=0) - stored.min(axis=0)) / 255
+        overlap = 0
+        for q in queries:
+            a = svc.query("f32", vector=q.tolist(), top_k=10, nprobe=100).hits
+            b = svc.query("q8", vector=q.tolist(), top_k=10, nprobe=100).hits
+            overlap += len({h.id for h in a} & {h.id for h in b})
+            unit = q / np.linalg.norm(q) if metric == "cosine" else q
+            bound = float(np.abs(unit) @ widest_step) / 2 * (2.5 if metric == "l2" else 1.0)
+            for x, y in zip(sorted(h.score for h in a), sorted(h.score for h in b)):
+                assert abs(x - y) <= bound + 1e-4 * (abs(x) + 1)
+        assert overlap >= 0.9 * 10 * len(queries)  # near-ties may swap
+    finally:
+        svc.close()
+
+
+def test_int8_codes_round_trip_within_half_a_step():
+    rng = np.random.default_rng(11)
+    vectors = rng.standard_normal((300, 8)).astype(np.float32)
+    vectors[:, 3] = 0.25  # a constant component: step 1, codes 0, decoded exactly
+    quantizer = segment.train_quantizer(vectors)
+    ids = [f"r{i}" for i in range(300)]
+    blob = segment.encode_partition(vectors, ids, "int8")
+    assert len(blob) == 2 * 8 * 4 + 300 * 8 + 301 * 4 + sum(len(i) for i in ids)
+    part = segment.decode_partition(blob, 300, 8, "int8")
+    assert part.vectors.dtype == np.float32 and list(part.ids) == ids
+    assert np.all(np.abs(part.vectors - vectors) <= quantizer[1] / 2 * (1 + 1e-4))
+    assert np.array_equal(part.vectors[:, 3], vectors[:, 3])
+    # The extremes of each component are codes 0 and 255, so they decode (nearly) exactly.
+    assert np.allclose(part.vectors.min(axis=0), vectors.min(axis=0), atol=1e-6)
+    assert np.allclose(part.vectors.max(axis=0), vectors.max(axis=0), rtol=1e-5, atol=1e-6)
+    empty = segment.decode_partition(segment.encode_partition(vectors[:0], [], "int8"), 0, 8, "int8")
+    assert empty.vectors.shape == (0, 8) and len(empty.ids) == 0
+
+
+def test_centroids_are_float16_where_vectors_are_not_float32_and_they_fit():
+    rng = np.random.default_rng(13)
+    centroids = rng.standard_normal((4, 6)).astype(np.float32)
+    part_bytes, part_rows = np.array([0, 1, 2, 3, 4], np.int64), np.array([0, 1, 2, 3, 4], np.int64)
+    sizes = {}
+    for dtype in ("float32", "float16", "int8"):
+        data = segment.Layout(centroids, part_bytes, part_rows, dtype).to_bytes()
+        again = segment.Layout.from_bytes(data)
+        sizes[dtype] = len(data)
+        assert again.vector_dtype == dtype and again.centroids.dtype == np.float32
+        exact = centroids if dtype == "float32" else centroids.astype(np.float16).astype(np.float32)
+        assert np.array_equal(again.centroids, exact)
+    assert sizes["float16"] == sizes["int8"] == sizes["float32"] - 4 * 6 * 2
+    huge = centroids * 1e6  # beyond float16: an int8 segment keeps them float32
+    assert np.array_equal(segment.Layout.from_bytes(segment.Layout(huge, part_bytes, part_rows, "int8").to_bytes()).centroids, huge)
+    with pytest.raises(Exception, match="centroid type"):
+        bad = bytearray(segment.Layout(centroids, part_bytes, part_rows, "int8").to_bytes())
+        bad[20] = 7
+        segment.Layout.from_bytes(bytes(bad))

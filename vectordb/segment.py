@@ -4,14 +4,20 @@ A segment ``<ns>/segments/<id>/`` has three objects:
 
 ``ivf.bin``
     magic ``VDBIVF02``, uint32 nlist, uint32 dims, uint32 vector type (0 float32,
-    1 float16), uint32 0, float32 centroids (nlist × dims), int64 byte offsets of the
-    partitions in ``vectors.bin`` (nlist + 1), int64 row offsets (nlist + 1). Small; a
-    query fetches it first and keeps it cached. (``VDBIVF01``: the same without the type
-    word, float32.)
+    1 float16, 2 int8), uint32 centroid type (0 float32, 1 float16), centroids (nlist ×
+    dims), int64 byte offsets of the partitions in ``vectors.bin`` (nlist + 1), int64 row
+    offsets (nlist + 1). Small; a query fetches it first and keeps it cached. Segments
+    that store vectors in less than float32 store float16 centroids where they fit: the
+    second of a cold query's round trips carries half the bytes. (``VDBIVF01``: the same
+    without the two type words, float32.)
 ``vectors.bin``
     the partitions back to back. Partition ``p`` is one contiguous byte range: vectors
-    (n × dims, float32 or float16 as ``ivf.bin`` says), int32 id offsets (n + 1), then
-    the UTF-8 ids. A query fetches only the partitions it probes, one ranged GET each.
+    (n × dims, float32, float16 or uint8 codes as ``ivf.bin`` says), int32 id offsets
+    (n + 1), then the UTF-8 ids. An int8 partition starts with its quantizer, float32
+    ``low`` (dims) and ``step`` (dims), and stores component ``j`` of a vector as the code
+    ``round((x - low[j]) / step[j])``: 255 steps from the partition's own minimum to its
+    maximum of that component (a partition is one cluster, so its span is narrow). A
+    query fetches only the partitions it probes, one ranged GET each.
 ``docs.parquet``
     ``id``, ``text``, ``attributes`` (JSON text), one row group per partition (empty ones
     included), rows in the same order as ``vectors.bin``: row group ``p`` holds partition
@@ -48,7 +54,9 @@ if TYPE_CHECKING:
 
 MAGIC_V1 = b"VDBIVF01"  # float32 vectors, no type word
 MAGIC = b"VDBIVF02"
-_DTYPES = ("float32", "float16")  # the type word indexes this
+_DTYPES = ("float32", "float16", "int8")  # the type word indexes this
+_CENTROID_TYPES = ("float32", "float16")  # the centroid type word indexes this
+_STORED = {"float32": np.dtype(np.float32), "float16": np.dtype(np.float16), "int8": np.dtype(np.uint8)}
 FILES = ("ivf.bin", "vectors.bin", "docs.parquet", "bm25.bin")
 
 
@@ -76,10 +84,11 @@ class Layout:
         return int(self.part_rows[p + 1] - self.part_rows[p])
 
     def to_bytes(self) -> bytes:
-        header = MAGIC + np.array([self.nlist, self.dims, _DTYPES.index(self.vector_dtype), 0], np.uint32).tobytes()
+        kind = _CENTROID_TYPES.index(centroid_type(self.centroids, self.vector_dtype))
+        header = MAGIC + np.array([self.nlist, self.dims, _DTYPES.index(self.vector_dtype), kind], np.uint32).tobytes()
         return (
             header
-            + self.centroids.astype(np.float32).tobytes()
+            + self.centroids.astype(_CENTROID_TYPES[kind]).tobytes()
             + self.part_bytes.astype(np.int64).tobytes()
             + self.part_rows.astype(np.int64).tobytes()
         )
@@ -87,17 +96,18 @@ class Layout:
     @classmethod
     def from_bytes(cls, data: bytes) -> Layout:
         if data[:8] == MAGIC:
-            nlist, dims, dtype, _ = (int(x) for x in np.frombuffer(data, np.uint32, 4, 8))
-            if dtype >= len(_DTYPES):
-                raise VectorDBError(f"corrupt segment: unknown vector type {dtype} in ivf.bin")
+            nlist, dims, dtype, kind = (int(x) for x in np.frombuffer(data, np.uint32, 4, 8))
+            if dtype >= len(_DTYPES) or kind >= len(_CENTROID_TYPES):
+                raise VectorDBError(f"corrupt segment: unknown vector or centroid type ({dtype}, {kind}) in ivf.bin")
             vector_dtype, at = _DTYPES[dtype], 24
         elif data[:8] == MAGIC_V1:
             nlist, dims = (int(x) for x in np.frombuffer(data, np.uint32, 2, 8))
-            vector_dtype, at = "float32", 16
+            vector_dtype, kind, at = "float32", 0, 16
         else:
             raise VectorDBError("corrupt segment: bad ivf.bin header")
-        centroids = np.frombuffer(data, np.float32, nlist * dims, at).reshape(nlist, dims)
-        at += nlist * dims * 4
+        stored = np.dtype(_CENTROID_TYPES[kind])
+        centroids = np.frombuffer(data, stored, nlist * dims, at).reshape(nlist, dims).astype(np.float32)
+        at += nlist * dims * stored.itemsize
         part_bytes = np.frombuffer(data, np.int64, nlist + 1, at)
         part_rows = np.frombuffer(data, np.int64, nlist + 1, at + (nlist + 1) * 8)
         return cls(centroids, part_bytes, part_rows, vector_dtype)
@@ -146,21 +156,64 @@ class Partition:
     ids: PartitionIds
 
 
+def centroid_type(centroids: np.ndarray, vector_dtype: str) -> str:
+    """How ``ivf.bin`` stores these centroids: float16 in a segment whose vectors are not
+    float32, when every value fits; else float32."""
+    if vector_dtype == "float32" or not len(centroids) or np.abs(centroids).max() > np.finfo(np.float16).max:
+        return "float32"
+    return "float16"
+
+
+def train_quantizer(vectors: np.ndarray) -> np.ndarray:
+    """The int8 quantizer of a partition: per component, the lowest value and the step that
+    spans it to the highest in 255 steps (2 × dims float32). A constant component gets
+    step 1 (all its codes are 0)."""
+    low = vectors.min(axis=0).astype(np.float64)
+    step = (vectors.max(axis=0).astype(np.float64) - low) / 255.0
+    step[step <= 0] = 1.0
+    return np.vstack([low, step]).astype(np.float32)
+
+
+def quantize(vectors: np.ndarray, quantizer: np.ndarray) -> np.ndarray:
+    """uint8 codes of ``vectors`` (values outside the quantizer's span clip to 0 or 255)."""
+    codes = (np.asarray(vectors, np.float32) - quantizer[0]) / quantizer[1]
+    return np.clip(np.rint(codes), 0, 255).astype(np.uint8)
+
+
+def dequantize(codes: np.ndarray, quantizer: np.ndarray) -> np.ndarray:
+    vectors = codes.astype(np.float32)
+    vectors *= quantizer[1]
+    vectors += quantizer[0]
+    return vectors
+
+
 def encode_partition(vectors: np.ndarray, ids: list[str], vector_dtype: str = "float32") -> bytes:
     encoded = [i.encode() for i in ids]
     offsets = np.zeros(len(ids) + 1, np.int32)
     np.cumsum([len(e) for e in encoded], out=offsets[1:])
-    return np.ascontiguousarray(vectors, vector_dtype).tobytes() + offsets.tobytes() + b"".join(encoded)
+    if vector_dtype == "int8" and len(ids):
+        quantizer = train_quantizer(vectors)
+        stored = quantizer.tobytes() + quantize(vectors, quantizer).tobytes()
+    else:
+        stored = np.ascontiguousarray(vectors, vector_dtype).tobytes()
+    return stored + offsets.tobytes() + b"".join(encoded)
 
 
 def decode_partition(data: bytes, rows: int, dims: int, vector_dtype: str = "float32") -> Partition:
     """A partition's float32 vectors and ids. float32 vectors share ``data``'s memory;
-    float16 ones are widened into a new array (scans run on float32)."""
-    stored = np.dtype(vector_dtype)
-    vectors = np.frombuffer(data, stored, rows * dims).reshape(rows, dims)
-    if stored != np.float32:
+    float16 ones are widened and int8 codes dequantized into a new array (scans run on
+    float32)."""
+    stored = _STORED[vector_dtype]
+    at = 0
+    if vector_dtype == "int8" and rows:
+        quantizer = np.frombuffer(data, np.float32, 2 * dims).reshape(2, dims)
+        at = quantizer.nbytes
+    vectors = np.frombuffer(data, stored, rows * dims, at).reshape(rows, dims)
+    if vector_dtype == "int8" and rows:
+        vectors = dequantize(vectors, quantizer)
+    elif stored != np.float32:
         vectors = vectors.astype(np.float32)
-    at = rows * dims * stored.itemsize
+    at += rows * dims * stored.itemsize
     # A copy: a view would keep all of ``data`` alive, float16 vectors included.
     offsets = np.frombuffer(data, np.int32, rows + 1, at).copy()
     return Partition(vectors, PartitionIds(data[at + (rows + 1) * 4 :], offsets))
@@ -186,10 +239,12 @@ def build(
     rows: RowBatch, metric: str, rows_per_partition: int, flat_max_rows: int, vector_dtype: str = "float32"
 ) -> BuiltSegment:
     """Cluster ``rows`` into an IVF segment. Vectors must already be normalised for cosine;
-    ``vector_dtype`` is how ``vectors.bin`` stores them (float32 or float16)."""
+    ``vector_dtype`` is how ``vectors.bin`` stores them (float32, float16 or int8)."""
     n, dims = rows.vectors.shape
     nlist = ivf.choose_nlist(n, rows_per_partition, flat_max_rows)
     centroids = ivf.train_centroids(rows.vectors, nlist, metric)
+    # Rows go to the centroids as stored, the ones queries will probe.
+    centroids = centroids.astype(centroid_type(centroids, vector_dtype)).astype(np.float32)
     labels = ivf.assign(rows.vectors, centroids, metric)
     order = np.argsort(labels, kind="stable")
     counts = np.bincount(labels, minlength=nlist)
