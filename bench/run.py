@@ -236,13 +236,13 @@ def report(result: dict) -> str:
                      f"{inp['warm_requests'] or 'none'}")
         parts.append(f"* HTTP worker (median of {len(http['starts'])} starts: "
                      f"{', '.join(str(x['process_first_ms']) for x in http['starts'])} ms): "
-                     f"ready (/healthz) {http['ready_ms']} ms after spawn, first answer "
+                     f"accepting connections {http['ready_ms']} ms after spawn, first answer "
                      f"{http['process_first_ms']} ms; busy {http['settle_s']} s more (embedder preload) before the "
                      f"warm passes; RSS {http['rss_mb']} MB (peak {http['peak_rss_mb']} MB)")
         if "http_no_preload" in ours:
             np_ = ours["http_no_preload"]
             parts.append(f"* HTTP worker without embedder preload (VECTORDB_PRELOAD_EMBEDDER=''; median of "
-                         f"{len(np_['starts'])}: {', '.join(str(x['process_first_ms']) for x in np_['starts'])} ms): ready "
+                         f"{len(np_['starts'])}: {', '.join(str(x['process_first_ms']) for x in np_['starts'])} ms): accepting connections "
                          f"{np_['ready_ms']} ms, first answer {np_['process_first_ms']} ms; warm p50 "
                          f"{np_['warm_p50_ms']} ms; RSS {np_['rss_mb']} MB")
     emb = result.get("embedding")
@@ -280,8 +280,9 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=5000, help="vectors per upsert request")
     parser.add_argument("--vector-encoding", choices=("arrow", "base64", "json"), default="arrow",
                         help="how upserts carry vectors: base64 float32 (the API's bulk form) or JSON numbers")
-    parser.add_argument("--vector-dtype", choices=("float32", "float16"), default="float16",
-                        help="how our namespace stores indexed vectors (float16: half the bytes per cold query)")
+    parser.add_argument("--vector-dtype", choices=("float32", "float16", "int8"), default="int8",
+                        help="how our namespace stores indexed vectors (float16: half the bytes per cold query, "
+                        "int8: a quarter)")
     parser.add_argument("--no-embedding", action="store_true", help="skip the embedding model figures")
     parser.add_argument("--endpoint", help="S3 endpoint host:port (default: 127.0.0.1:8333, started if needed)")
     parser.add_argument("--out", help="JSON path (default bench/results/<time>-<rows>.json)")
