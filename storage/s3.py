@@ -29,9 +29,6 @@ from urllib.parse import urlsplit
 
 import certifi
 import urllib3
-from minio import Minio
-from minio.error import InvalidResponseError, S3Error, ServerError
-from minio.helpers import check_bucket_name
 
 from storage.base import (
     ObjectInfo,
@@ -42,6 +39,7 @@ from storage.base import (
     is_key_segment,
 )
 from storage.errors import ObjectNotFound, PreconditionFailed, StorageUnavailable
+from storage.sdk import InvalidResponseError, Minio, S3Error, ServerError, check_bucket_name
 from vectordb.errors import InvalidArgument
 from vectordb.settings import Settings
 

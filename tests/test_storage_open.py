@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -45,3 +47,14 @@ def test_s3_uri(s3_settings: Settings) -> None:
 def test_unusable_uris_are_refused(uri: str) -> None:
     with pytest.raises(InvalidArgument, match="URI|s3://"):
         open_store(Settings(store_uri=uri))
+
+
+def test_the_s3_store_imports_minio_without_its_admin_client():
+    # A fresh worker's start: storage.s3 must not pull in pycryptodome/argon2 through
+    # minio's admin client, and minio.minioadmin must still import for whoever wants it.
+    code = (
+        "import sys; import storage.s3; "
+        "assert 'Crypto' not in sys.modules and 'argon2' not in sys.modules, 'crypto imported'; "
+        "import minio.minioadmin; assert minio.minioadmin.MinioAdmin is not None"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parent.parent)
