@@ -24,6 +24,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
+
 from vectordb import embedders, segment
 
 DEFAULT_BUDGET_BYTES = 256 * 1024 * 1024
@@ -130,8 +132,10 @@ def _load_embedder(name: str, settings, result: WarmResult) -> None:
 
 
 def _layout_bytes(layout) -> int:
+    """The size of the segment's ``ivf.bin`` (its centroids as stored, not as decoded)."""
     nlist = layout.nlist
-    return 16 + layout.centroids.nbytes + 2 * (nlist + 1) * 8
+    stored = np.dtype(segment.centroid_type(layout.centroids, layout.vector_dtype))
+    return 24 + nlist * layout.dims * stored.itemsize + 2 * (nlist + 1) * 8
 
 
 def _docs_bytes(reader, ns: str, seg) -> int | None:
