@@ -1,4 +1,5 @@
-"""float16 segments: half the bytes per cold query, the same answers (to rounding)."""
+"""float16 and int8 segments: a half or a quarter of the bytes per cold query, the same answers
+(to rounding)."""
 
 from __future__ import annotations
 
@@ -25,30 +26,50 @@ def _ingest(svc: Service, ns: str, vectors: np.ndarray, metric: str, dtype: str)
     svc.index(ns)
 
 
+def _float16_tolerance(q, vectors, metric, score):
+    return 2e-3 * (abs(score) + 1.0)
+
+
+def _int8_tolerance(q, vectors, metric, score):
+    # No partition spans more than all rows do, so each component is off by at most half of
+    # this step and a score by at most sum_j |q_j| step_j / 2 (l2: ~twice that, to first order).
+    stored = vectors / np.linalg.norm(vectors, axis=1, keepdims=True) if metric == "cosine" else vectors
+    widest_step = (stored.max(axis=0) - stored.min(axis=0)) / 255
+    unit = q / np.linalg.norm(q) if metric == "cosine" else q
+    return float(np.abs(unit) @ widest_step) / 2 * (2.5 if metric == "l2" else 1.0) + 1e-4 * (abs(score) + 1)
+
+
 @pytest.mark.parametrize("metric", ["cosine", "dot", "l2"])
-def test_float16_segments_answer_like_float32(settings, metric):
+@pytest.mark.parametrize(
+    ("dtype", "size_ratio", "tolerance", "overlap"),
+    [
+        ("float16", 0.6, _float16_tolerance, 0.97),  # vectors half, ids the same
+        ("int8", 0.5, _int8_tolerance, 0.9),  # codes a quarter, plus a quantizer per partition
+    ],
+)
+def test_narrow_segments_answer_like_float32(settings, metric, dtype, size_ratio, tolerance, overlap):
     rng = np.random.default_rng(3)
-    vectors = rng.standard_normal((600, 24)).astype(np.float32)
+    vectors = rng.standard_normal((600, 24)).astype(np.float32) * 3.0 + 1.0
     queries = rng.standard_normal((20, 24)).astype(np.float32)
     store = MemoryStore()
     svc = Service(settings, store=CachedStore(store, 64 * 1024**2))
     try:
         _ingest(svc, "f32", vectors, metric, "float32")
-        _ingest(svc, "f16", vectors, metric, "float16")
-        assert svc.describe("f16")["vector_dtype"] == "float16"
-        seg = svc.catalog.latest("f16").segments[0]
-        half = store.get(segment.file_key("f16", seg.id, "vectors.bin"))
+        _ingest(svc, "narrow", vectors, metric, dtype)
+        assert svc.describe("narrow")["vector_dtype"] == dtype
+        seg = svc.catalog.latest("narrow").segments[0]
+        assert segment.Layout.from_bytes(store.get(segment.file_key("narrow", seg.id, "ivf.bin"))).vector_dtype == dtype
+        narrow = store.get(segment.file_key("narrow", seg.id, "vectors.bin"))
         full = store.get(segment.file_key("f32", svc.catalog.latest("f32").segments[0].id, "vectors.bin"))
-        assert len(half) < 0.6 * len(full)  # the vectors are half; the ids are the same
-        overlap = 0
+        assert len(narrow) < size_ratio * len(full)
+        shared = 0
         for q in queries:
             a = svc.query("f32", vector=q.tolist(), top_k=10, nprobe=100).hits
-            b = svc.query("f16", vector=q.tolist(), top_k=10, nprobe=100).hits
-            overlap += len({h.id for h in a} & {h.id for h in b})
-            scale = max(abs(h.score) for h in a) + 1.0
+            b = svc.query("narrow", vector=q.tolist(), top_k=10, nprobe=100).hits
+            shared += len({h.id for h in a} & {h.id for h in b})
             for x, y in zip(sorted(h.score for h in a), sorted(h.score for h in b)):
-                assert abs(x - y) <= 2e-3 * scale
-        assert overlap >= 0.97 * 10 * len(queries)  # only near-ties may swap
+                assert abs(x - y) <= tolerance(q, vectors, metric, x)
+        assert shared >= overlap * 10 * len(queries)  # only near-ties may swap
     finally:
         svc.close()
 
@@ -103,40 +124,6 @@ def test_partition_ids_decode_on_demand():
     with pytest.raises(IndexError):
         part.ids[5]
     assert np.array_equal(part.vectors, vectors) and part.vectors.dtype == np.float32
-
-
-@pytest.mark.parametrize("metric", ["cosine", "dot", "l2"])
-def test_int8_segments_answer_like_float32(settings, metric):
-    rng = np.random.default_rng(7)
-    vectors = rng.standard_normal((600, 24)).astype(np.float32) * 3.0 + 1.0
-    queries = rng.standard_normal((20, 24)).astype(np.float32)
-    store = MemoryStore()
-    svc = Service(settings, store=CachedStore(store, 64 * 1024**2))
-    try:
-        _ingest(svc, "f32", vectors, metric, "float32")
-        _ingest(svc, "q8", vectors, metric, "int8")
-        assert svc.describe("q8")["vector_dtype"] == "int8"
-        seg = svc.catalog.latest("q8").segments[0]
-        codes = store.get(segment.file_key("q8", seg.id, "vectors.bin"))
-        full = store.get(segment.file_key("f32", svc.catalog.latest("f32").segments[0].id, "vectors.bin"))
-        assert len(codes) < 0.5 * len(full)  # codes, plus a quantizer per partition
-        assert segment.Layout.from_bytes(store.get(segment.file_key("q8", seg.id, "ivf.bin"))).vector_dtype == "int8"
-        stored = vectors / np.linalg.norm(vectors, axis=1, keepdims=True) if metric == "cosine" else vectors
-        # No partition spans more than all rows do: each component is off by at most half
-        # of this step, so a score by at most sum_j |q_j| step_j / 2 (l2: twice that, to first order).
-        widest_step = (stored.max(axis=0) - stored.min(axis=0)) / 255
-        overlap = 0
-        for q in queries:
-            a = svc.query("f32", vector=q.tolist(), top_k=10, nprobe=100).hits
-            b = svc.query("q8", vector=q.tolist(), top_k=10, nprobe=100).hits
-            overlap += len({h.id for h in a} & {h.id for h in b})
-            unit = q / np.linalg.norm(q) if metric == "cosine" else q
-            bound = float(np.abs(unit) @ widest_step) / 2 * (2.5 if metric == "l2" else 1.0)
-            for x, y in zip(sorted(h.score for h in a), sorted(h.score for h in b)):
-                assert abs(x - y) <= bound + 1e-4 * (abs(x) + 1)
-        assert overlap >= 0.9 * 10 * len(queries)  # near-ties may swap
-    finally:
-        svc.close()
 
 
 def test_int8_codes_round_trip_within_half_a_step():
