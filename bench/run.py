@@ -232,7 +232,9 @@ def report(result: dict) -> str:
         more = len(inp["cold_trace"]) - 12
         parts.append(f"  trace: {trace}{f', ... {more} more' if more > 0 else ''}")
         parts.append(f"* warm in-process, strong consistency (first 200 queries): p50 {inp['warm_strong_p50_ms']} ms "
-                     f"/ p99 {inp['warm_strong_p99_ms']} ms; object-store requests in the measured eventual pass: "
+                     f"/ p99 {inp['warm_strong_p99_ms']} ms, object-store requests "
+                     f"{inp.get('warm_strong_requests', '?')} ({inp.get('warm_strong_round_trips_per_query', '?')} "
+                     f"sequential round trips per query); object-store requests in the measured eventual pass: "
                      f"{inp['warm_requests'] or 'none'}")
         parts.append(f"* HTTP worker (median of {len(http['starts'])} starts: "
                      f"{', '.join(str(x['process_first_ms']) for x in http['starts'])} ms): "
