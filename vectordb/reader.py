@@ -74,37 +74,12 @@ def _partition_bytes(part: Partition) -> int:
     return part.vectors.nbytes + part.ids.nbytes
 
 
-def _start_threads(pool: ThreadPoolExecutor, threads: int) -> None:
-    """Start all of ``pool``'s threads now, from a thread of their own.
-
-    A pool starts a thread when a task arrives and none is idle, and ``Thread.start``
-    waits until the new thread runs. In a worker's first cold query the fetches submitted
-    first were already reading and decoding by then, so each later start waited for the
-    GIL and the CPU: the partition GETs went out 5-40 ms apart on a busy 2-core machine.
-    """
-    gate = threading.Event()
-
-    def start() -> None:
-        # Every task blocks until all are submitted, so no thread is idle at a submit and
-        # each submit starts one; then they all return and idle for the pool's life.
-        try:
-            for _ in range(threads):
-                pool.submit(gate.wait)
-        except RuntimeError:  # the pool was shut down meanwhile
-            pass
-        finally:
-            gate.set()
-
-    threading.Thread(target=start, name="fetch-start", daemon=True).start()
-
-
 class NamespaceReader:
     """Decoded access to segments and WAL of any namespace in one store."""
 
     def __init__(self, store: ObjectStore, fetch_threads: int = 16, partition_bytes: int | None = None) -> None:
         self.store = store
         self.pool = ThreadPoolExecutor(max_workers=fetch_threads, thread_name_prefix="fetch")
-        _start_threads(self.pool, fetch_threads)
         self._layouts = _Memo(1024)
         # Decoded partitions share their vectors with the cached bytes; bounding them by the
         # same budget keeps a worker's memory near its cache setting.
