@@ -211,33 +211,77 @@ def cold_series(ray_serve, settings, port, queries, runs, idle_s, label, hint=Fa
     }
 
 
-def warm_comparison(port: int, settings: Settings, queries: list[str], n: int) -> dict:
-    """Warm p50 through Serve vs the same text queries as in-process calls, interleaved."""
+def warm_comparison(port: int, settings: Settings, queries: list[str], n: int, replica_threads: int = 1) -> dict:
+    """Warm p50 through Serve vs the same text queries as in-process calls, interleaved.
+
+    Two HTTP clients, each on its own keep-alive connection: httpx with its standard-library
+    JSON, and ``http.client`` with orjson, which shows what Serve and the service add
+    without most of the client's own cost (httpx's was ~0.5 ms per request here).
+
+    Two in-process baselines: this process's BLAS threads (all cores), and as many as a
+    replica has (Ray sets ``OMP_NUM_THREADS`` to an actor's ``num_cpus``, 1 by default).
+    Alone, a query embedding took ~13 ms on one BLAS thread and ~9 ms on two here, so the
+    second baseline keeps a difference of compute budget out of the serving path's cost."""
+    import http.client
+
+    import orjson
+    from threadpoolctl import threadpool_limits
+
     from api.service import Service
     from vectordb.bert_numpy import use_for_minilm
 
     use_for_minilm()
     direct = Service(settings.model_copy(update={"preload_embedder": ""}))
-    via_serve, in_process, ids_equal = [], [], 0
+    lean = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    path = f"/v1/namespaces/{NS}/query"
+
+    def lean_query(text: str) -> list[str]:
+        lean.request("POST", path, body=orjson.dumps({"text": text, "top_k": 10}),
+                     headers={"content-type": "application/json"})
+        response = lean.getresponse()
+        body = response.read()
+        if response.status != 200:
+            raise RuntimeError(f"query failed: {response.status} {body[:300]!r}")
+        return [h["id"] for h in orjson.loads(body)["results"]]
+
+    via_serve, via_lean, in_process, in_process_alike, ids_equal = [], [], [], [], 0
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
             for text in queries[:5]:  # warm both sides up
                 direct.query(NS, text=text, top_k=10)
-                client.post(f"/v1/namespaces/{NS}/query", json={"text": text, "top_k": 10}).raise_for_status()
+                client.post(path, json={"text": text, "top_k": 10}).raise_for_status()
+                lean_query(text)
             for i in range(n):
                 text = queries[i % len(queries)]
                 t = time.perf_counter()
                 a = [h.id for h in direct.query(NS, text=text, top_k=10).hits]
                 in_process.append(time.perf_counter() - t)
+                with threadpool_limits(replica_threads):
+                    t = time.perf_counter()
+                    direct.query(NS, text=text, top_k=10)
+                    in_process_alike.append(time.perf_counter() - t)
                 t = time.perf_counter()
-                r = client.post(f"/v1/namespaces/{NS}/query", json={"text": text, "top_k": 10})
+                r = client.post(path, json={"text": text, "top_k": 10})
                 via_serve.append(time.perf_counter() - t)
-                ids_equal += a == [h["id"] for h in r.json()["results"]]
+                t = time.perf_counter()
+                b = lean_query(text)
+                via_lean.append(time.perf_counter() - t)
+                ids_equal += a == [h["id"] for h in r.json()["results"]] == b
     finally:
+        lean.close()
         direct.close()
-    return {"warm_serve_p50_ms": p50([ms(x) for x in via_serve]),
-            "warm_in_process_p50_ms": p50([ms(x) for x in in_process]),
-            "warm_overhead_p50_ms": round(p50([ms(x) for x in via_serve]) - p50([ms(x) for x in in_process]), 1),
+    in_p50 = p50([ms(x) for x in in_process])
+    alike_p50 = p50([ms(x) for x in in_process_alike])
+    serve_p50, lean_p50 = p50([ms(x) for x in via_serve]), p50([ms(x) for x in via_lean])
+    return {"warm_serve_p50_ms": serve_p50,
+            "warm_serve_lean_client_p50_ms": lean_p50,
+            "warm_in_process_p50_ms": in_p50,
+            "replica_threads": replica_threads,
+            "warm_in_process_replica_threads_p50_ms": alike_p50,
+            "warm_overhead_p50_ms": round(serve_p50 - in_p50, 1),
+            "warm_overhead_lean_client_p50_ms": round(lean_p50 - in_p50, 1),
+            "warm_overhead_replica_threads_p50_ms": round(serve_p50 - alike_p50, 1),
+            "warm_overhead_replica_threads_lean_client_p50_ms": round(lean_p50 - alike_p50, 1),
             "same_ids": f"{ids_equal}/{n}"}
 
 
