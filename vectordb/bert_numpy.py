@@ -143,8 +143,53 @@ def _limit_blas_threads(threads: int) -> None:
     threadpool_limits(threads, user_api="blas")
 
 
-class NumpyBertEmbedder:
-    """The :class:`vectordb.embedders.Embedder` protocol over a BERT model directory.
+class BatchedBertEncoder:
+    """What the BERT runtimes share (the :class:`vectordb.embedders.Embedder` protocol):
+    the model opens once, under a lock, on first use or :meth:`load` (:meth:`_open`, which
+    returns the tokenizer and the runtime's model), and texts are encoded in padded batches
+    (:meth:`_run`)."""
+
+    _mask_dtype: type = np.float32
+
+    def __init__(self, name: str, model_dir: str | Path, max_seq_length: int, batch_size: int) -> None:
+        self.name = name
+        self._dir = Path(model_dir)
+        self._max_seq_length = max_seq_length
+        self._batch_size = batch_size
+        self._lock = threading.Lock()
+        self._loaded: tuple | None = None
+        self._config = json.loads((self._dir / "config.json").read_text())
+        self.dimensions = int(self._config["hidden_size"])
+
+    def load(self) -> None:
+        """Open the model now (idempotent)."""
+        self._model()
+
+    def _model(self) -> tuple:
+        with self._lock:
+            if self._loaded is None:
+                self._loaded = self._open()
+            return self._loaded
+
+    def _open(self) -> tuple:
+        raise NotImplementedError
+
+    def _run(self, model, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def embed_documents(self, texts: list[str]) -> np.ndarray:
+        tokenizer, model = self._model()
+        out = np.zeros((len(texts), self.dimensions), np.float32)
+        for batch, ids, mask in padded_batches(tokenizer, texts, self._batch_size, self._mask_dtype):
+            out[batch] = self._run(model, ids, mask)
+        return out
+
+    def embed_query(self, text: str) -> np.ndarray:
+        return self.embed_documents([text])[0]
+
+
+class NumpyBertEmbedder(BatchedBertEncoder):
+    """BERT in numpy over a model directory (safetensors weights, memory-mapped).
 
     ``blas_threads`` caps numpy's BLAS threads process-wide when the model loads (None:
     leave them). Thread-safe: the weights are read-only and each call has its own arrays.
@@ -158,46 +203,23 @@ class NumpyBertEmbedder:
         batch_size: int = 32,
         blas_threads: int | None = 1,
     ) -> None:
-        self.name = name
+        super().__init__(name, model_dir, max_seq_length, batch_size)
         self._blas_threads = blas_threads
-        self._dir = Path(model_dir)
-        self._max_seq_length = max_seq_length
-        self._batch_size = batch_size
-        self._lock = threading.Lock()
-        self._loaded: tuple | None = None
-        config = json.loads((self._dir / "config.json").read_text())
-        self.dimensions = int(config["hidden_size"])
-        self._heads = int(config["num_attention_heads"])
-        self._layers = int(config["num_hidden_layers"])
-        self._eps = float(config.get("layer_norm_eps", 1e-12))
+        self._heads = int(self._config["num_attention_heads"])
+        self._layers = int(self._config["num_hidden_layers"])
+        self._eps = float(self._config.get("layer_norm_eps", 1e-12))
 
-    def load(self) -> None:
-        """Open the tokenizer and map the weights (idempotent)."""
-        self._model()
+    def _open(self) -> tuple:
+        if self._blas_threads:
+            _limit_blas_threads(self._blas_threads)
+        _check_pipeline(self._dir)
+        tokenizer = load_tokenizer(self._dir, self._max_seq_length)
+        weights = read_safetensors(self._dir / "model.safetensors")
+        # Checkpoints saved from BertModel have no "bert." prefix; from BertFor* they do.
+        return tokenizer, {k.removeprefix("bert."): v for k, v in weights.items()}
 
-    def _model(self):
-        with self._lock:
-            if self._loaded is None:
-
-                if self._blas_threads:
-                    _limit_blas_threads(self._blas_threads)
-                _check_pipeline(self._dir)
-                tokenizer = load_tokenizer(self._dir, self._max_seq_length)
-                weights = read_safetensors(self._dir / "model.safetensors")
-                # Checkpoints saved from BertModel have no "bert." prefix; from BertFor* they do.
-                weights = {k.removeprefix("bert."): v for k, v in weights.items()}
-                self._loaded = (tokenizer, weights)
-            return self._loaded
-
-    def embed_documents(self, texts: list[str]) -> np.ndarray:
-        tokenizer, weights = self._model()
-        out = np.zeros((len(texts), self.dimensions), np.float32)
-        for batch, ids, mask in padded_batches(tokenizer, texts, self._batch_size, np.float32):
-            out[batch] = self._encode(weights, ids, mask)
-        return out
-
-    def embed_query(self, text: str) -> np.ndarray:
-        return self.embed_documents([text])[0]
+    def _run(self, weights, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        return self._encode(weights, ids, mask)
 
     def _encode(self, w: dict[str, np.ndarray], ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """Mean-pooled, unit-length sentence vectors of a padded batch (b × dims)."""

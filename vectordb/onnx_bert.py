@@ -28,13 +28,12 @@ import hashlib
 import json
 import os
 import tempfile
-import threading
 import warnings
 from pathlib import Path
 
 import numpy as np
 
-from vectordb.bert_numpy import _check_pipeline, load_tokenizer, padded_batches
+from vectordb.bert_numpy import BatchedBertEncoder, _check_pipeline, load_tokenizer
 from vectordb.errors import InvalidArgument
 
 # Part of the cache key: bump it when the exported graph changes.
@@ -156,12 +155,14 @@ def exported_model(model_dir: str | Path, cache_dir: str | Path | None, int8: bo
     return quantised
 
 
-class OnnxBertEmbedder:
-    """The :class:`vectordb.embedders.Embedder` protocol on ONNX Runtime; thread-safe.
+class OnnxBertEmbedder(BatchedBertEncoder):
+    """BERT on ONNX Runtime (exported once from the model directory, cached); thread-safe.
 
     ``threads``: ONNX Runtime intra-op threads (None: its default, one per physical core).
     Texts are ordered by token count before batching, so a batch pads little.
     """
+
+    _mask_dtype = np.int64
 
     def __init__(
         self,
@@ -174,43 +175,22 @@ class OnnxBertEmbedder:
         batch_size: int = 64,
         threads: int | None = None,
     ) -> None:
-        self.name = name
+        super().__init__(name, model_dir, max_seq_length, batch_size)
         self.int8 = int8
-        self._dir = Path(model_dir)
         self._cache_dir = cache_dir
-        self._max_seq_length = max_seq_length
-        self._batch_size = batch_size
         self._threads = threads
-        self._lock = threading.Lock()
-        self._loaded: tuple | None = None
-        self.dimensions = int(json.loads((self._dir / "config.json").read_text())["hidden_size"])
         self.model_path: Path | None = None
 
-    def load(self) -> None:
-        """Export (first time only) and open the model; idempotent."""
-        self._model()
+    def _open(self) -> tuple:
+        """Export (first time only) and open the model."""
+        ort = _require("onnxruntime", "run the model")
+        self.model_path = exported_model(self._dir, self._cache_dir, self.int8)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self._threads or 0
+        options.inter_op_num_threads = 1
+        session = ort.InferenceSession(str(self.model_path), options, providers=["CPUExecutionProvider"])
+        return load_tokenizer(self._dir, self._max_seq_length), session
 
-    def _model(self):
-        with self._lock:
-            if self._loaded is None:
-                ort = _require("onnxruntime", "run the model")
-
-                self.model_path = exported_model(self._dir, self._cache_dir, self.int8)
-                options = ort.SessionOptions()
-                options.intra_op_num_threads = self._threads or 0
-                options.inter_op_num_threads = 1
-                session = ort.InferenceSession(str(self.model_path), options, providers=["CPUExecutionProvider"])
-                tokenizer = load_tokenizer(self._dir, self._max_seq_length)
-                self._loaded = (tokenizer, session)
-            return self._loaded
-
-    def embed_documents(self, texts: list[str]) -> np.ndarray:
-        tokenizer, session = self._model()
-        out = np.zeros((len(texts), self.dimensions), np.float32)
-        for batch, ids, mask in padded_batches(tokenizer, texts, self._batch_size, np.int64):
-            # InferenceSession.run is thread-safe; no lock around it.
-            out[batch] = session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
-        return out
-
-    def embed_query(self, text: str) -> np.ndarray:
-        return self.embed_documents([text])[0]
+    def _run(self, session, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        # InferenceSession.run is thread-safe; no lock around it.
+        return session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
