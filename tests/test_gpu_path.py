@@ -29,6 +29,21 @@ ROOT = Path(__file__).resolve().parent.parent
 METRICS = ["cosine", "dot", "l2"]
 
 
+
+def _in_threads(n: int, call) -> list:
+    """``[call(0), ..., call(n - 1)]``, each made from its own thread, all at once."""
+    got: list = [None] * n
+
+    def caller(i):
+        got[i] = call(i)
+
+    threads = [threading.Thread(target=caller, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return got
+
 def _segment(rng, rows: int, dims: int, nlist: int, metric: str, empty: int = 0):
     """Vectors sorted by partition, centroids, row offsets (``empty`` extra far-away
     centroids own no rows)."""
@@ -214,16 +229,7 @@ def test_microbatcher_search_matches_direct_search_and_async_callers():
         return list(zip(scores, rows))
 
     batcher = gpu.MicroBatcher(run, max_batch=16, max_wait_us=1000)
-    got: list = [None] * len(queries)
-
-    def caller(i):
-        got[i] = batcher(queries[i])
-
-    threads = [threading.Thread(target=caller, args=(i,)) for i in range(len(queries))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    got = _in_threads(len(queries), lambda i: batcher(queries[i]))
     for i, (scores, rows) in enumerate(got):
         assert list(rows) == list(want_rows[i])
         np.testing.assert_allclose(scores, want_scores[i], atol=1e-6)
@@ -258,16 +264,7 @@ def test_segment_tensors_micro_batch_concurrent_queries_of_several_shapes():
     tensors = gpu.SegmentTensors("cpu", 1 << 30, micro_batch=True)
     queries = rng.normal(size=(48, 16)).astype(np.float32)
     shapes = [(5 + i % 3 * 10, 1 + i % 4) for i in range(len(queries))]  # (k, nprobe)
-    got: list = [None] * len(queries)
-
-    def caller(i):
-        got[i] = tensors.search(index, queries[i], *shapes[i])
-
-    threads = [threading.Thread(target=caller, args=(i,)) for i in range(len(queries))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    got = _in_threads(len(queries), lambda i: tensors.search(index, queries[i], *shapes[i]))
     for i, (k, nprobe) in enumerate(shapes):
         want = index.search(queries[i], k, nprobe)
         assert got[i][1].tolist() == want[1][0].tolist()

