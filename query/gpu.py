@@ -63,13 +63,20 @@ def resolve_device(setting: str) -> str | None:
         return None
     if setting == "torch-cpu":
         return "cpu"
-    from vectordb.embedders import gpu_present
-
-    # 'auto' on a host with no NVIDIA driver: never import torch (seconds) just to learn that.
-    has_gpu = gpu_present() and _torch().cuda.is_available()
+    has_gpu = _gpu_usable()
     if setting == "cuda" and not has_gpu:
         raise VectorDBError("search_device is 'cuda' but torch sees no CUDA device; use 'auto' or 'cpu'")
     return "cuda" if has_gpu else None
+
+
+@functools.cache
+def _gpu_usable() -> bool:
+    """Whether torch sees a CUDA GPU; asked once per process (every query resolves the
+    setting, and the answer does not change)."""
+    from vectordb.embedders import gpu_present
+
+    # A host with no NVIDIA driver: never import torch (seconds) just to learn that.
+    return gpu_present() and _torch().cuda.is_available()
 
 
 class DeviceIndex:
