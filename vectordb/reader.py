@@ -110,8 +110,8 @@ class NamespaceReader:
             data = self.store.get_range(key, start, length) if length else b""
             part = segment.decode_partition(data, layout.rows_in(p), layout.dims, layout.vector_dtype)
             if layout.vector_dtype != "float32" and length and hasattr(self.store, "discard"):
-                # Widened to float32 in a copy: this memo holds the partition now, and the
-                # read cache need not hold its bytes as well.
+                # Widened (float16) or dequantized (int8) to float32 in a copy: this memo
+                # holds the partition now, and the read cache need not hold its bytes too.
                 self.store.discard(key, start, length)
             return part
 

@@ -44,6 +44,7 @@ import numpy as np
 
 from vectordb import bm25, ivf, keys
 from vectordb.errors import VectorDBError
+from vectordb.namespace import FLOAT16_MAX
 from vectordb.rows import RowBatch
 
 if TYPE_CHECKING:
@@ -159,7 +160,7 @@ class Partition:
 def centroid_type(centroids: np.ndarray, vector_dtype: str) -> str:
     """How ``ivf.bin`` stores these centroids: float16 in a segment whose vectors are not
     float32, when every value fits; else float32."""
-    if vector_dtype == "float32" or not len(centroids) or np.abs(centroids).max() > np.finfo(np.float16).max:
+    if vector_dtype == "float32" or not len(centroids) or np.abs(centroids).max() > FLOAT16_MAX:
         return "float32"
     return "float16"
 
