@@ -179,6 +179,11 @@ def p50(values: list[float]) -> float:
     return round(statistics.median(values), 1)
 
 
+def fine_p50(seconds: list[float]) -> float:
+    """p50 in ms to 0.01 ms, for figures of about a millisecond."""
+    return round(statistics.median(seconds) * 1000, 2)
+
+
 def median_steps(runs: list[dict]) -> dict:
     keys = list(runs[0]["steps_ms"])
     return {k: p50([r["steps_ms"].get(k, 0.0) for r in runs]) for k in keys}
@@ -235,8 +240,9 @@ def warm_comparison(port: int, settings: Settings, queries: list[str], n: int, r
     lean = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     path = f"/v1/namespaces/{NS}/query"
 
-    def lean_query(text: str) -> list[str]:
-        lean.request("POST", path, body=orjson.dumps({"text": text, "top_k": 10}),
+    def lean_query(text: str | None = None, vector: list[float] | None = None) -> list[str]:
+        query = {"text": text} if vector is None else {"vector": vector}
+        lean.request("POST", path, body=orjson.dumps({**query, "top_k": 10}),
                      headers={"content-type": "application/json"})
         response = lean.getresponse()
         body = response.read()
@@ -245,6 +251,7 @@ def warm_comparison(port: int, settings: Settings, queries: list[str], n: int, r
         return [h["id"] for h in orjson.loads(body)["results"]]
 
     via_serve, via_lean, in_process, in_process_alike, ids_equal = [], [], [], [], 0
+    vector_lean, vector_in_process, vector_ids_equal = [], [], 0
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
             for text in queries[:5]:  # warm both sides up
@@ -267,6 +274,24 @@ def warm_comparison(port: int, settings: Settings, queries: list[str], n: int, r
                 b = lean_query(text)
                 via_lean.append(time.perf_counter() - t)
                 ids_equal += a == [h["id"] for h in r.json()["results"]] == b
+            # Vector queries (the same texts, embedded here once): the serving path's cost
+            # without the ~13 ms of query embedding on either side.
+            from vectordb import embedders
+
+            embedder = embedders.get("minilm", settings)
+            vectors = [embedder.embed_query(queries[i % len(queries)]).tolist() for i in range(n)]
+            for v in vectors[:5]:
+                direct.query(NS, vector=v, top_k=10)
+                lean_query(vector=v)
+            for v in vectors:
+                with threadpool_limits(replica_threads):
+                    t = time.perf_counter()
+                    a = [h.id for h in direct.query(NS, vector=v, top_k=10).hits]
+                    vector_in_process.append(time.perf_counter() - t)
+                t = time.perf_counter()
+                b = lean_query(vector=v)
+                vector_lean.append(time.perf_counter() - t)
+                vector_ids_equal += a == b
     finally:
         lean.close()
         direct.close()
@@ -282,7 +307,11 @@ def warm_comparison(port: int, settings: Settings, queries: list[str], n: int, r
             "warm_overhead_lean_client_p50_ms": round(lean_p50 - in_p50, 1),
             "warm_overhead_replica_threads_p50_ms": round(serve_p50 - alike_p50, 1),
             "warm_overhead_replica_threads_lean_client_p50_ms": round(lean_p50 - alike_p50, 1),
-            "same_ids": f"{ids_equal}/{n}"}
+            "same_ids": f"{ids_equal}/{n}",
+            "vector_lean_client_p50_ms": fine_p50(vector_lean),
+            "vector_in_process_replica_threads_p50_ms": fine_p50(vector_in_process),
+            "vector_overhead_lean_client_p50_ms": round(fine_p50(vector_lean) - fine_p50(vector_in_process), 2),
+            "vector_same_ids": f"{vector_ids_equal}/{n}"}
 
 
 def baseline_run(ray_serve, settings, queries, args) -> dict:

@@ -133,14 +133,31 @@ def role_deployment(
             ray_actor_options={
                 "num_cpus": scaling.num_cpus,
                 "num_gpus": scaling.num_gpus,
-                # Spare workers only fit replicas with the same runtime environment.
-                **({"runtime_env": worker_pool.runtime_env()} if scaling.spare_workers else {}),
+                "runtime_env": replica_runtime_env(role, scaling),
             },
             # A replica that is stopping finishes its requests; none should take long.
             graceful_shutdown_timeout_s=10.0,
         )
     return deployment.bind(role, settings.model_dump(), embed_runtime, tuple(warm), loopback_only,
                            scaling.spare_workers)
+
+
+# What query replicas add to their environment: Serve runs the app on the replica's own
+# event loop rather than on a second loop in a thread of its own, one hand-off less per
+# request (deploy/README.md). A query that holds that loop (api.app.InlineGate) holds up
+# Serve's health checks and metrics by as long; the ingest role keeps Serve's default.
+QUERY_REPLICA_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}
+
+
+def replica_runtime_env(role: str, scaling: Scaling) -> dict:
+    """The runtime environment of ``role``'s replicas, and so of their spare workers (Ray
+    hands an idle worker only to an actor with the same environment)."""
+    env_vars = dict(QUERY_REPLICA_ENV) if role in ("query", "all") else {}
+    if scaling.spare_workers:
+        from deploy import worker_pool
+
+        env_vars.update(worker_pool.runtime_env().get("env_vars", {}))
+    return {"env_vars": env_vars} if env_vars else {}
 
 
 def deploy(
@@ -174,7 +191,7 @@ def deploy(
             warnings.simplefilter("ignore", DeprecationWarning)
             serve.run(app, name=name, route_prefix=ROUTE_PREFIXES[name], blocking=False)
         if _started_locally and scaling.spare_workers:
-            worker_pool.prestart_from_driver(scaling.spare_workers)
+            worker_pool.prestart_from_driver(scaling.spare_workers, replica_runtime_env(role, scaling))
         urls[name] = f"http://{host}:{port}{ROUTE_PREFIXES[name].rstrip('/')}"
     return urls
 

@@ -42,6 +42,8 @@ class VectorDBReplica:
         clock.mark("replica_init")
         if loopback_only:
             _keep_internal_grpc_on_loopback()
+        if role in ("query", "all"):
+            _skip_disconnect_watch()
         from api.app import create_app
         from api.metrics import install_metrics
         from api.service import Service
@@ -107,3 +109,27 @@ def _keep_internal_grpc_on_loopback() -> None:
 
     on_loopback._vectordb_loopback = True
     serve_replica.add_port_to_grpc_server = on_loopback
+
+
+def _skip_disconnect_watch() -> None:
+    """Serve HTTP requests in this replica without watching for the client's disconnect.
+
+    For each request that reaches a replica directly (the HAProxy ingress), Ray Serve
+    (2.60) starts a task that reads the connection until the client goes, and runs the
+    request in a second task beside it, to cancel the request if the client leaves, unless
+    the request carries ``x-request-disconnect-disabled: ?1``. That costs about 1 ms per
+    warm query on 2 cores (deploy/README.md) and buys nothing here: a query runs in a
+    thread or inline on the loop (``api.app.InlineGate``), where a cancel takes effect
+    only once it has finished anyway. Request timeouts (``request_timeout_s``) still apply.
+    """
+    try:
+        from ray.serve._private import replica as serve_replica
+    except ImportError:  # another Ray layout: leave Serve as it is
+        return
+    if getattr(serve_replica, "parse_disconnect_disabled_header", None) is None:
+        return
+    serve_replica.parse_disconnect_disabled_header = _disconnect_watch_disabled
+
+
+def _disconnect_watch_disabled(headers) -> bool:
+    return True

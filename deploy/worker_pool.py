@@ -102,7 +102,7 @@ def prestart(spares: int = SPARE_WORKERS, serialized_env: str | None = None, kee
     """Ask this node's raylet to start ``spares`` workers for this job in the runtime
     environment ``serialized_env`` (default: this worker's own) and keep them idle for
     ``keep_alive_s``. From a replica the default is right; a driver passes
-    ``RuntimeEnv(**runtime_env()).serialize()``, which is what a replica gets.
+    ``RuntimeEnv(**env).serialize()`` of the replicas' environment, which is what a replica gets.
 
     Ray has no public call for this; the raylet's ``PrestartWorkers`` RPC is what Ray's
     own core worker sends when tasks queue up. Raises on any failure (a Ray without the
@@ -129,14 +129,15 @@ def prestart(spares: int = SPARE_WORKERS, serialized_env: str | None = None, kee
         node_manager_pb2_grpc.NodeManagerServiceStub(channel).PrestartWorkers(request, timeout=10)
 
 
-def prestart_from_driver(spares: int) -> None:
+def prestart_from_driver(spares: int, env: dict | None = None) -> None:
     """:func:`prestart` from the process that deployed (and started) Serve, so that even
-    the first replica finds a spare. Only right where this driver's job created the Serve
-    controller (a Ray it started itself); never raises."""
+    the first replica finds a spare. ``env``: the replicas' runtime environment (default
+    :func:`runtime_env`). Only right where this driver's job created the Serve controller
+    (a Ray it started itself); never raises."""
     try:
         from ray.runtime_env import RuntimeEnv
 
-        prestart(spares, RuntimeEnv(**runtime_env()).serialize())
+        prestart(spares, RuntimeEnv(**(runtime_env() if env is None else env)).serialize())
     except Exception as exc:
         log.warning("could not start spare workers: %s", exc)
 

@@ -58,6 +58,32 @@ def test_spare_workers_get_the_setup_hook_and_an_importable_path():
     worker_pool.preload()  # imports only; never raises
 
 
+def test_query_replicas_run_the_app_on_serves_own_loop_and_their_spares_fit():
+    from deploy import worker_pool
+    from deploy.ray_serve import QUERY_REPLICA_ENV, replica_runtime_env
+
+    query = replica_runtime_env("query", Scaling(spare_workers=1))["env_vars"]
+    assert query == {**QUERY_REPLICA_ENV, **worker_pool.runtime_env()["env_vars"]}
+    assert query["RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD"] == "0"
+    assert replica_runtime_env("query", Scaling(spare_workers=0)) == {"env_vars": QUERY_REPLICA_ENV}
+    # The ingest role keeps Serve's default: long uploads never hold Serve's loop.
+    assert replica_runtime_env("ingest", Scaling(spare_workers=0)) == {}
+
+
+def test_query_replicas_skip_serves_disconnect_watch():
+    from ray.serve._private import replica as serve_replica
+
+    from deploy.replica import _skip_disconnect_watch
+
+    original = serve_replica.parse_disconnect_disabled_header
+    assert original({}) is False  # Serve watches for disconnects unless told not to
+    try:
+        _skip_disconnect_watch()
+        assert serve_replica.parse_disconnect_disabled_header({}) is True
+    finally:
+        serve_replica.parse_disconnect_disabled_header = original
+
+
 @pytest.fixture
 def namespace(s3_settings):
     """A namespace written (and indexed) to S3 before any query worker exists."""

@@ -1,0 +1,101 @@
+"""Where the query route runs a search (api.app.InlineGate): inline on the event loop's
+thread when a query is alone on a namespace that has answered before, in the thread pool
+otherwise, and the same answers either way."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import httpx
+import pytest
+
+from api.app import InlineGate, create_app
+from api.service import Service
+from storage.memory import MemoryStore
+from tests.fakes import register_fake_embedder
+from vectordb.settings import Settings
+
+
+def _where(loop_thread: threading.Thread, seen: list[str], release: threading.Event | None = None):
+    def fn(ns: str, value: int = 0) -> tuple[str, int]:
+        seen.append("loop" if threading.current_thread() is loop_thread else "pool")
+        if release is not None:
+            assert release.wait(10)
+        return ns, value
+
+    return fn
+
+
+def test_a_lone_query_on_an_answered_namespace_runs_inline():
+    async def scenario():
+        gate, seen = InlineGate(), []
+        fn = _where(threading.current_thread(), seen)
+        assert await gate.run("a", fn, value=1) == ("a", 1)  # a namespace's first query: pool
+        assert await gate.run("a", fn, value=2) == ("a", 2)  # answered before, alone: inline
+        assert await gate.run("b", fn) == ("b", 0)  # another namespace starts in the pool again
+        assert await gate.run("b", fn) == ("b", 0)
+        assert seen == ["pool", "loop", "pool", "loop"]
+        assert gate.in_flight == 0
+
+    asyncio.run(scenario())
+
+
+def test_overlapping_queries_run_in_the_pool():
+    async def scenario():
+        gate, seen, release = InlineGate(), [], threading.Event()
+        loop_thread = threading.current_thread()
+        gate.answered.add("a")
+        slow = asyncio.create_task(gate.run("b", _where(loop_thread, seen, release)))  # first of "b": pool
+        while not seen:
+            await asyncio.sleep(0.001)
+        # "a" has answered before, but another query is in flight: the pool, so that
+        # both run at once (the slow one waits for this one to be done).
+        second = asyncio.create_task(gate.run("a", _where(loop_thread, seen)))
+        assert await second == ("a", 0)
+        release.set()
+        assert await slow == ("b", 0)
+        assert seen == ["pool", "pool"]
+        assert gate.in_flight == 0
+
+    asyncio.run(scenario())
+
+
+def test_a_failed_query_does_not_count_as_answered():
+    async def scenario():
+        gate = InlineGate()
+
+        def fail(ns: str):
+            raise LookupError(ns)
+
+        for _ in range(2):
+            with pytest.raises(LookupError):
+                await gate.run("missing", fail)
+        assert gate.in_flight == 0 and "missing" not in gate.answered
+
+    asyncio.run(scenario())
+
+
+def test_inline_and_pooled_queries_answer_the_same_through_the_app():
+    register_fake_embedder()
+    settings = Settings(store_uri="memory://gate", group_commit_ms=1, auto_index=False, preload_embedder="")
+    app = create_app(settings, "all", Service(settings, store=MemoryStore()))
+
+    async def scenario():
+        transport = httpx.ASGITransport(app=app)
+        async with app.router.lifespan_context(app), \
+                httpx.AsyncClient(transport=transport, base_url="http://gate") as client:
+            assert (await client.put("/v1/namespaces/g", json={"embedder": "fake"})).status_code == 200
+            docs = [{"id": f"d{i}", "text": f"document number {i} about topic {i % 7}"} for i in range(60)]
+            assert (await client.post("/v1/namespaces/g/documents", json={"documents": docs})).status_code == 200
+            body = {"text": "topic 3", "top_k": 5, "include": ["text"]}
+            first = await client.post("/v1/namespaces/g/query", json=body)  # the pool
+            alone = await client.post("/v1/namespaces/g/query", json=body)  # inline
+            together = await asyncio.gather(*(client.post("/v1/namespaces/g/query", json=body) for _ in range(4)))
+            answers = [r.json() for r in (first, alone, *together)]
+            assert all(r.status_code == 200 for r in (first, alone, *together))
+            assert all(a == answers[0] for a in answers) and len(answers[0]["results"]) == 5
+            missing = await client.post("/v1/namespaces/nope/query", json=body)
+            assert missing.status_code == 404
+
+    asyncio.run(scenario())
