@@ -23,8 +23,11 @@ ENV PYTHONUNBUFFERED=1 \
     VECTORDB_ONNX_CACHE_DIR=/app/onnx-cache
 
 WORKDIR /app
-# torch first and pinned, so that the CPU wheel is the one installed (as .ci/run does).
-RUN pip install torch==2.13.0
+# torch first, pinned, from PyTorch's CPU index: PyPI's Linux wheel of torch bundles CUDA
+# (several GB). Anything that needs torch later finds it installed (as in .ci/run).
+# TORCH_PIP_ARGS: where pip finds that wheel (e.g. "--find-links /wheels" for a local file).
+ARG TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"
+RUN pip install ${TORCH_PIP_ARGS} torch==2.13.0
 COPY pyproject.toml README.md ./
 COPY vectordb ./vectordb
 COPY storage ./storage

@@ -5,7 +5,8 @@ object storage starts one and is answered correctly; after the idle delay the co
 again; a second cold query is correct again, from a replica placed in the spare worker
 that the first one left (``deploy.worker_pool``). Both ingresses (``deploy.ray_serve.
 ingress_env``): HAProxy straight to replicas, with Serve's Python proxy only at zero
-replicas, and Serve's Python proxy for every request. Run it alone with ``pytest -m ray``.
+replicas, and Serve's Python proxy for every request. Behind HAProxy, the role also scales out to two
+replicas under load and back to zero. Run it alone with ``pytest -m ray``.
 """
 
 from __future__ import annotations
@@ -252,3 +253,60 @@ def test_query_role_scales_to_zero_and_back(namespace, ray_serve):
         r = client.post("/v1/namespaces/cold/query", json={"vector": new.tolist(), "top_k": 1})
         assert r.json()["results"][0]["id"] == "new"
         assert client.post("/ingest/v1/namespaces/cold/query", json={"vector": new.tolist()}).status_code in (404, 405)
+
+
+@pytest.mark.ray
+@pytest.mark.s3
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("ray_serve", ["haproxy"], indirect=True)
+def test_query_role_scales_out_under_load_and_back_to_zero(namespace, ray_serve):
+    """0 → 1 → 2 replicas while four clients query without pause, every answer right and
+    none refused while HAProxy's backends change; then 0 again once the load stops."""
+    import threading
+
+    settings, vectors = namespace
+    ray_serve_mod, port = ray_serve
+    url = ray_serve_mod.deploy(
+        settings.model_copy(update={"preload_embedder": ""}),
+        query=Scaling(max_replicas=2, idle_s=IDLE_S, num_cpus=0.5, target_ongoing_requests=1, upscale_delay_s=1.0),
+        ingest=None,
+        host="127.0.0.1",
+        port=port,
+    )[QUERY_APP]
+    replicas = lambda: ray_serve_mod.replica_states(QUERY_APP)  # noqa: E731
+    expected = {i: _expected(vectors, vectors[i], 5) for i in range(40)}
+    stop, answered, wrong, failures = threading.Event(), [0] * 4, [], []
+
+    def client(k: int) -> None:
+        with httpx.Client(base_url=url, timeout=60) as c:
+            i = k
+            while not stop.is_set():
+                q = i % len(expected)
+                i += 4
+                try:
+                    r = c.post("/v1/namespaces/cold/query", json={"vector": vectors[q].tolist(), "top_k": 5})
+                except httpx.HTTPError as exc:
+                    failures.append(repr(exc))
+                    continue
+                if r.status_code != 200:
+                    failures.append(f"{r.status_code} {r.text[:200]}")
+                elif [h["id"] for h in r.json()["results"]] != expected[q]:
+                    wrong.append(q)
+                answered[k] += 1
+
+    threads = [threading.Thread(target=client, args=(k,), daemon=True) for k in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        scaled = _wait(lambda: replicas().get("RUNNING") == 2, 60, "a second replica under load")
+        before = sum(answered)
+        _wait(lambda: sum(answered) >= before + 50, 30, "answers from two replicas")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+    assert not failures, failures[:5]
+    assert not wrong and sum(answered) > 50
+    idle = _wait(lambda: replicas() == {}, 30 + IDLE_S, "scale to zero after the load")
+    print(f"2 replicas {scaled:.1f} s into the load; {sum(answered)} answers; back to 0 {idle:.1f} s after it")
