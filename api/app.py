@@ -3,15 +3,17 @@ query role, or both; the same image runs any of them.
 
 Handlers are plain ``def`` functions: FastAPI runs them in its thread pool, so blocking
 work (object storage, FAISS, the embedding model) does not hold up the event loop. The
-exception is a query that is alone on a warm namespace: it runs on the loop's thread
-(:class:`InlineGate`).
+exception is a query that is alone and of a kind that has answered before: it runs on
+the loop's thread (:class:`InlineGate`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import orjson
@@ -155,9 +157,9 @@ def _query_routes(service: Service) -> APIRouter:
             body = QueryRequest.model_validate_json(raw or b"null")
         except ValidationError as exc:
             raise RequestValidationError(exc.errors(include_url=False)) from None
-        result = await gate.run(
-            ns,
+        search = functools.partial(
             service.query,
+            ns,
             vector=body.vector,
             text=body.text,
             top_k=body.top_k,
@@ -169,6 +171,10 @@ def _query_routes(service: Service) -> APIRouter:
             rrf_k=body.rrf_k,
             weights=body.weights,
         )
+        # What the query needs loaded: the model for text, postings for bm25, docs for
+        # include and filters.
+        kind = (ns, body.mode, body.text is not None, tuple(sorted(body.include)), body.filter is not None)
+        result = await gate.run(kind, search)
         hits = [{k: v for k, v in h.__dict__.items() if v is not None} for h in result.hits]
         return Response(orjson.dumps({"results": hits, "version": result.version}), media_type="application/json")
 
@@ -186,27 +192,28 @@ class InlineGate:
     pool and back), each a wake-up of a sleeping thread. On the 2-core machine of
     deploy/README.md they cost about 0.25 ms per vector query and 0.4 ms per text query
     in process, and more inside a Ray replica. A query that is alone needs no
-    concurrency, so it runs inline when no other query is in flight and its namespace has
-    answered here before (its manifest, centroids and usually its partitions are cached,
-    so it does little or no object-store I/O while it holds the loop). A namespace's
-    first query and every query that overlaps another go to the pool; a request that
-    arrives during an inline query waits for it to end.
+    concurrency, so it runs inline when no other query is in flight and a query of its
+    kind (namespace, mode, text or vector, include, filter or not) has answered here
+    before: then what it needs is loaded (the model, the manifest and centroids, docs
+    where it includes or filters), so it does little or no object-store I/O while it
+    holds the loop. The first query of a kind and every query that overlaps another go
+    to the pool; a request that arrives during an inline query waits for it to end.
     """
 
     def __init__(self) -> None:
         self.in_flight = 0
-        self.answered: set[str] = set()
+        self.answered: set[Hashable] = set()
 
-    async def run(self, ns: str, fn, *args, **kwargs):
+    async def run(self, kind: Hashable, search: Callable[[], Any]) -> Any:
         self.in_flight += 1  # only ever touched on the event loop's thread
         try:
-            if self.in_flight == 1 and ns in self.answered:
-                result = fn(ns, *args, **kwargs)
+            if self.in_flight == 1 and kind in self.answered:
+                result = search()
             else:
-                result = await run_in_threadpool(fn, ns, *args, **kwargs)
+                result = await run_in_threadpool(search)
         finally:
             self.in_flight -= 1
-        self.answered.add(ns)
+        self.answered.add(kind)
         return result
 
 

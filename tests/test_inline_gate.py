@@ -1,10 +1,11 @@
 """Where the query route runs a search (api.app.InlineGate): inline on the event loop's
-thread when a query is alone on a namespace that has answered before, in the thread pool
+thread when a query is alone and one of its kind has answered before, in the thread pool
 otherwise, and the same answers either way."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 
 import httpx
@@ -13,28 +14,28 @@ import pytest
 from api.app import InlineGate, create_app
 from api.service import Service
 from storage.memory import MemoryStore
-from tests.fakes import register_fake_embedder
+from tests.fakes import FAKE_DIMS, register_fake_embedder
 from vectordb.settings import Settings
 
 
 def _where(loop_thread: threading.Thread, seen: list[str], release: threading.Event | None = None):
-    def fn(ns: str, value: int = 0) -> tuple[str, int]:
+    def search(kind: str, value: int = 0) -> tuple[str, int]:
         seen.append("loop" if threading.current_thread() is loop_thread else "pool")
         if release is not None:
             assert release.wait(10)
-        return ns, value
+        return kind, value
 
-    return fn
+    return search
 
 
-def test_a_lone_query_on_an_answered_namespace_runs_inline():
+def test_a_lone_query_of_a_kind_that_answered_runs_inline():
     async def scenario():
         gate, seen = InlineGate(), []
-        fn = _where(threading.current_thread(), seen)
-        assert await gate.run("a", fn, value=1) == ("a", 1)  # a namespace's first query: pool
-        assert await gate.run("a", fn, value=2) == ("a", 2)  # answered before, alone: inline
-        assert await gate.run("b", fn) == ("b", 0)  # another namespace starts in the pool again
-        assert await gate.run("b", fn) == ("b", 0)
+        search = _where(threading.current_thread(), seen)
+        assert await gate.run("a", functools.partial(search, "a", 1)) == ("a", 1)  # first of its kind: pool
+        assert await gate.run("a", functools.partial(search, "a", 2)) == ("a", 2)  # answered before, alone: inline
+        assert await gate.run("b", functools.partial(search, "b")) == ("b", 0)  # another kind: the pool again
+        assert await gate.run("b", functools.partial(search, "b")) == ("b", 0)
         assert seen == ["pool", "loop", "pool", "loop"]
         assert gate.in_flight == 0
 
@@ -46,12 +47,12 @@ def test_overlapping_queries_run_in_the_pool():
         gate, seen, release = InlineGate(), [], threading.Event()
         loop_thread = threading.current_thread()
         gate.answered.add("a")
-        slow = asyncio.create_task(gate.run("b", _where(loop_thread, seen, release)))  # first of "b": pool
+        slow = asyncio.create_task(gate.run("b", functools.partial(_where(loop_thread, seen, release), "b")))
         while not seen:
             await asyncio.sleep(0.001)
         # "a" has answered before, but another query is in flight: the pool, so that
         # both run at once (the slow one waits for this one to be done).
-        second = asyncio.create_task(gate.run("a", _where(loop_thread, seen)))
+        second = asyncio.create_task(gate.run("a", functools.partial(_where(loop_thread, seen), "a")))
         assert await second == ("a", 0)
         release.set()
         assert await slow == ("b", 0)
@@ -65,8 +66,8 @@ def test_a_failed_query_does_not_count_as_answered():
     async def scenario():
         gate = InlineGate()
 
-        def fail(ns: str):
-            raise LookupError(ns)
+        def fail():
+            raise LookupError("missing")
 
         for _ in range(2):
             with pytest.raises(LookupError):
@@ -99,3 +100,37 @@ def test_inline_and_pooled_queries_answer_the_same_through_the_app():
             assert missing.status_code == 404
 
     asyncio.run(scenario())
+
+
+def test_a_text_query_after_vector_queries_does_not_load_the_model_on_the_loop():
+    """A namespace that has answered vector queries has not loaded its model: the first
+    text query is of another kind, so it goes to the pool, where loading may take long."""
+    register_fake_embedder()
+    settings = Settings(store_uri="memory://gate2", group_commit_ms=1, auto_index=False, preload_embedder="")
+    service = Service(settings, store=MemoryStore())
+    app = create_app(settings, "all", service)
+    loop_thread, seen = None, []
+    original = service.query
+
+    def recording(*args, **kwargs):
+        seen.append(("loop" if threading.current_thread() is loop_thread else "pool", kwargs.get("text") is not None))
+        return original(*args, **kwargs)
+
+    service.query = recording
+
+    async def scenario():
+        nonlocal loop_thread
+        loop_thread = threading.current_thread()
+        transport = httpx.ASGITransport(app=app)
+        async with app.router.lifespan_context(app), \
+                httpx.AsyncClient(transport=transport, base_url="http://gate") as client:
+            await client.put("/v1/namespaces/g", json={"embedder": "fake"})
+            await client.post("/v1/namespaces/g/documents", json={"documents": [{"id": "a", "text": "alpha"}]})
+            vector = [0.1] * FAKE_DIMS
+            for _ in range(2):
+                assert (await client.post("/v1/namespaces/g/query", json={"vector": vector})).status_code == 200
+            for _ in range(2):
+                assert (await client.post("/v1/namespaces/g/query", json={"text": "alpha"})).status_code == 200
+
+    asyncio.run(scenario())
+    assert seen == [("pool", False), ("loop", False), ("pool", True), ("loop", True)]
