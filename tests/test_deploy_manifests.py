@@ -92,7 +92,11 @@ def test_dockerfile_copies_every_package_and_uses_the_entrypoint():
     assert packages <= copied, f"packages not copied into the image: {packages - copied}"
     assert {"vectordb", "storage", "ingest", "query", "api", "deploy"} <= copied
     assert 'ENTRYPOINT ["/app/deploy/entrypoint.sh"]' in text
-    assert re.search(r"^RUN pip install torch==\d", text, re.M), "torch must be pinned before the project"
+    torch = re.search(r"^RUN pip install (.*)torch==\d", text, re.M)
+    assert torch and text.index(torch.group(0)) < text.index("COPY vectordb"), "torch must be pinned before the project"
+    # The CPU wheel by default: PyPI's Linux torch bundles CUDA (several GB).
+    assert re.search(r'^ARG TORCH_PIP_ARGS="--index-url https://download\.pytorch\.org/whl/cpu"$', text, re.M)
+    assert "${TORCH_PIP_ARGS}" in torch.group(1)
     assert os.access(ENTRYPOINT, os.X_OK)
 
 
