@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import functools
 import json
+import time
 from collections.abc import Callable, Hashable
 from typing import Any
 
@@ -140,7 +141,7 @@ def _query_routes(service: Service) -> APIRouter:
     r = APIRouter()
     # The query route reads its body by hand; the schema still documents it in /openapi.json.
     schema = QueryRequest.model_json_schema(ref_template="#/components/schemas/{model}")
-    gate = InlineGate()
+    gate = InlineGate(enabled=service.settings.query_inline)
 
     @r.post(
         "/v1/namespaces/{ns}/query",
@@ -196,25 +197,42 @@ class InlineGate:
     kind (namespace, mode, text or vector, include, filter or not) has answered here
     before: then what it needs is loaded (the model, the manifest and centroids, docs
     where it includes or filters), so it does little or no object-store I/O while it
-    holds the loop. The first query of a kind and every query that overlaps another go
-    to the pool; a request that arrives during an inline query waits for it to end.
+    holds the loop. The first query of a kind, every query that overlaps another and
+    every query within :data:`QUIET_S` of such an overlap go to the pool, so that under
+    load queries run side by side as before (bench/inline_gate.py); a request that
+    arrives during an inline query waits for it to end.
     """
 
-    def __init__(self) -> None:
+    # After two queries overlapped, this long without inline queries: under load the next
+    # query is seldom alone for long, and one held on the loop would stall the others.
+    QUIET_S = 0.1
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled  # False: every query in the pool (settings.query_inline)
         self.in_flight = 0
         self.answered: set[Hashable] = set()
+        self.busy_until = 0.0
 
     async def run(self, kind: Hashable, search: Callable[[], Any]) -> Any:
         self.in_flight += 1  # only ever touched on the event loop's thread
         try:
-            if self.in_flight == 1 and kind in self.answered:
-                result = search()
-            else:
-                result = await run_in_threadpool(search)
+            inline = self.enabled and self._alone() and kind in self.answered
+            if inline:
+                # Let requests that are already read reach this gate first: after a busy
+                # spell several arrive in one loop turn, and none of them is alone.
+                await asyncio.sleep(0)
+                inline = self._alone()
+            result = search() if inline else await run_in_threadpool(search)
         finally:
             self.in_flight -= 1
         self.answered.add(kind)
         return result
+
+    def _alone(self) -> bool:
+        now = time.monotonic()
+        if self.in_flight > 1:
+            self.busy_until = now + self.QUIET_S
+        return self.in_flight == 1 and now >= self.busy_until
 
 
 def _json_object(text: str, name: str) -> dict:

@@ -62,6 +62,39 @@ def test_overlapping_queries_run_in_the_pool():
     asyncio.run(scenario())
 
 
+def test_queries_that_arrive_together_all_run_in_the_pool():
+    """Requests read in one turn of the loop (as after a busy spell) are not alone: none
+    may hold the loop while the others wait, or a replica under load would serve one
+    query at a time."""
+
+    async def scenario():
+        gate, seen = InlineGate(), []
+        search = _where(threading.current_thread(), seen)
+        gate.answered.add("a")
+        answers = await asyncio.gather(*(gate.run("a", functools.partial(search, "a", n)) for n in range(3)))
+        assert answers == [("a", 0), ("a", 1), ("a", 2)]
+        assert seen == ["pool"] * 3
+        # Right after an overlap a lone query still takes the pool; once it is quiet, inline.
+        await gate.run("a", functools.partial(search, "a"))
+        assert seen[-1] == "pool"
+        await asyncio.sleep(gate.QUIET_S)
+        await gate.run("a", functools.partial(search, "a"))
+        assert seen[-1] == "loop"
+
+    asyncio.run(scenario())
+
+
+def test_disabled_every_query_runs_in_the_pool():
+    async def scenario():
+        gate, seen = InlineGate(enabled=False), []
+        search = _where(threading.current_thread(), seen)
+        for _ in range(3):
+            await gate.run("a", functools.partial(search, "a"))
+        assert seen == ["pool"] * 3
+
+    asyncio.run(scenario())
+
+
 def test_a_failed_query_does_not_count_as_answered():
     async def scenario():
         gate = InlineGate()
