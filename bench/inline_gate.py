@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from coldstart import test_queries  # noqa: E402
+
 from tests.servers import free_port  # noqa: E402
 
 NS = "gate"

@@ -118,7 +118,6 @@ def role_deployment(
     ``loopback_only``: replicas keep every port they open on 127.0.0.1 (one machine)."""
     from ray import serve
 
-    from deploy import worker_pool
     from deploy.replica import VectorDBReplica
 
     with warnings.catch_warnings():

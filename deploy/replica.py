@@ -117,7 +117,7 @@ def _skip_disconnect_watch() -> None:
     For each request that reaches a replica directly (the HAProxy ingress), Ray Serve
     (2.60) starts a task that reads the connection until the client goes, and runs the
     request in a second task beside it, to cancel the request if the client leaves, unless
-    the request carries ``x-request-disconnect-disabled: ?1``. That costs about 1 ms per
+    the request carries ``x-request-disconnect-disabled: ?1``. That cost 0.4-1 ms per
     warm query on 2 cores (deploy/README.md) and buys nothing here: a query runs in a
     thread or inline on the loop (``api.app.InlineGate``), where a cancel takes effect
     only once it has finished anyway. Request timeouts (``request_timeout_s``) still apply.
