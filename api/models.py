@@ -26,7 +26,7 @@ class NamespaceCreate(_Strict):
     vector_dtype: Literal["float32", "float16", "int8"] = Field(
         "float32",
         description="How indexed segments store vectors: float16 halves cold reads, int8 (8-bit codes per "
-        "component over each segment's range) quarters them; both answer from float32 in memory.",
+        "component over each partition's range) quarters them; both answer from float32 in memory.",
     )
 
 

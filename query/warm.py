@@ -24,8 +24,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import numpy as np
-
 from vectordb import embedders, segment
 
 DEFAULT_BUDGET_BYTES = 256 * 1024 * 1024
@@ -86,7 +84,7 @@ def warm(
     metas = list(reader.pool.map(segment_meta, manifest.segments))
     tail.result()
     result.wal_objects = len(manifest.wal)
-    result.centroid_bytes = sum(_layout_bytes(layout) for _, layout in metas)
+    result.centroid_bytes = sum(layout.stored_bytes() for _, layout in metas)
 
     # Biggest partitions first, across all segments.
     wanted = sorted(
@@ -129,13 +127,6 @@ def _load_embedder(name: str, settings, result: WarmResult) -> None:
         getattr(embedder, "load", lambda: None)()
     except Exception as exc:  # reported, not raised: warming is a hint
         result.skipped.append(f"embedder {name}: {exc}")
-
-
-def _layout_bytes(layout) -> int:
-    """The size of the segment's ``ivf.bin`` (its centroids as stored, not as decoded)."""
-    nlist = layout.nlist
-    stored = np.dtype(segment.centroid_type(layout.centroids, layout.vector_dtype))
-    return 24 + nlist * layout.dims * stored.itemsize + 2 * (nlist + 1) * 8
 
 
 def _docs_bytes(reader, ns: str, seg) -> int | None:

@@ -154,6 +154,7 @@ def test_centroids_are_float16_where_vectors_are_not_float32_and_they_fit():
         data = segment.Layout(centroids, part_bytes, part_rows, dtype).to_bytes()
         again = segment.Layout.from_bytes(data)
         sizes[dtype] = len(data)
+        assert segment.Layout(centroids, part_bytes, part_rows, dtype).stored_bytes() == len(data)
         assert again.vector_dtype == dtype and again.centroids.dtype == np.float32
         exact = centroids if dtype == "float32" else centroids.astype(np.float16).astype(np.float32)
         assert np.array_equal(again.centroids, exact)

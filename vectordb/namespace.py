@@ -14,8 +14,8 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
 METRICS = ("cosine", "dot", "l2")
 # How indexed segments store vectors. float16 halves what a cold query reads from object
 # storage (and the read cache holds twice the rows) for a rounding error of ~1e-3 per
-# component; int8 (8-bit codes per component over the segment's range) quarters it for an
-# error of up to half a step (range/510). The write-ahead log always keeps float32.
+# component; int8 (8-bit codes per component over each partition's range) quarters it for
+# an error of up to half a step (range/510). The write-ahead log always keeps float32.
 VECTOR_DTYPES = ("float32", "float16", "int8")
 FLOAT16_MAX = 65504.0
 

@@ -84,6 +84,11 @@ class Layout:
     def rows_in(self, p: int) -> int:
         return int(self.part_rows[p + 1] - self.part_rows[p])
 
+    def stored_bytes(self) -> int:
+        """The size of this layout's ``ivf.bin`` as :meth:`to_bytes` writes it."""
+        stored = np.dtype(centroid_type(self.centroids, self.vector_dtype))
+        return 24 + self.nlist * self.dims * stored.itemsize + 2 * (self.nlist + 1) * 8
+
     def to_bytes(self) -> bytes:
         kind = _CENTROID_TYPES.index(centroid_type(self.centroids, self.vector_dtype))
         header = MAGIC + np.array([self.nlist, self.dims, _DTYPES.index(self.vector_dtype), kind], np.uint32).tobytes()
