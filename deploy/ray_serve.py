@@ -220,7 +220,7 @@ def ingress_env(ingress: str, state_dir: str | None = None, loopback: bool = Tru
     and HAProxy, on Serve's ``host:port``, sends requests straight to those servers; at
     zero replicas it sends them to a fallback Python proxy (port 8500), which queues them
     and has the controller start a replica, as ``proxy`` does. HAProxy's own files go to
-    ``state_dir/haproxy`` (default ``/tmp/haproxy-serve``). ``loopback``: HAProxy's stats
+    ``state_dir/haproxy`` (default: Ray's own directory). ``loopback``: HAProxy's stats
     (8404) and Prometheus (9101) listeners, which Ray binds on every interface, are moved
     to 127.0.0.1 by running HAProxy through :data:`HAPROXY_LOOPBACK` (Serve's frontend
     keeps ``http_options.host``); False leaves Ray's binds.
