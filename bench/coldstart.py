@@ -10,8 +10,9 @@ one-machine Ray (2 CPUs), with the query role scaled to zero after ``--idle-s``:
               the replica lands in a spare, preloaded Ray worker (``deploy.worker_pool``;
               ``process_start`` before the request); ``cold_no_spare``: the same with
               ``spare_workers=0``, a fresh process per replica;
-* warm:       the same replica, p50 of ``--warm-queries`` text queries, beside the same
-              queries as direct in-process calls (``Service.query``) in this process;
+* warm:       the same replica, p50 of ``--warm-queries`` text queries and as many vector
+              queries, beside the same queries as direct in-process calls
+              (``Service.query``) in this process;
 * warm hint:  cold again, with ``POST /v1/namespaces/{ns}/warm`` sent first, and with
               the deployment's ``--warm`` (the replica prefetches before taking traffic);
 * disk cache: cold again with ``VECTORDB_DISK_CACHE_DIR`` filled by an earlier replica;
@@ -44,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
+from deploy.ray_serve import DEFAULT_INGRESS, INGRESSES  # noqa: E402
 from tests.data import DATA, nfcorpus_docs  # noqa: E402
 from tests.s3server import ACCESS_KEY, SECRET_KEY, TEST_BUCKET  # noqa: E402
 from tests.servers import free_port  # noqa: E402
@@ -217,11 +219,13 @@ def cold_series(ray_serve, settings, port, queries, runs, idle_s, label, hint=Fa
 
 
 def warm_comparison(port: int, settings: Settings, queries: list[str], n: int, replica_threads: int = 1) -> dict:
-    """Warm p50 through Serve vs the same text queries as in-process calls, interleaved.
+    """Warm p50 through Serve vs the same queries as in-process calls, interleaved: text
+    queries, then vector queries (the same texts embedded once here).
 
-    Two HTTP clients, each on its own keep-alive connection: httpx with its standard-library
-    JSON, and ``http.client`` with orjson, which shows what Serve and the service add
-    without most of the client's own cost (httpx's was ~0.5 ms per request here).
+    Two HTTP clients for text, each on its own keep-alive connection: httpx with its
+    standard-library JSON, and ``http.client`` with orjson, which shows what Serve and the
+    service add without most of the client's own cost (httpx's own was 1.7-2.3 ms more per
+    request here); vector queries from ``http.client`` only.
 
     Two in-process baselines: this process's BLAS threads (all cores), and as many as a
     replica has (Ray sets ``OMP_NUM_THREADS`` to an actor's ``num_cpus``, 1 by default).
@@ -339,9 +343,9 @@ def main() -> int:
     parser.add_argument("--idle-s", type=float, default=2.0, help="query replicas stop after this idle time")
     parser.add_argument("--skip-torch", action="store_true", help="skip the sentence-transformers cold run")
     parser.add_argument("--ingest-only", action="store_true", help="make sure the namespace is there, then stop")
-    parser.add_argument("--ingress", choices=["haproxy", "proxy"], default="haproxy",
+    parser.add_argument("--ingress", choices=INGRESSES, default=DEFAULT_INGRESS,
                         help="how requests reach the replicas (deploy.ray_serve.ingress_env)")
-    parser.add_argument("--baseline-ingress", choices=["haproxy", "proxy", "none"], default="proxy",
+    parser.add_argument("--baseline-ingress", choices=[*INGRESSES, "none"], default="proxy",
                         help="cold and warm again through this ingress, on a Ray of its own ('none': skip)")
     parser.add_argument("--out", help="result JSON (default bench/results/<time>-coldstart.json)")
     args = parser.parse_args()

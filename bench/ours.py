@@ -185,8 +185,7 @@ class Worker:
                 continue
             accepted = time.perf_counter()
             try:
-                conn.request("POST", f"/v1/namespaces/{NAMESPACE}/query", body=body,
-                             headers={"content-type": "application/json"})
+                conn.request("POST", f"/v1/namespaces/{NAMESPACE}/query", body=body, headers=JSON_HEADERS)
                 response = conn.getresponse()
                 answer = response.read()
             finally:
