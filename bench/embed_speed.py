@@ -102,10 +102,9 @@ RUNTIMES: dict[str, Callable[[], Callable[[list[str]], np.ndarray]]] = {
 
 def padding_report(texts: list[str]) -> str:
     """Padding left by ordering on characters (sentence-transformers) vs on tokens."""
-    from tokenizers import Tokenizer
+    from vectordb.bert_numpy import load_tokenizer
 
-    tokenizer = Tokenizer.from_file(str(Path(embedders.bundled_model_dir()) / "tokenizer.json"))
-    tokenizer.enable_truncation(max_length=MAX_LEN)
+    tokenizer = load_tokenizer(Path(embedders.bundled_model_dir()), MAX_LEN)
     started = time.perf_counter()
     lengths = [len(e.ids) for e in tokenizer.encode_batch(texts)]
     tokenise_s = time.perf_counter() - started
