@@ -52,8 +52,8 @@ class VectorDBReplica:
         from vectordb import embedders
         from vectordb.settings import Settings
 
-        if role in ("query", "all"):
-            import faiss  # noqa: F401  every query needs it: import it now, not inside the first one
+        # FAISS is not imported here: as in any worker, the first answers are numpy's and
+        # vectordb.ivf imports FAISS right after the first one (a spare worker has it already).
         clock.mark("imports")
         config = Settings(**settings)
         if embed_runtime == "numpy":

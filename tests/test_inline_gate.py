@@ -14,8 +14,7 @@ import pytest
 from api.app import InlineGate, create_app
 from api.service import Service
 from storage.memory import MemoryStore
-from tests.fakes import FAKE_DIMS, register_fake_embedder
-from vectordb.settings import Settings
+from tests.fakes import FAKE_DIMS, unit_settings
 
 
 def _where(loop_thread: threading.Thread, seen: list[str], release: threading.Event | None = None):
@@ -111,8 +110,7 @@ def test_a_failed_query_does_not_count_as_answered():
 
 
 def test_inline_and_pooled_queries_answer_the_same_through_the_app():
-    register_fake_embedder()
-    settings = Settings(store_uri="memory://gate", group_commit_ms=1, auto_index=False, preload_embedder="")
+    settings = unit_settings("memory://gate", preload_embedder="")
     app = create_app(settings, "all", Service(settings, store=MemoryStore()))
 
     async def scenario():
@@ -138,8 +136,7 @@ def test_inline_and_pooled_queries_answer_the_same_through_the_app():
 def test_a_text_query_after_vector_queries_does_not_load_the_model_on_the_loop():
     """A namespace that has answered vector queries has not loaded its model: the first
     text query is of another kind, so it goes to the pool, where loading may take long."""
-    register_fake_embedder()
-    settings = Settings(store_uri="memory://gate2", group_commit_ms=1, auto_index=False, preload_embedder="")
+    settings = unit_settings("memory://gate2", preload_embedder="")
     service = Service(settings, store=MemoryStore())
     app = create_app(settings, "all", service)
     loop_thread, seen = None, []
