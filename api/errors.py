@@ -46,11 +46,11 @@ def request_id(request: Request) -> str:
     return rid
 
 
-def error_response(status: int, code: str, message: str, rid: str) -> JSONResponse:
+def error_response(status: int, code: str, message: str, rid: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse(
         {"error": {"code": code, "message": message, "request_id": rid}},
         status_code=status,
-        headers={"x-request-id": rid},
+        headers={**(headers or {}), "x-request-id": rid},
     )
 
 
@@ -69,7 +69,7 @@ def install(app: FastAPI) -> None:
     async def _vectordb(request: Request, exc: VectorDBError):
         if exc.status >= 500:
             log.error("request %s failed: %s", request_id(request), exc.message)
-        return error_response(exc.status, exc.code, exc.message, request_id(request))
+        return error_response(exc.status, exc.code, exc.message, request_id(request), exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):

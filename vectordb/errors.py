@@ -6,12 +6,16 @@ translated into these at the boundary that meets them (``raise ... from exc``).
 
     VectorDBError (500, internal)
     ├── InvalidArgument (400, invalid_argument)
-    │   └── PayloadTooLarge (413, payload_too_large)
+    │   ├── PayloadTooLarge (413, payload_too_large)
+    │   └── UnsupportedMediaType (415, unsupported_media_type)
+    ├── Unauthenticated (401, unauthenticated)  -- no or a bad credential
+    ├── PermissionDenied (403, permission_denied)  -- a credential without the right scope
     ├── NotFound (404, not_found)
     │   ├── NamespaceNotFound (404, namespace_not_found)
     │   └── DocumentNotFound (404, document_not_found)
     ├── AlreadyExists (409, already_exists)
     ├── Conflict (409, conflict)  -- optimistic commit retried too often
+    ├── TooManyRequests (429, rate_limited)  -- a limit per key or per worker; ``retry_after_s``
     ├── StorageUnavailable (503, storage_unavailable)
     └── UpstreamError (502, llm_unavailable)  -- the LLM behind /rag failed or is unreachable
 
@@ -33,6 +37,11 @@ class VectorDBError(Exception):
         super().__init__(message)
         self.message = message
 
+    @property
+    def headers(self) -> dict[str, str]:
+        """Extra response headers (``Retry-After``, ``WWW-Authenticate``); none by default."""
+        return {}
+
 
 class InvalidArgument(VectorDBError):
     status = 400
@@ -42,6 +51,25 @@ class InvalidArgument(VectorDBError):
 class PayloadTooLarge(InvalidArgument):
     status = 413
     code = "payload_too_large"
+
+
+class UnsupportedMediaType(InvalidArgument):
+    status = 415
+    code = "unsupported_media_type"
+
+
+class Unauthenticated(VectorDBError):
+    status = 401
+    code = "unauthenticated"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": "Bearer"}
+
+
+class PermissionDenied(VectorDBError):
+    status = 403
+    code = "permission_denied"
 
 
 class NotFound(VectorDBError):
@@ -65,6 +93,19 @@ class AlreadyExists(VectorDBError):
 class Conflict(VectorDBError):
     status = 409
     code = "conflict"
+
+
+class TooManyRequests(VectorDBError):
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(max(1, int(-(-self.retry_after_s // 1))))}
 
 
 class StorageUnavailable(VectorDBError):
