@@ -1,6 +1,8 @@
 """The ``vectordb`` command: run the service, or maintain a namespace from a shell.
 
-    vectordb serve [--role all|ingest|query] [--host 127.0.0.1] [--port 8080] [--store URI]
+    vectordb serve [--role all|ingest|query] [--host 127.0.0.1] [--port 8080] [--store URI] [--insecure]
+    vectordb keys create --prefix P --rights read|write|admin [--name N] [--rate R ...]   (prints the token once)
+    vectordb keys list | keys revoke KEY_ID
     vectordb index NS [--compact] [--gc]
     vectordb gc NS
     vectordb namespaces
@@ -33,6 +35,12 @@ def _serve(args) -> int:
     role = args.role or settings.role
     host = args.host or settings.host
     port = args.port or settings.port
+    # Before binding: without credentials, loopback only (api/exposure.py).
+    from api.apikeys import KeyStore
+    from api.exposure import check_bind
+    from storage import open_raw_store
+
+    settings = check_bind(settings, host, KeyStore(open_raw_store(settings)), args.insecure)
     app = create_app(settings, role)
     uvicorn.run(app, host=host, port=port, log_level=args.log_level, access_log=False)
     return 0
@@ -62,6 +70,23 @@ def _gc(args) -> int:
 
 def _namespaces(args) -> int:
     print(json.dumps(_service(args).list_namespaces()))
+    return 0
+
+
+def _keys(args) -> int:
+    from api.apikeys import KeyStore, Limits
+    from storage import open_raw_store
+
+    keys = KeyStore(open_raw_store(_settings(args)))
+    if args.keys_command == "create":
+        limits = Limits.from_json({k: getattr(args, k) for k in Limits.__dataclass_fields__ if getattr(args, k) is not None})
+        record, token = keys.create(args.rights, args.prefix, args.name, limits)
+        print(json.dumps({**record.to_json(with_hash=False), "token": token}))
+        print("the token is shown only now; the store keeps its hash", file=sys.stderr)
+    elif args.keys_command == "list":
+        print(json.dumps([r.to_json(with_hash=False) for r in keys.list()]))
+    else:
+        print(json.dumps(keys.revoke(args.key_id).to_json(with_hash=False)))
     return 0
 
 
@@ -96,7 +121,28 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
     serve.add_argument("--log-level", default="info")
+    serve.add_argument("--insecure", action="store_true",
+                       help="listen on a non-loopback address even without API keys or JWT (VECTORDB_INSECURE)")
     serve.set_defaults(func=_serve)
+
+    keys = sub.add_parser("keys", help="create, list and revoke API keys (stored hashed in the store)")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    create = keys_sub.add_parser("create", help="create a key and print its token (once)")
+    create.add_argument("--prefix", action="append", required=True,
+                        help="namespace-name prefix the key covers (repeatable; '*' = every namespace)")
+    create.add_argument("--rights", choices=["read", "write", "admin"], required=True,
+                        help="read: query and read; write: also upsert, delete, upload, index; admin: also "
+                        "create and drop namespaces")
+    create.add_argument("--name", default="", help="a label for people")
+    create.add_argument("--rate", dest="rate_per_s", type=float, help="requests per second (per worker)")
+    create.add_argument("--burst", type=int, help="most requests at once (the bucket's depth; default: the rate, at least 1)")
+    create.add_argument("--max-namespaces", type=int, help="most namespaces within its prefixes when it creates one")
+    create.add_argument("--max-rows", type=int, help="most documents or ids in one write request")
+    create.add_argument("--max-bytes", type=int, help="largest request body")
+    keys_sub.add_parser("list", help="list keys (never their secrets)")
+    revoke = keys_sub.add_parser("revoke", help="revoke a key (effective within VECTORDB_AUTH_CACHE_S)")
+    revoke.add_argument("key_id")
+    keys.set_defaults(func=_keys)
 
     index = sub.add_parser("index", help="index a namespace's write-ahead log now")
     index.add_argument("namespace")

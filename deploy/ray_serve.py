@@ -342,6 +342,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument(f"--{role}-spare-workers", type=int, default=default.spare_workers,
                             help=f"idle preloaded Ray workers kept for the next {role} replica (0: none)")
     parser.add_argument("--no-ingest", action="store_true", help="deploy the query role only")
+    parser.add_argument("--insecure", action="store_true",
+                        help="listen on a non-loopback --host even without API keys or JWT (VECTORDB_INSECURE)")
     args = parser.parse_args(argv)
 
     from vectordb.settings import Settings
@@ -361,6 +363,12 @@ def main(argv: list[str] | None = None) -> int:
 
     local = args.address is None
     host = args.host or settings.host
+    # Serve's proxy listens on host: the same rule as `vectordb serve` (api/exposure.py).
+    from api.apikeys import KeyStore
+    from api.exposure import check_bind
+    from storage import open_raw_store
+
+    settings = check_bind(settings, host, KeyStore(open_raw_store(settings)), args.insecure)
     if local:
         start_local(args.num_cpus, args.temp_dir, ingress=args.ingress)
     else:

@@ -11,6 +11,8 @@ from vectordb import embedders
 from vectordb.settings import Settings
 
 FAKE_DIMS = 64
+# The default allow-list of an open server plus the Host that FastAPI's TestClient sends.
+TEST_HOSTS = "localhost,127.0.0.1,[::1],testserver"
 
 
 class HashEmbedder:
@@ -50,5 +52,6 @@ def unit_settings(store_uri: str = "memory://unit", **overrides) -> Settings:
         auto_index=False,
         gc_grace_s=0,
         retain_manifests=1,
+        allowed_hosts=TEST_HOSTS,
     )
     return Settings(**{**fields, **overrides})

@@ -116,7 +116,7 @@ def test_inline_and_pooled_queries_answer_the_same_through_the_app():
     async def scenario():
         transport = httpx.ASGITransport(app=app)
         async with app.router.lifespan_context(app), \
-                httpx.AsyncClient(transport=transport, base_url="http://gate") as client:
+                httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
             assert (await client.put("/v1/namespaces/g", json={"embedder": "fake"})).status_code == 200
             docs = [{"id": f"d{i}", "text": f"document number {i} about topic {i % 7}"} for i in range(60)]
             assert (await client.post("/v1/namespaces/g/documents", json={"documents": docs})).status_code == 200
@@ -153,7 +153,7 @@ def test_a_text_query_after_vector_queries_does_not_load_the_model_on_the_loop()
         loop_thread = threading.current_thread()
         transport = httpx.ASGITransport(app=app)
         async with app.router.lifespan_context(app), \
-                httpx.AsyncClient(transport=transport, base_url="http://gate") as client:
+                httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
             await client.put("/v1/namespaces/g", json={"embedder": "fake"})
             await client.post("/v1/namespaces/g/documents", json={"documents": [{"id": "a", "text": "alpha"}]})
             vector = [0.1] * FAKE_DIMS

@@ -178,7 +178,8 @@ def test_long_text_is_chunked_reingest_replaces_and_delete_cascades():
 def test_file_upload_jobs_report_progress_and_carry_citations():
     settings = _settings(embed_batch_size=4)
     app = create_app(settings, "all", Service(settings, store=MemoryStore()))
-    with TestClient(app) as c:
+    # X-Requested-With: an upload a web page could not send cross-site (api/access.py).
+    with TestClient(app, headers={"X-Requested-With": "test"}) as c:
         c.put("/v1/namespaces/f", json={"embedder": "fake", "chunking": {"chunk_tokens": 24, "overlap_tokens": 4}})
         md = "# Guide\n\n## Setup\n\n" + "Install the pump carefully. " * 30 + "\n\n## Care\n\nClean the filter weekly.\n"
         r = c.post("/v1/namespaces/f/files", files={"file": ("guide.md", md.encode(), "text/markdown")},

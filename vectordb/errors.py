@@ -10,6 +10,7 @@ translated into these at the boundary that meets them (``raise ... from exc``).
     │   └── UnsupportedMediaType (415, unsupported_media_type)
     ├── Unauthenticated (401, unauthenticated)  -- no or a bad credential
     ├── PermissionDenied (403, permission_denied)  -- a credential without the right scope
+    │   └── QuotaExceeded (403, quota_exceeded)  -- a key's namespace limit is reached
     ├── NotFound (404, not_found)
     │   ├── NamespaceNotFound (404, namespace_not_found)
     │   └── DocumentNotFound (404, document_not_found)
@@ -70,6 +71,10 @@ class Unauthenticated(VectorDBError):
 class PermissionDenied(VectorDBError):
     status = 403
     code = "permission_denied"
+
+
+class QuotaExceeded(PermissionDenied):
+    code = "quota_exceeded"
 
 
 class NotFound(VectorDBError):
