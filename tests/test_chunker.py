@@ -366,3 +366,26 @@ def test_real_tokenizer_limits_hold_on_random_text(text, chunk_tokens):
     counter = default_token_counter()
     config = ChunkingConfig(chunk_tokens=chunk_tokens, overlap_tokens=chunk_tokens // 4)
     check_chunks(text, chunk_text(text, config, counter), counter, config)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    pieces=st.lists(st.sampled_from(["&", "a", "ab", "x.", "中", "é", "😀", "+/=", "0"]), min_size=1, max_size=8),
+    repeat=st.integers(40, 4000),
+    chunk_tokens=st.integers(8, 64),
+    seed=st.integers(0, 2**16),
+)
+def test_long_words_are_cut_exactly_by_the_real_tokenizer(pieces, repeat, chunk_tokens, seed):
+    """Over-long words (runs without spaces) are cut by guessed, batch-confirmed spans
+    that fall back to a search: whatever the mix, the limits hold and nothing is lost."""
+    rng = random.Random(seed)
+    word = "".join(rng.choice(pieces) for _ in range(repeat))
+    text = f"start {word} end"
+    counter = default_token_counter()
+    config = ChunkingConfig(chunk_tokens=chunk_tokens, overlap_tokens=chunk_tokens // 4)
+    chunks = chunk_text(text, config, counter)
+    check_chunks(text, chunks, counter, config)
+    assert all(c.end_char - c.start_char <= 32 * chunk_tokens for c in chunks)
+    cut = [c for c in chunks if c.start_char > 0 and c.end_char < len(text) - 4]
+    # The word's pieces follow one another without gap or overlap (no overlap inside a word).
+    assert all(a.end_char == b.start_char for a, b in pairwise(cut))
