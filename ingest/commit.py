@@ -6,6 +6,12 @@ WAL object, then commits manifest ``v+1`` with a conditional create. Losing that
 another process means re-reading the newest manifest and retrying with the same WAL
 object: the WAL object itself never conflicts because its key is unique. Callers are
 acknowledged only after their manifest commit succeeded.
+
+Two checks keep a retried commit honest: the namespace must still be the incarnation the
+batch was validated against (a drop and re-create in between fails the write: nothing is
+written), and if a garbage collection fenced at or above the WAL object's key version
+meanwhile, the object may be gone, so it is written again under a fresh key first (see
+``ingest.gc``).
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from storage.base import ObjectStore
 from storage.errors import PreconditionFailed
 from vectordb import keys, wal
 from vectordb.catalog import Catalog
-from vectordb.errors import Conflict, NamespaceNotFound
+from vectordb.errors import Conflict
 from vectordb.manifest import Manifest, WalRef
 from vectordb.rows import WriteBatch
 from vectordb.settings import Settings
@@ -46,6 +52,7 @@ class CommitStats:
 class _Pending:
     batch: WriteBatch
     dims: int
+    incarnation: int | None  # of the manifest the batch was validated against (None: any)
     future: Future = field(default_factory=Future)
 
     @property
@@ -73,9 +80,16 @@ class GroupCommitter:
         self._cond = threading.Condition()
         self._closed = False
 
-    def write(self, ns: str, batch: WriteBatch, dims: int, timeout: float | None = None) -> int:
-        """Make ``batch`` durable; returns the manifest version that committed it."""
-        pending = _Pending(batch, dims)
+    def write(
+        self, ns: str, batch: WriteBatch, dims: int, timeout: float | None = None, incarnation: int | None = None
+    ) -> int:
+        """Make ``batch`` durable; returns the manifest version that committed it.
+
+        ``incarnation``: that of the manifest ``batch`` was validated against; if the
+        namespace is dropped (and perhaps re-created) before the commit, nothing is written
+        and NamespaceNotFound (or Conflict) is raised.
+        """
+        pending = _Pending(batch, dims, incarnation)
         with self._cond:
             self._queues.setdefault(ns, []).append(pending)
             if ns not in self._threads or not self._threads[ns].is_alive():
@@ -106,17 +120,22 @@ class GroupCommitter:
             time.sleep(self.settings.group_commit_ms / 1000.0)
             with self._cond:
                 queue = self._queues.get(ns, [])
-                taken, rows = [], 0
-                while queue and (not taken or rows + queue[0].rows <= _MAX_ROWS_PER_COMMIT):
-                    item = queue.pop(0)
-                    taken.append(item)
-                    rows += item.rows
+                taken = [queue.pop(0)]
+                rows = taken[0].rows
+                # One commit takes batches of one incarnation (the rest wait for the next).
+                for item in list(queue):
+                    if rows + item.rows > _MAX_ROWS_PER_COMMIT:
+                        break
+                    if item.incarnation == taken[0].incarnation:
+                        queue.remove(item)
+                        taken.append(item)
+                        rows += item.rows
             self._commit(ns, taken)
             idle_deadline = time.monotonic() + 30.0
 
     def _commit(self, ns: str, taken: list[_Pending]) -> None:
         try:
-            version = self.commit_batches(ns, [p.batch for p in taken], taken[0].dims)
+            version = self.commit_batches(ns, [p.batch for p in taken], taken[0].dims, taken[0].incarnation)
         except BaseException as exc:  # every waiter must hear about the failure
             for p in taken:
                 p.future.set_exception(exc)
@@ -124,28 +143,35 @@ class GroupCommitter:
         for p in taken:
             p.future.set_result(version)
 
-    def commit_batches(self, ns: str, batches: list[WriteBatch], dims: int) -> int:
-        """Write one WAL object for ``batches`` and commit it; returns the version."""
-        base = self.catalog.latest(ns)
-        if base.config.dimensions != dims:
-            raise NamespaceNotFound(f"namespace {ns!r} was re-created with another configuration")
+    def commit_batches(self, ns: str, batches: list[WriteBatch], dims: int, incarnation: int | None = None) -> int:
+        """Write one WAL object for ``batches`` and commit it; returns the version.
+
+        ``incarnation``: see :meth:`write`. Raises NamespaceNotFound if the namespace is
+        dropped, Conflict if it was re-created or the commit lost too many races.
+        """
+        base = self._base(ns, dims, incarnation)
         data = wal.encode(batches, dims)
-        key = keys.wal_key(ns, base.version + 1, uuid.uuid4().hex)
+        key_version = base.version + 1
+        key = keys.wal_key(ns, key_version, uuid.uuid4().hex)
         self.store.put(key, data)
         upserts = sum(len(b.upserts) for b in batches)
         deletes = sum(len(b.deletes) for b in batches)
         for attempt in range(self.settings.commit_retries):
+            if base.gc_fence >= key_version:
+                # A collection fenced at or above our object since we wrote it: it may have
+                # deleted it as garbage. Write it again where no collection has looked yet.
+                old, key_version = key, base.version + 1
+                key = keys.wal_key(ns, key_version, uuid.uuid4().hex)
+                self.store.put(key, data)
+                self.store.delete(old)
             ref = WalRef(key, base.version + 1, upserts, deletes, len(data))
-            manifest = base.next(wal=base.wal + (ref,))
             try:
-                self.catalog.commit(manifest)
+                manifest = self.catalog.commit(base.next(wal=base.wal + (ref,)))
             except PreconditionFailed:
                 self.stats.conflicts += 1
                 # Back off a little so two writers stop colliding in lockstep.
                 time.sleep(random.uniform(0, 0.002 * (attempt + 1)))
-                base = self.catalog.latest(ns)
-                if base.config.dimensions != dims:
-                    raise NamespaceNotFound(f"namespace {ns!r} was re-created with another configuration") from None
+                base = self._base(ns, dims, incarnation)
                 continue
             self.stats.commits += 1
             self.stats.batches += len(batches)
@@ -157,3 +183,13 @@ class GroupCommitter:
                     log.exception("post-commit hook failed")
             return manifest.version
         raise Conflict(f"gave up committing to {ns!r} after {self.settings.commit_retries} conflicting attempts")
+
+    def _base(self, ns: str, dims: int, incarnation: int | None) -> Manifest:
+        """The newest version, if it is still the namespace the batch was made for."""
+        base = self.catalog.latest(ns)  # NamespaceNotFound once dropped
+        if (incarnation is not None and base.incarnation != incarnation) or base.config.dimensions != dims:
+            raise Conflict(
+                f"namespace {ns!r} was dropped and created again while this write was in flight; "
+                "nothing was written: send it again"
+            )
+        return base

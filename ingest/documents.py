@@ -14,6 +14,7 @@ from typing import Any
 
 from ingest.chunker import Chunk, ChunkingConfig, TokenCounter, chunk_document, chunk_id, chunk_text
 from ingest.parsers import ParsedDocument
+from ingest.validate import check_parent_id
 from vectordb.errors import InvalidArgument
 from vectordb.namespace import NamespaceConfig
 
@@ -35,7 +36,9 @@ def expand(docs: Any, config: NamespaceConfig, counter: TokenCounter) -> list:
     if chunking is None or not isinstance(docs, list):
         return docs
     out: list = []
-    for doc in docs:
+    for n, doc in enumerate(docs):
+        if isinstance(doc, dict):
+            check_parent_id(doc.get("id"), f"documents[{n}]")
         if not isinstance(doc, dict) or not isinstance(doc.get("id"), str) or not isinstance(doc.get("text"), str):
             out.append(doc)
             continue

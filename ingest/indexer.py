@@ -8,7 +8,10 @@ once garbage collection removes the objects no retained manifest references.
 
 The commit is a manifest create like any write. Writers may commit meanwhile: their WAL
 entries come after the ones we indexed, so we rebase by keeping them. If another indexer
-changed the segments meanwhile, our work is stale and is redone from the new manifest.
+changed the segments meanwhile (or garbage collection removed an object we were reading),
+our work is stale and is redone from the new manifest. If a garbage collection fenced at
+or above our objects' key version meanwhile, it may have deleted them as garbage: we
+upload them again under fresh keys before committing (see ``ingest.gc``).
 """
 
 from __future__ import annotations
@@ -16,10 +19,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from storage.base import ObjectStore
-from storage.errors import PreconditionFailed
+from storage.errors import ObjectNotFound, PreconditionFailed
 from vectordb import segment
 from vectordb.catalog import Catalog
 from vectordb.errors import Conflict
@@ -38,6 +41,37 @@ class IndexResult:
     segments: int  # segments after the run
     compacted: bool
     seconds: float
+
+
+@dataclass
+class _Build:
+    """What one index run produced, ready to upload under any key version."""
+
+    base: Manifest
+    built: segment.BuiltSegment | None  # the new segment (None: no live rows)
+    kept: list[SegmentRef]  # the base's segments that stay, before new tombstones
+    dead: dict[str, frozenset[str]] = field(default_factory=dict)  # segment id -> all its dead ids
+    rows: int = 0
+
+    def publish(self, store: ObjectStore, pool, key_version: int) -> tuple[SegmentRef, ...]:
+        """Upload the new segment and tombstone lists under ``key_version``; the segments of
+        the version to commit."""
+        ns = self.base.namespace
+        segments = []
+        for seg in self.kept:
+            dead = self.dead.get(seg.id)
+            if dead is not None:
+                key = segment.tombstones_key(ns, seg.id, key_version)
+                store.put(key, segment.encode_tombstones(dead))
+                seg = SegmentRef(seg.id, seg.rows, seg.nlist, seg.bytes, key, len(dead))
+            if seg.live_rows > 0:
+                segments.append(seg)
+        if self.built is not None:
+            built = replace(self.built, id=segment.new_segment_id(key_version))
+            items = list(built.files.items())
+            list(pool.map(lambda kv: store.put(segment.file_key(ns, built.id, kv[0]), kv[1]), items))
+            segments.append(SegmentRef(built.id, built.rows, built.nlist, built.bytes))
+        return tuple(segments)
 
 
 class Indexer:
@@ -63,10 +97,17 @@ class Indexer:
                 compact = compact or len(base.segments) >= self.settings.compact_max_segments
                 if not base.wal and not (compact and _worth_compacting(base)):
                     return IndexResult(base.version, 0, len(base.segments), False, time.perf_counter() - started)
-                built, segments, rows = self._build(base, compact)
-                manifest = self._commit(base, segments)
+                try:
+                    build = self._build(base, compact)
+                except ObjectNotFound:
+                    # Collected under us: a newer version no longer needs what we read.
+                    log.info("index of %s read a collected object; redoing from the newest version", ns)
+                    continue
+                manifest = self._commit(build)
                 if manifest is not None:
-                    return IndexResult(manifest.version, rows, len(manifest.segments), compact, time.perf_counter() - started)
+                    return IndexResult(
+                        manifest.version, build.rows, len(manifest.segments), compact, time.perf_counter() - started
+                    )
                 log.info("index of %s raced with another indexer; redoing", ns)
         raise Conflict(f"indexing {ns!r} kept conflicting with other indexers")
 
@@ -92,27 +133,29 @@ class Indexer:
         threading.Thread(target=run, name=f"index-{ns}", daemon=True).start()
 
     # --- building ------------------------------------------------------------------------
-    def _build(self, base: Manifest, compact: bool):
+    def _build(self, base: Manifest, compact: bool) -> _Build:
         ns, config = base.namespace, base.config
         tail = self.reader.tail(base)
+        build = _Build(base, None, [])
         if compact:
             parts = [tail.rows]
             for seg in base.segments:
                 parts.append(self._live_rows(ns, seg, self.reader.tombstones(ns, seg) | tail.touched))
             rows = RowBatch.concat(parts, config.dimensions)
-            kept: list[SegmentRef] = []
         else:
             rows = tail.rows
-            kept = [self._with_tombstones(base, seg, tail.touched) for seg in base.segments]
-            kept = [s for s in kept if s.live_rows > 0]
-        built = None
+            build.kept = list(base.segments)
+            for seg in base.segments:
+                dead = self._dead_after(ns, seg, tail.touched)
+                if dead is not None:
+                    build.dead[seg.id] = dead
         if len(rows):
-            built = segment.build(
-                rows, config.metric, self.settings.rows_per_partition, self.settings.flat_max_rows, config.vector_dtype
+            build.built = segment.build(
+                rows, config.metric, self.settings.rows_per_partition, self.settings.flat_max_rows,
+                config.vector_dtype,
             )
-            self._upload(ns, built)
-            kept.append(SegmentRef(built.id, built.rows, built.nlist, built.bytes))
-        return built, tuple(kept), len(rows)
+        build.rows = len(rows)
+        return build
 
     def _live_rows(self, ns: str, seg: SegmentRef, dead: frozenset[str]) -> RowBatch:
         vectors, ids = self.reader.all_rows(ns, seg)
@@ -120,34 +163,36 @@ class Indexer:
         batch = RowBatch(ids, vectors, docs.column("text").to_pylist(), docs.column("attributes").to_pylist())
         return batch.take(i for i, doc_id in enumerate(ids) if doc_id not in dead) if dead else batch
 
-    def _with_tombstones(self, base: Manifest, seg: SegmentRef, touched: frozenset[str]) -> SegmentRef:
-        ns = base.namespace
+    def _dead_after(self, ns: str, seg: SegmentRef, touched: frozenset[str]) -> frozenset[str] | None:
+        """Every dead id of ``seg`` once the tail's ``touched`` ids override it; None if
+        the tail kills none of its rows (its tombstone list stays as it is)."""
         if not touched:
-            return seg
+            return None
         old = self.reader.tombstones(ns, seg)
         ids = self.reader.docs(ns, seg).column("id").to_pylist()
         newly_dead = {i for i in ids if i in touched} - old
-        if not newly_dead:
-            return seg
-        dead = old | newly_dead
-        key = segment.tombstones_key(ns, seg.id, base.version + 1)
-        self.store.put(key, segment.encode_tombstones(dead))
-        return SegmentRef(seg.id, seg.rows, seg.nlist, seg.bytes, key, len(dead))
+        return old | newly_dead if newly_dead else None
 
-    def _upload(self, ns: str, built: segment.BuiltSegment) -> None:
-        items = list(built.files.items())
-        list(self.reader.pool.map(lambda kv: self.store.put(segment.file_key(ns, built.id, kv[0]), kv[1]), items))
-
-    def _commit(self, base: Manifest, segments: tuple[SegmentRef, ...]) -> Manifest | None:
-        """Commit, rebasing over writes that arrived meanwhile. None = segments changed under us."""
+    def _commit(self, build: _Build) -> Manifest | None:
+        """Upload and commit, rebasing over writes that arrived meanwhile. None = the
+        segments changed under us (the build is stale)."""
+        base = build.base
+        key_version = base.version + 1
+        segments = build.publish(self.store, self.reader.pool, key_version)
         current = base
         while True:
-            if current.segments != base.segments or current.wal[: len(base.wal)] != base.wal:
+            if (
+                current.segments != base.segments
+                or current.wal[: len(base.wal)] != base.wal
+                or current.incarnation != base.incarnation
+            ):
                 return None
-            manifest = current.next(segments=segments, wal=current.wal[len(base.wal) :])
+            if current.gc_fence >= key_version:
+                # A collection may have taken our uploads for garbage: upload them again.
+                key_version = current.version + 1
+                segments = build.publish(self.store, self.reader.pool, key_version)
             try:
-                self.catalog.commit(manifest)
-                return manifest
+                return self.catalog.commit(current.next(segments=segments, wal=current.wal[len(base.wal) :]))
             except PreconditionFailed:
                 current = self.catalog.latest(base.namespace)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 import unicodedata
 from collections.abc import Callable
 from typing import Any
@@ -23,6 +24,9 @@ from vectordb.settings import Settings
 
 MAX_ID_CHARS = 512
 MAX_ATTRIBUTES_BYTES = 64 * 1024
+# What chunk ids end with (see ingest.chunker.chunk_id). In a chunking namespace no document
+# may take such an id: re-ingesting or deleting document "a" would replace or delete "a#1".
+_CHUNK_SUFFIX = re.compile(r"#[0-9]+\Z")
 
 
 def check_id(doc_id: Any, where: str) -> str:
@@ -33,6 +37,26 @@ def check_id(doc_id: Any, where: str) -> str:
     if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in doc_id):
         raise InvalidArgument(f"{where}: id contains control characters")
     return doc_id
+
+
+def check_new_id(doc_id: Any, where: str) -> str:
+    """An id a write may create: ``check_id``, and not ``.`` or ``..``, which no URL can
+    name (clients and proxies normalise ``/documents/..`` away), so the document could
+    never be fetched by id."""
+    check_id(doc_id, where)
+    if doc_id in (".", ".."):
+        raise InvalidArgument(f"{where}: id {doc_id!r} cannot be used: no URL can name it")
+    return doc_id
+
+
+def check_parent_id(doc_id: Any, where: str) -> None:
+    """InvalidArgument if ``doc_id`` has the form of a chunk id (``<id>#<n>``), which a
+    chunking namespace reserves for the chunks of document ``<id>``."""
+    if isinstance(doc_id, str) and _CHUNK_SUFFIX.search(doc_id):
+        raise InvalidArgument(
+            f"{where}: id {doc_id!r} ends in '#<number>', which this namespace reserves for chunk ids "
+            "(chunk n of document d is d#n); choose another id"
+        )
 
 
 def check_ids(ids: Any, settings: Settings) -> list[str]:
@@ -134,7 +158,7 @@ def prepare_upserts(docs: Any, config: NamespaceConfig, settings: Settings) -> R
         unknown = set(doc) - {"id", "text", "vector", "attributes"}
         if unknown:
             raise InvalidArgument(f"{where}: unknown fields {sorted(unknown)}")
-        ids.append(check_id(doc.get("id"), where))
+        ids.append(check_new_id(doc.get("id"), where))
         text = doc.get("text")
         if text is not None and not isinstance(text, str):
             raise InvalidArgument(f"{where}: text must be a string")
@@ -192,7 +216,9 @@ def prepare_table(table, config: NamespaceConfig, settings: Settings) -> RowBatc
         raise PayloadTooLarge(f"at most {settings.max_batch_docs} documents per request, got {n}")
     ids = table.column("id").to_pylist()
     for row, doc_id in enumerate(ids):
-        check_id(doc_id, f"row {row}")
+        check_new_id(doc_id, f"row {row}")
+        if config.chunk_tokens:
+            check_parent_id(doc_id, f"row {row}")
     _reject_duplicates(ids, "id")
     texts = table.column("text").to_pylist() if "text" in table.column_names else [None] * n
     if any(t is not None and not isinstance(t, str) for t in texts):

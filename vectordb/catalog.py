@@ -1,27 +1,49 @@
 """The catalog: finding, creating, committing and dropping namespace manifests.
 
-Finding the newest manifest without a lock service: start from the newest version this
-process knows (or the ``latest.json`` hint, or a LIST when there is neither), then probe
-``manifests/<v+1>`` until one is absent. Versions are never reused, not even after a
-namespace is dropped and created again, so every manifest object is immutable and may be
-cached forever.
+A commit is the conditional create of ``manifests/<v+1>``, so "version v+1 is absent" is
+what tells a process that v is the newest. Garbage collection would make that lie if it
+deleted old versions: a process that still knows v (a query worker idle for an hour, an
+ingest worker that lost a few races) would find v+1 absent after it was committed and
+collected, answer strong reads from v, and commit a second version v+1. So:
+
+* **Versions are never deleted, only pruned.** Garbage collection overwrites an old
+  manifest with a stub (:class:`vectordb.manifest.Pruned`): the key stays taken, a
+  conditional create of it fails, and a probe that meets a stub knows it is behind and
+  jumps ahead (the ``latest.json`` hint, else a LIST).
+* **Stubs expire after ``pruned_ttl_s``** (default a week), or their number would grow
+  with every commit forever. A process therefore trusts its own knowledge ("v is the
+  newest, v+1 was absent") for half that time only; past it, or with no knowledge, it
+  starts again from the hint when the hint is that recent, else from a LIST (the newest
+  version is never pruned, so a LIST always shows it). A commit whose base was confirmed
+  longer ago than that is refused before it is sent (as if it had lost the race). What
+  this assumes: no process stalls for days between reading the newest version and
+  committing on it, and clocks agree to within days.
+* **Dropping is a commit**: a final "deleted" version, never removed; a later re-creation
+  continues the numbering with a new *incarnation* (the version that created it), and a
+  write validated against one incarnation is never committed into another.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import replace
 
 from storage.base import ObjectStore
 from storage.errors import ObjectNotFound, PreconditionFailed
 from vectordb import keys
-from vectordb.errors import AlreadyExists, NamespaceNotFound
-from vectordb.manifest import Manifest
+from vectordb.errors import AlreadyExists, Conflict, NamespaceNotFound
+from vectordb.manifest import Manifest, Pruned, decode
 from vectordb.namespace import NamespaceConfig, check_namespace_name
 
 # Probing one version at a time is cheapest when we are at most a few versions behind;
-# beyond that one LIST jumps to the end.
-_PROBES_BEFORE_LIST = 3
+# beyond that one jump (hint or LIST) gets closer to the end.
+_PROBES_BEFORE_JUMP = 3
+# Jumps in one search for the newest version. Each one moves forward, so only a storm of
+# concurrent commits and collections could use them all; then give up rather than spin.
+_MAX_JUMPS = 100
+DEFAULT_PRUNED_TTL_S = 7 * 24 * 3600.0
 
 
 def get_fresh(store: ObjectStore, key: str) -> bytes:
@@ -31,12 +53,26 @@ def get_fresh(store: ObjectStore, key: str) -> bytes:
 
 
 class Catalog:
-    """Manifest access for every namespace of one store. Thread-safe."""
+    """Manifest access for every namespace of one store. Thread-safe.
 
-    def __init__(self, store: ObjectStore, eventual_ttl_s: float = 5.0) -> None:
+    ``clock`` (wall-clock seconds) stamps committed manifests and measures how old this
+    process's knowledge is; tests pass a fake one to simulate hours of idleness.
+    """
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        eventual_ttl_s: float = 5.0,
+        pruned_ttl_s: float = DEFAULT_PRUNED_TTL_S,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.store = store
         self.eventual_ttl_s = eventual_ttl_s
-        self._known: dict[str, tuple[Manifest, float]] = {}
+        self.pruned_ttl_s = pruned_ttl_s
+        # Knowledge older than this may predate a stub that has since expired.
+        self.trust_s = pruned_ttl_s / 2
+        self.clock = clock
+        self._known: dict[str, tuple[Manifest, float]] = {}  # newest seen, when confirmed newest
         self._lock = threading.Lock()
 
     # --- reading -----------------------------------------------------------------------
@@ -53,82 +89,152 @@ class Catalog:
         return manifest
 
     def newest(self, ns: str, consistency: str = "strong", on_start=None) -> Manifest | None:
-        """The newest manifest, dropped or not; None if the namespace never existed."""
+        """The newest manifest, dropped or not; None if the namespace never existed.
+
+        Strong: a version that was the newest at some moment during the call.
+        """
         check_namespace_name(ns)
+        now = self.clock()
         with self._lock:
             known = self._known.get(ns)
-        if known and consistency == "eventual" and time.monotonic() - known[1] < self.eventual_ttl_s:
+        if known and consistency == "eventual" and now - known[1] < self.eventual_ttl_s:
             return known[0]
-        start = known[0] if known else self._starting_point(ns)
+        if known and now - known[1] < self.trust_s:
+            start = known[0]
+        else:
+            start = self._resync(ns, known[0] if known else None, now)
         if start is None:
             return None
         if on_start is not None and not start.deleted:
             on_start(start)
-        newest = self._probe_forward(ns, start)
-        self._remember(newest)
+        newest = self._probe_forward(ns, start, now)
+        self._remember(newest, now)
         return newest
 
-    def get_version(self, ns: str, version: int) -> Manifest:
-        """One specific (immutable) version. Raises ObjectNotFound."""
-        return Manifest.from_bytes(self.store.get(keys.manifest_key(ns, version)))
-
-    def _starting_point(self, ns: str) -> Manifest | None:
+    def read_version(self, ns: str, version: int) -> Manifest | Pruned | None:
+        """Version ``version`` as stored: the manifest, its stub, or None if absent."""
         try:
-            return Manifest.from_bytes(get_fresh(self.store, keys.latest_hint_key(ns)))
+            return decode(self.store.get(keys.manifest_key(ns, version)))
         except ObjectNotFound:
-            pass
-        last = None
-        for info in self.store.list(keys.manifests_prefix(ns)):
-            last = info.key
-        return None if last is None else self.get_version(ns, keys.version_of_manifest_key(last))
+            return None
 
-    def _probe_forward(self, ns: str, manifest: Manifest) -> Manifest:
-        for _ in range(_PROBES_BEFORE_LIST):
-            try:
-                manifest = self.get_version(ns, manifest.version + 1)
-            except ObjectNotFound:
+    def get_version(self, ns: str, version: int) -> Manifest:
+        """One specific (immutable) version. Raises ObjectNotFound if it is absent or pruned."""
+        found = self.read_version(ns, version)
+        if not isinstance(found, Manifest):
+            raise ObjectNotFound(f"version {version} of {ns!r} is {'pruned' if found else 'absent'}")
+        return found
+
+    def _resync(self, ns: str, known: Manifest | None, now: float) -> Manifest | None:
+        """A version to probe forward from, for a process with no knowledge it may trust.
+
+        The hint is a recent version when writers are active (each commit rewrites it), so
+        the versions after it still have their stubs: probing from it is safe. An old hint
+        or none: a LIST after the best we know finds the newest version directly.
+        """
+        hint = self._hint(ns)
+        if hint is not None and (known is None or hint.version >= known.version):
+            if now - hint.created_at < self.trust_s:
+                return hint
+            known = hint
+        found = self._last_listed(ns, known.version if known else None)
+        return found if found is not None else known
+
+    def _hint(self, ns: str) -> Manifest | None:
+        try:
+            found = decode(get_fresh(self.store, keys.latest_hint_key(ns)))
+        except ObjectNotFound:
+            return None
+        return found if isinstance(found, Manifest) else None
+
+    def _last_listed(self, ns: str, after: int | None) -> Manifest | None:
+        """The newest version listed after ``after`` (None: none listed)."""
+        for _ in range(_MAX_JUMPS):
+            start_after = keys.manifest_key(ns, after) if after is not None else None
+            last = None
+            for info in self.store.list(keys.manifests_prefix(ns), start_after=start_after):
+                last = info.key
+            if last is None:
+                return None
+            found = self.read_version(ns, keys.version_of_manifest_key(last))
+            if isinstance(found, Manifest):
+                return found
+            # Pruned (or expired) between the LIST and the GET: a newer version exists.
+            after = keys.version_of_manifest_key(last)
+        raise Conflict(f"could not find the newest version of {ns!r}: it changes too fast")
+
+    def _probe_forward(self, ns: str, manifest: Manifest, now: float) -> Manifest:
+        """From ``manifest`` (trusted as a version that was committed, and that nothing after
+        it has expired) to the newest: probe ``v+1`` until it is absent."""
+        probes = jumps = 0
+        while True:
+            found = self.read_version(ns, manifest.version + 1)
+            if found is None:
                 return manifest
-        last = None
-        for info in self.store.list(keys.manifests_prefix(ns), start_after=keys.manifest_key(ns, manifest.version)):
-            last = info.key
-        if last is not None:
-            manifest = self.get_version(ns, keys.version_of_manifest_key(last))
-        return self._probe_forward(ns, manifest) if last is not None else manifest
+            if isinstance(found, Manifest) and probes < _PROBES_BEFORE_JUMP:
+                manifest, probes = found, probes + 1
+                continue
+            # A stub (versions were pruned after this one) or far behind: jump ahead.
+            jumps += 1
+            if jumps > _MAX_JUMPS:
+                raise Conflict(f"could not find the newest version of {ns!r}: it changes too fast")
+            ahead = self._resync(ns, manifest, now)
+            if ahead is not None and ahead.version > manifest.version:
+                manifest = ahead
+            elif isinstance(found, Manifest):
+                manifest = found
+            probes = 0
 
-    def _remember(self, manifest: Manifest) -> None:
+    def _remember(self, manifest: Manifest, confirmed_at: float) -> None:
         with self._lock:
             known = self._known.get(manifest.namespace)
-            if known is None or known[0].version <= manifest.version:
-                self._known[manifest.namespace] = (manifest, time.monotonic())
+            if known is None or known[0].version < manifest.version:
+                self._known[manifest.namespace] = (manifest, confirmed_at)
+            elif known[0].version == manifest.version:
+                self._known[manifest.namespace] = (manifest, max(known[1], confirmed_at))
 
     def list_namespaces(self) -> list[str]:
         names = []
         for name in self.store.list_prefixes(""):
             try:
                 newest = self.newest(name, "eventual")
-            except Exception:  # not a namespace of ours (stray prefix): skip it
+            except Exception:  # not a namespace of ours (stray prefix, .sys): skip it
                 continue
             if newest is not None and not newest.deleted:
                 names.append(name)
         return names
 
     # --- writing -----------------------------------------------------------------------
-    def commit(self, manifest: Manifest) -> None:
-        """Create ``manifest``'s version. Raises PreconditionFailed if another writer got it."""
-        self.store.put_if_absent(keys.manifest_key(manifest.namespace, manifest.version), manifest.to_bytes())
-        self._remember(manifest)
+    def commit(self, manifest: Manifest) -> Manifest:
+        """Create ``manifest``'s version; returns it as committed (stamped with this clock).
+
+        Raises PreconditionFailed if another writer got the version, or if this process
+        confirmed the base too long ago to trust that the version was never taken (see the
+        module docstring); either way the caller re-reads the newest version and retries.
+        """
+        ns = manifest.namespace
+        now = self.clock()
+        with self._lock:
+            known = self._known.get(ns)
+        if known is not None and known[0].version == manifest.version - 1 and now - known[1] >= self.trust_s:
+            raise PreconditionFailed(f"the newest version of {ns!r} was confirmed too long ago; re-read it")
+        manifest = replace(manifest, created_at=now)
+        data = manifest.to_bytes()
+        self.store.put_if_absent(keys.manifest_key(ns, manifest.version), data)
+        self._remember(manifest, now)
         try:  # the hint only saves readers a LIST; losing it is harmless
-            self.store.put(keys.latest_hint_key(manifest.namespace), manifest.to_bytes())
+            self.store.put(keys.latest_hint_key(ns), data)
         except Exception:
             pass
+        return manifest
 
-    def create(self, ns: str, config: NamespaceConfig) -> tuple[Manifest, bool]:
+    def create(self, ns: str, config: NamespaceConfig, retries: int = 50) -> tuple[Manifest, bool]:
         """Create the namespace, or return it if it exists with the same config.
 
         Returns (manifest, created). Raises AlreadyExists on a different config.
         """
         config.validate()
-        while True:
+        for _ in range(retries):
             newest = self.newest(ns)
             if newest is not None and not newest.deleted:
                 if newest.config != config:
@@ -136,29 +242,31 @@ class Catalog:
                         f"namespace {ns!r} exists with a different configuration {newest.config.to_json()}"
                     )
                 return newest, False
-            version = 0 if newest is None else newest.version + 1
-            manifest = Manifest(namespace=ns, version=version, config=config)
+            if newest is None:
+                manifest = Manifest(namespace=ns, version=0, config=config)
+            else:  # re-created after a drop: the numbering goes on, a new incarnation starts
+                version = newest.version + 1
+                manifest = Manifest(
+                    namespace=ns, version=version, config=config, incarnation=version, gc_fence=newest.gc_fence
+                )
             try:
-                self.commit(manifest)
-                return manifest, True
+                return self.commit(manifest), True
             except PreconditionFailed:
                 continue
+        raise Conflict(f"creating {ns!r} kept conflicting with other writers")
 
-    def drop(self, ns: str) -> Manifest:
-        """Commit a 'dropped' version, then delete every other object of the namespace.
+    def drop(self, ns: str, retries: int = 50) -> Manifest:
+        """Commit the final "dropped" version of ``ns`` and return it.
 
-        The dropped manifest stays, so versions are never reused by a later re-creation.
+        The dropped version is itself a garbage-collection fence (every object written for
+        this incarnation has a key version at or below it), so ``ingest.gc.collect`` can
+        then delete every object of the namespace but its versions' stubs.
         """
-        while True:
+        for _ in range(retries):
             current = self.latest(ns)
-            tomb = current.next(segments=(), wal=(), deleted=True)
+            tomb = current.next(segments=(), wal=(), deleted=True, gc_fence=current.version + 1)
             try:
-                self.commit(tomb)
-                break
+                return self.commit(tomb)
             except PreconditionFailed:
                 continue
-        keep = {keys.manifest_key(ns, tomb.version), keys.latest_hint_key(ns)}
-        for info in list(self.store.list(f"{ns}/")):
-            if info.key not in keep:
-                self.store.delete(info.key)
-        return tomb
+        raise Conflict(f"dropping {ns!r} kept conflicting with other writers")

@@ -1,14 +1,24 @@
 """Where a namespace's objects live inside the store. One namespace = one prefix:
 
-    <ns>/manifests/<version:020d>.json   immutable, one per committed version
+    <ns>/manifests/<version:020d>.json   one per committed version (a stub once pruned)
     <ns>/latest.json                     best-effort copy of a recent manifest (a hint)
     <ns>/wal/<version:020d>-<uuid>.parquet
-    <ns>/segments/<segment-id>/{ivf.bin,vectors.bin,docs.parquet,tomb-<version>.json}
+    <ns>/segments/<version:020d>-<uuid>/{ivf.bin,vectors.bin,docs.parquet,bm25.bin}
+    <ns>/segments/<segment-id>/tomb-<version:020d>-<uuid>.json
+
+Every WAL, segment and tombstone key carries a *key version*: the version its writer
+meant to commit it at (its base version + 1). Garbage collection deletes an unreferenced
+object only if its key version is at or below the collector's fence (see ``ingest.gc``),
+so an object still on its way to a commit is never taken for garbage.
 """
 
 from __future__ import annotations
 
+import re
+
 MANIFEST_DIGITS = 20
+
+_VERSIONED = re.compile(rf"(\d{{{MANIFEST_DIGITS}}})-")
 
 
 def manifests_prefix(ns: str) -> str:
@@ -28,8 +38,28 @@ def latest_hint_key(ns: str) -> str:
 
 
 def wal_key(ns: str, version: int, uid: str) -> str:
-    return f"{ns}/wal/{version:0{MANIFEST_DIGITS}d}-{uid}.parquet"
+    return f"{ns}/wal/{versioned_name(version, uid)}.parquet"
 
 
 def segment_prefix(ns: str, segment_id: str) -> str:
     return f"{ns}/segments/{segment_id}/"
+
+
+def versioned_name(version: int, uid: str) -> str:
+    """``<version:020d>-<uid>``: a fresh object name that records its key version."""
+    return f"{version:0{MANIFEST_DIGITS}d}-{uid}"
+
+
+def key_version(ns: str, key: str) -> int:
+    """The key version of a WAL, segment or tombstone object of ``ns`` (see the module
+    docstring); 0 for objects named before key versions existed (plain-uuid segments)."""
+    rest = key[len(ns) + 1 :]
+    kind, _, rest = rest.partition("/")
+    if kind == "segments":
+        segment_id, _, name = rest.partition("/")
+        if name.startswith("tomb-"):
+            rest = name[len("tomb-") :]
+        else:
+            rest = segment_id
+    match = _VERSIONED.match(rest)
+    return int(match.group(1)) if match else 0

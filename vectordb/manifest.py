@@ -4,6 +4,11 @@ Version ``v`` of namespace ``ns`` is the object ``ns/manifests/<v>.json``. It na
 every object a reader needs: the indexed segments (with their tombstone lists) and the
 unindexed write-ahead-log tail, in commit order. A commit is the conditional create of
 version ``v+1``; whoever loses the race re-reads and rebases (see ``ingest.commit``).
+
+Garbage collection does not delete an old version's key: it overwrites the object with a
+small *stub* (:class:`Pruned`), so the version number stays taken and a lagging writer's
+conditional create of it fails instead of committing that number a second time (see
+``vectordb.catalog`` for when stubs themselves go).
 """
 
 from __future__ import annotations
@@ -56,6 +61,23 @@ class SegmentRef:
         return cls(**d)
 
 
+# A full manifest is always larger than this and a stub always smaller (a test checks
+# both), so a listing tells them apart by size without reading them.
+STUB_MAX_BYTES = 200
+
+
+@dataclass(frozen=True)
+class Pruned:
+    """What garbage collection leaves of an old version: the number, still taken."""
+
+    namespace: str
+    version: int
+
+    def to_bytes(self) -> bytes:
+        doc = {"format": 1, "namespace": self.namespace, "version": self.version, "pruned": True}
+        return json.dumps(doc, separators=(",", ":")).encode()
+
+
 @dataclass(frozen=True)
 class Manifest:
     namespace: str
@@ -65,6 +87,13 @@ class Manifest:
     wal: tuple[WalRef, ...] = ()
     deleted: bool = False  # the namespace was dropped at this version
     created_at: float = field(default_factory=time.time)
+    # The version that (re)created the namespace: a write validated against one
+    # incarnation never commits into the next one (see ingest.commit).
+    incarnation: int = 0
+    # Highest fence of a garbage collection so far: it may delete unreferenced objects
+    # whose key version is at or below it, so a commit must not reference such an object
+    # unless a manifest at or above the fence already does (see ingest.gc).
+    gc_fence: int = 0
 
     @property
     def unindexed_rows(self) -> int:
@@ -101,12 +130,21 @@ class Manifest:
             "wal": [w.to_json() for w in self.wal],
             "deleted": self.deleted,
             "created_at": self.created_at,
+            "incarnation": self.incarnation,
+            "gc_fence": self.gc_fence,
         }
         return json.dumps(doc, separators=(",", ":")).encode()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Manifest:
-        doc = json.loads(data)
+        """A full manifest. Raises ValueError for a stub (use :func:`decode`)."""
+        version = decode(data)
+        if isinstance(version, Pruned):
+            raise ValueError(f"version {version.version} of {version.namespace!r} was pruned")
+        return version
+
+    @classmethod
+    def _from_doc(cls, doc: dict) -> Manifest:
         return cls(
             namespace=doc["namespace"],
             version=int(doc["version"]),
@@ -115,4 +153,14 @@ class Manifest:
             wal=tuple(WalRef.from_json(w) for w in doc["wal"]),
             deleted=bool(doc.get("deleted", False)),
             created_at=float(doc.get("created_at", 0.0)),
+            incarnation=int(doc.get("incarnation", 0)),
+            gc_fence=int(doc.get("gc_fence", 0)),
         )
+
+
+def decode(data: bytes) -> Manifest | Pruned:
+    """A version object as stored: a full manifest, or the stub of a pruned one."""
+    doc = json.loads(data)
+    if doc.get("pruned"):
+        return Pruned(doc["namespace"], int(doc["version"]))
+    return Manifest._from_doc(doc)

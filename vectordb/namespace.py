@@ -9,7 +9,7 @@ from vectordb.errors import InvalidArgument
 
 # ASCII only: unicode look-alikes ("ｎs", Cyrillic "а") and path tricks ("..", "/") never
 # reach a storage key. The name becomes one key segment.
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
 
 METRICS = ("cosine", "dot", "l2")
 # How indexed segments store vectors. float16 halves what a cold query reads from object
@@ -22,7 +22,7 @@ FLOAT16_MAX = 65504.0
 
 def check_namespace_name(name: str) -> str:
     """Return ``name`` if it is a valid namespace name, else raise InvalidArgument."""
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):  # fullmatch: "$" takes a trailing newline
         shown = name if isinstance(name, str) and len(name) <= 80 else f"{str(name)[:80]}..."
         raise InvalidArgument(
             f"invalid namespace name {shown!r}: use 1-63 ASCII letters, digits, '_' or '-', "

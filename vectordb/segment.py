@@ -237,15 +237,23 @@ class BuiltSegment:
         return sum(len(b) for b in self.files.values())
 
 
-def new_segment_id() -> str:
-    return uuid.uuid4().hex
+def new_segment_id(key_version: int = 0) -> str:
+    """A fresh segment id that records the version its build means to commit at (see
+    ``vectordb.keys``: garbage collection spares objects newer than its fence)."""
+    return keys.versioned_name(key_version, uuid.uuid4().hex)
 
 
 def build(
-    rows: RowBatch, metric: str, rows_per_partition: int, flat_max_rows: int, vector_dtype: str = "float32"
+    rows: RowBatch,
+    metric: str,
+    rows_per_partition: int,
+    flat_max_rows: int,
+    vector_dtype: str = "float32",
+    key_version: int = 0,
 ) -> BuiltSegment:
     """Cluster ``rows`` into an IVF segment. Vectors must already be normalised for cosine;
-    ``vector_dtype`` is how ``vectors.bin`` stores them (float32, float16 or int8)."""
+    ``vector_dtype`` is how ``vectors.bin`` stores them (float32, float16 or int8);
+    ``key_version`` the version the build means to commit at (it names the segment)."""
     n, dims = rows.vectors.shape
     nlist = ivf.choose_nlist(n, rows_per_partition, flat_max_rows)
     centroids = ivf.train_centroids(rows.vectors, nlist, metric)
@@ -288,7 +296,7 @@ def build(
         "docs.parquet": writer_sink.getvalue(),
         "bm25.bin": lexical.to_bytes(),
     }
-    return BuiltSegment(new_segment_id(), nlist, n, files)
+    return BuiltSegment(new_segment_id(key_version), nlist, n, files)
 
 
 def file_key(ns: str, segment_id: str, name: str) -> str:
@@ -310,8 +318,9 @@ def read_docs(data: bytes, row_groups: list[int] | None = None, columns: list[st
 
 
 def tombstones_key(ns: str, segment_id: str, version: int) -> str:
-    """A fresh key: two indexers racing from one version never overwrite each other."""
-    return file_key(ns, segment_id, f"tomb-{version:0{keys.MANIFEST_DIGITS}d}-{uuid.uuid4().hex[:12]}.json")
+    """A fresh key: two indexers racing from one version never overwrite each other.
+    ``version`` is the key version (the version the indexer means to commit at)."""
+    return file_key(ns, segment_id, f"tomb-{keys.versioned_name(version, uuid.uuid4().hex[:12])}.json")
 
 
 def encode_tombstones(ids: set[str] | frozenset[str]) -> bytes:
