@@ -24,7 +24,8 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from api import errors
+from api import access, errors
+from api.access import visible, within_row_limit
 from api.limits import BodyLimit
 from api.metrics import install_metrics
 from api.models import (
@@ -66,19 +67,24 @@ def _write_routes(service: Service) -> APIRouter:
         # millions of floats, and validate.prepare_upserts checks them in numpy.
         raw = await request.body()
         if request.headers.get("content-type", "").startswith(ARROW_STREAM):
-            version, count = await run_in_threadpool(lambda: service.upsert_table(ns, _arrow_table(raw)))
+            version, count = await run_in_threadpool(
+                lambda: service.upsert_table(ns, within_row_limit(request, _arrow_table(raw)))
+            )
         else:
-            version, count = await run_in_threadpool(lambda: service.upsert(ns, _documents(raw)))
+            version, count = await run_in_threadpool(
+                lambda: service.upsert(ns, within_row_limit(request, _documents(raw)))
+            )
         return {"version": version, "upserted": count}
 
     @r.post("/v1/namespaces/{ns}/documents/delete", response_model=DeleteResponse)
-    def delete(ns: str, body: DeleteRequest) -> Any:
-        version, count = service.delete(ns, body.ids, body.filter)
+    def delete(ns: str, body: DeleteRequest, request: Request) -> Any:
+        version, count = service.delete(ns, within_row_limit(request, body.ids), body.filter)
         return {"version": version, "deleted": count}
 
     @r.post("/v1/namespaces/{ns}/files", status_code=202)
     async def upload(
         ns: str,
+        request: Request,
         file: UploadFile,
         document_id: str | None = Form(None, description="Parent id of the file's chunks (default: file name)."),
         attributes: str | None = Form(None, description="JSON object merged into every chunk's attributes."),
@@ -86,20 +92,27 @@ def _write_routes(service: Service) -> APIRouter:
     ) -> Any:
         data = await file.read()
         attrs = _json_object(attributes, "attributes") if attributes else None
+        # The key the job counts against (max_jobs_per_key); None on an open server.
+        owner = getattr(getattr(request.state, "principal", None), "key_id", None)
         job = await run_in_threadpool(
-            service.ingest_file, ns, file.filename or "upload", data, file.content_type, document_id, attrs
+            service.ingest_file, ns, file.filename or "upload", data, file.content_type, document_id, attrs, owner
         )
         if wait:
             while job.finished_at is None:
                 await asyncio.sleep(0.05)
-            if job.status == "failed":
-                return JSONResponse({"job": job.to_json()}, status_code=400 if job.error["code"] != "internal" else 500)
-            return JSONResponse({"job": job.to_json()}, status_code=200)
+            # A failure answers with its error's status (413 for a limit), a cancelled job 409.
+            return JSONResponse({"job": job.to_json()}, status_code=200 if job.status == "done" else job.http_status)
         return {"job": job.to_json(), "status_url": f"/v1/jobs/{job.id}"}
 
     @r.get("/v1/jobs/{job_id}")
     def job_status(job_id: str) -> dict:
-        return {"job": service.jobs.get(job_id).to_json()}
+        return {"job": service.job(job_id).to_json()}
+
+    @r.delete("/v1/jobs/{job_id}")
+    def cancel_job(job_id: str) -> JSONResponse:
+        # 202: the job stops at its next checkpoint; 200: it had already finished.
+        job = service.cancel_job(job_id)
+        return JSONResponse({"job": job.to_json()}, status_code=200 if job.finished else 202)
 
     @r.post("/v1/namespaces/{ns}/index")
     def index(ns: str, body: IndexRequest | None = None) -> dict:
@@ -123,8 +136,8 @@ def _metadata_routes(service: Service) -> APIRouter:
     r = APIRouter()
 
     @r.get("/v1/namespaces")
-    def list_namespaces() -> dict:
-        return {"namespaces": service.list_namespaces()}
+    def list_namespaces(request: Request) -> dict:
+        return {"namespaces": visible(request, service.list_namespaces())}
 
     @r.get("/v1/namespaces/{ns}")
     def describe(ns: str) -> dict:
@@ -298,7 +311,8 @@ def create_app(
 
     @app.get("/healthz")
     def healthz() -> dict:
-        return {"status": "ok", "role": role, "store": service.store.uri, "stats": service.stats()}
+        # Public even with keys (probes), so nothing about the store: not its URI.
+        return {"status": "ok", "role": role, "stats": service.stats()}
 
     # Both roles answer namespace metadata; only the ingest role writes, only the query
     # role searches.
@@ -309,6 +323,7 @@ def create_app(
         app.include_router(_query_routes(service))
         install_warm(app, service)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    access.install(app, service, settings)  # keys, scopes, hosts, media types, CORS (api/access.py)
     app.add_middleware(errors.RequestId)
     install_metrics(app, service, cold_start)  # outermost: it times and counts everything, refusals included
     return app

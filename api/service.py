@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict
+from pathlib import Path
 
 from ingest import chunker, documents, gc, parsers, validate
 from ingest.commit import GroupCommitter
 from ingest.indexer import Indexer, IndexResult
-from ingest.jobs import Job, Jobs
+from ingest.jobs import Job, JobRun, Jobs
+from ingest.parse_pool import ParsePool
+from ingest.uploads import Upload, chunk_upload
 from query import rag
 from query.engine import QueryEngine, QueryResult
 from query.llm import ChatClient
@@ -21,7 +25,7 @@ from storage import open_store
 from storage.base import ObjectStore
 from vectordb import embedders
 from vectordb.catalog import Catalog
-from vectordb.errors import InvalidArgument, UpstreamError
+from vectordb.errors import InvalidArgument, PayloadTooLarge, UpstreamError
 from vectordb.manifest import Manifest
 from vectordb.namespace import NamespaceConfig, check_namespace_name
 from vectordb.reader import NamespaceReader
@@ -33,15 +37,19 @@ _AFTER_ANSWER_S = 0.1
 
 
 class Service:
-    def __init__(self, settings: Settings | None = None, store: ObjectStore | None = None) -> None:
+    def __init__(
+        self, settings: Settings | None = None, store: ObjectStore | None = None, clock: Callable[[], float] = time.time
+    ) -> None:
+        """``clock``: wall-clock seconds, for the catalog (tests pass a fake one)."""
         self.settings = settings or Settings()
         self.store = store if store is not None else open_store(self.settings)
-        self.catalog = Catalog(self.store, self.settings.eventual_ttl_s)
+        self.catalog = Catalog(self.store, self.settings.eventual_ttl_s, self.settings.pruned_manifest_ttl_s, clock)
         self.reader = NamespaceReader(self.store, self.settings.fetch_threads, self.settings.cache_bytes)
         self.indexer = Indexer(self.catalog, self.store, self.reader, self.settings)
         self.committer = GroupCommitter(self.catalog, self.store, self.settings, on_commit=self.indexer.maybe_index)
         self.engine = QueryEngine(self.catalog, self.reader, self.settings)
-        self.jobs = Jobs()
+        self.jobs = Jobs(self.store, self.settings)
+        self.parse_pool = ParsePool(self.settings.max_jobs_per_worker)
         self._counter = None
         self.llm = ChatClient.from_settings(self.settings)
 
@@ -76,6 +84,7 @@ class Service:
 
     def close(self) -> None:
         self.committer.close()
+        self.parse_pool.close()
         if self.llm is not None:
             self.llm.close()
 
@@ -138,27 +147,40 @@ class Service:
         return self.catalog.list_namespaces()
 
     def drop_namespace(self, ns: str) -> int:
-        return self.catalog.drop(ns).version
+        """Commit the dropped version, then delete every object of the namespace but the
+        stubs of its versions (a crash in between leaves garbage for the next collection)."""
+        version = self.catalog.drop(ns).version
+        self.collect_garbage(ns)
+        return version
 
     # --- writes ---------------------------------------------------------------------------
     def upsert(self, ns: str, docs: list) -> tuple[int, int]:
         """Upsert documents (long texts become chunks); returns (version, rows written)."""
-        config = self.catalog.latest(ns).config
+        manifest = self.catalog.latest(ns)
+        config = manifest.config
         expanded = documents.expand(docs, config, self.token_counter()) if config.chunk_tokens else docs
         rows = validate.prepare_upserts(expanded, config, self.settings)
-        return self._write_replacing(ns, config, rows, documents.parents(expanded)), len(rows)
+        return self._write_replacing(ns, config, rows, documents.parents(expanded), manifest.incarnation), len(rows)
 
     def upsert_table(self, ns: str, table) -> tuple[int, int]:
         """Bulk upsert of an Arrow table (see ``validate.prepare_table``)."""
-        config = self.catalog.latest(ns).config
-        rows = validate.prepare_table(table, config, self.settings)
-        return self.committer.write(ns, WriteBatch(rows, []), config.dimensions), len(rows)
+        manifest = self.catalog.latest(ns)
+        rows = validate.prepare_table(table, manifest.config, self.settings)
+        return self._write(ns, manifest.config, WriteBatch(rows, []), manifest.incarnation), len(rows)
 
-    def _write_replacing(self, ns: str, config, rows: RowBatch, parents: list[str]) -> int:
+    def _write_replacing(
+        self, ns: str, config, rows: RowBatch, parents: list[str], incarnation: int | None = None
+    ) -> int:
         """Write ``rows``, deleting in the same commit the old chunks of ``parents`` that
         the new rows do not overwrite (a re-ingested document may have fewer chunks)."""
         stale = sorted(set(self._chunks_of(ns, parents)) - set(rows.ids)) if parents else []
-        return self.committer.write(ns, WriteBatch(rows, stale), config.dimensions)
+        return self._write(ns, config, WriteBatch(rows, stale), incarnation)
+
+    def _write(self, ns: str, config, batch: WriteBatch, incarnation: int | None) -> int:
+        """Commit ``batch``, validated against ``config`` of the namespace's ``incarnation``:
+        if the namespace is dropped or re-created before the commit, nothing is written and
+        the caller hears so (NamespaceNotFound, Conflict)."""
+        return self.committer.write(ns, batch, config.dimensions, incarnation=incarnation)
 
     def _chunks_of(self, ns: str, parents: list[str]) -> list[str]:
         ids: list[str] = []
@@ -168,7 +190,8 @@ class Service:
 
     def delete(self, ns: str, ids: list | None = None, filter: dict | None = None) -> tuple[int, int]:
         """Delete by ids (a document's chunks go with it) and/or by filter."""
-        config = self.catalog.latest(ns).config
+        manifest = self.catalog.latest(ns)
+        config = manifest.config
         if ids is None and filter is None:
             raise InvalidArgument("give 'ids' or 'filter'")
         doomed = validate.check_ids(ids, self.settings) if ids is not None else []
@@ -180,37 +203,68 @@ class Service:
         if not doomed:
             return self.catalog.latest(ns).version, 0
         batch = WriteBatch(RowBatch.empty(config.dimensions), doomed)
-        return self.committer.write(ns, batch, config.dimensions), len(doomed)
+        return self._write(ns, config, batch, manifest.incarnation), len(doomed)
 
     def ingest_file(self, ns: str, filename: str, data: bytes, content_type: str | None,
-                    document_id: str | None, attributes: dict | None) -> Job:
-        """Start a job that parses, chunks, embeds and commits an uploaded file."""
-        config = self.catalog.latest(ns).config
+                    document_id: str | None, attributes: dict | None, owner: str | None = None) -> Job:
+        """Start a job that parses, chunks, embeds and commits an uploaded file; returns at once.
+
+        Checked here (so the client hears at once): the namespace, its embedder, the file
+        type, size, ``document_id`` and ``attributes``, and the job limits (TooManyRequests;
+        ``owner`` is the API key id, None on an open server). Everything else -- a file that
+        cannot be parsed, too many chunks, the parse time limit -- fails the job.
+        """
+        manifest = self.catalog.latest(ns)
+        config = manifest.config
         if config.embedder == embedders.NONE:
             raise InvalidArgument("files need an embedder; this namespace takes vectors (embedder 'none')")
         if attributes is not None and not isinstance(attributes, dict):
             raise InvalidArgument("attributes must be a JSON object")
         kind = parsers.file_kind(filename, content_type)
-        if kind == "jsonl":
-            docs = parsers.parse_jsonl(data, self.settings.max_batch_docs, max_bytes=self.settings.max_body_bytes)
-            if config.chunk_tokens:
-                docs = documents.expand(docs, config, self.token_counter())
-            return self.jobs.start(ns, filename, lambda job: self._run_docs_job(job, ns, config, docs))
-        parent = validate.check_id(document_id or filename, "document_id")
-        parsed = parsers.parse_file(filename, data, content_type, max_bytes=self.settings.max_body_bytes)
-        docs = documents.file_documents(parent, parsed, config, self.token_counter(), attributes or {}, filename)
-        return self.jobs.start(ns, filename, lambda job: self._run_docs_job(job, ns, config, docs))
+        if len(data) > self.settings.max_body_bytes:
+            raise PayloadTooLarge(f"file is {len(data)} bytes, more than the limit of {self.settings.max_body_bytes}")
+        parent = None
+        if kind != "jsonl":  # a file's rows are always chunks: <parent>#<n>
+            parent = validate.check_new_id(document_id or filename, "document_id")
+            validate.check_parent_id(parent, "document_id")
+        upload = Upload(
+            filename, data, content_type, kind, parent, attributes or {}, config,
+            tokenizer_dir=str(Path(self.settings.model_path or embedders.bundled_model_dir()).resolve()),
+            max_bytes=self.settings.max_body_bytes,
+            max_docs=self.settings.max_batch_docs,
+            max_chunks=self.settings.max_chunks_per_file,
+        )
 
-    def _run_docs_job(self, job: Job, ns: str, config, docs: list) -> None:
+        def work(run: JobRun) -> None:
+            # Parsing and chunking in a child process, killed at the time limit or on cancel.
+            docs = self.parse_pool.run(chunk_upload, upload, self.settings.parse_timeout_s, check=run.checkpoint)
+            self._run_docs_job(run, ns, config, docs, manifest.incarnation)
+
+        return self.jobs.start(ns, filename, work, owner=owner)
+
+    def _run_docs_job(self, run: JobRun, ns: str, config, docs: list, incarnation: int | None) -> None:
+        """Embed ``docs`` batch by batch, then commit them all at once: a job cancelled or
+        failed before the commit has written nothing."""
+        job = run.job
         job.chunks_total = len(docs)
         job.documents = len(documents.parents(docs)) or len(docs)
         batches = []
         for lo in range(0, len(docs), self.settings.embed_batch_size):
+            run.checkpoint()
             batches.append(validate.prepare_upserts(docs[lo : lo + self.settings.embed_batch_size], config, self.settings))
             job.chunks_done = min(len(docs), lo + self.settings.embed_batch_size)
         rows = RowBatch.concat(batches, config.dimensions)
         validate.reject_duplicate_ids(rows.ids)
-        job.version = self._write_replacing(ns, config, rows, documents.parents(docs))
+        run.before_commit()
+        job.version = self._write_replacing(ns, config, rows, documents.parents(docs), incarnation)
+
+    def job(self, job_id: str) -> Job:
+        """An upload job's record, from any worker (see ``ingest.jobs``). Raises JobNotFound."""
+        return self.jobs.get(job_id)
+
+    def cancel_job(self, job_id: str) -> Job:
+        """Ask an upload job to stop, whichever worker runs it. Raises JobNotFound."""
+        return self.jobs.cancel(job_id)
 
     def token_counter(self):
         """The tokenizer that chunk sizes are measured in (loaded once, no torch)."""
@@ -273,7 +327,10 @@ class Service:
         return self.indexer.index(ns, compact=compact)
 
     def collect_garbage(self, ns: str) -> dict:
-        result = gc.collect(self.catalog, self.store, ns, self.settings.retain_manifests, self.settings.gc_grace_s)
+        result = gc.collect(
+            self.catalog, self.store, ns, self.settings.retain_manifests, self.settings.gc_grace_s,
+            retries=self.settings.commit_retries,
+        )
         return asdict(result)
 
     def stats(self) -> dict:

@@ -57,6 +57,49 @@ class Settings(BaseSettings):
         "thread pool.",
     )
 
+    # --- access control ----------------------------------------------------------------
+    auth: Literal["auto", "keys", "off"] = Field(
+        "auto",
+        description="When requests need a credential (Authorization: Bearer): 'auto' once an API key exists in "
+        "the store or a JWT key is set (and for good, in that process), 'keys' always, 'off' never. Without "
+        "credentials the server listens on loopback only unless VECTORDB_INSECURE is true.",
+    )
+    auth_cache_s: float = Field(
+        5.0, ge=0, description="How long a worker keeps an API key record it read (and, under 'auto', that no key "
+        "exists): a revoked key stops working everywhere within this many seconds.",
+    )
+    insecure: bool = Field(
+        False, description="Let `vectordb serve` listen on a non-loopback address without credentials (same as "
+        "--insecure); only where something in front controls access.",
+    )
+    allowed_hosts: str = Field(
+        "localhost,127.0.0.1,[::1]",
+        description="Host header values (comma-separated, without port) accepted while the server runs without "
+        "credentials, against DNS rebinding; '*' accepts any.",
+    )
+    cors_origins: str = Field(
+        "", description="Origins (comma-separated, e.g. https://app.example.com; '*' any) whose pages may call the "
+        "API from a browser; '' = CORS off.",
+    )
+    metrics_access: Literal["open", "key", "off"] = Field(
+        "open", description="GET /metrics: 'open', 'key' (a key whose prefixes cover every namespace) or 'off' (404).",
+    )
+    docs_access: Literal["open", "key", "off"] = Field(
+        "open", description="/docs, /redoc and /openapi.json: 'open', 'key' (any valid key) or 'off' (404).",
+    )
+    jwt_secret: str = Field(
+        "", description="HMAC secret (at least 32 bytes) of JWTs accepted as credentials (HS* algorithms); '' = none.",
+    )
+    jwt_public_key: str = Field(
+        "", description="PEM public key (or a path to one) of JWTs accepted as credentials (RS*, ES*, PS*, EdDSA).",
+    )
+    jwt_algorithm: Literal[
+        "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "PS384", "PS512",
+        "EdDSA",
+    ] = Field("HS256", description="The one JWT algorithm accepted (never taken from the token).")
+    jwt_audience: str = Field("", description="Required 'aud' of JWTs ('' = tokens must not carry one).")
+    jwt_issuer: str = Field("", description="Required 'iss' of JWTs ('' = not checked).")
+
     # --- embedding ---------------------------------------------------------------------
     model_path: str | None = Field(
         None, description="Directory of the sentence-transformers model for the 'minilm' embedder "
@@ -110,6 +153,36 @@ class Settings(BaseSettings):
     auto_index: bool = Field(True, description="Build indexes in the background when the tail passes the threshold.")
     compact_max_segments: int = Field(8, description="Segments beyond which indexing also compacts.")
 
+    # --- uploads and jobs ----------------------------------------------------------------
+    max_chunks_per_file: int = Field(
+        10_000, ge=1, description="Most chunks one uploaded file (or JSON Lines file) may make; past it the job "
+        "fails with payload_too_large.",
+    )
+    max_jobs_per_worker: int = Field(
+        4, ge=1, description="Upload jobs one worker process runs at once; another upload is refused with 429 "
+        "and Retry-After.",
+    )
+    max_jobs_per_key: int = Field(
+        2, ge=1, description="Unfinished upload jobs of one API key across all workers; another upload is "
+        "refused with 429 and Retry-After. Requests without a key (an open server) have only the per-worker limit.",
+    )
+    parse_timeout_s: float = Field(
+        60.0, gt=0, description="Time limit for parsing and chunking one upload, which runs in a child process "
+        "killed at the limit; the job then fails with payload_too_large.",
+    )
+    job_heartbeat_s: float = Field(
+        1.0, gt=0, description="How often a running job rewrites its record in the store (progress, heartbeat) "
+        "and looks for a cancel request.",
+    )
+    job_stale_s: float = Field(
+        30.0, gt=0, description="A job whose record has had no heartbeat for this long is reported failed "
+        "(error code interrupted): its worker stopped.",
+    )
+    job_retention_s: float = Field(
+        7 * 24 * 3600.0, gt=0, description="Job records (.sys/jobs/ in the store) not written for this long are "
+        "deleted by a sweep that workers run when they start jobs.",
+    )
+
     # --- index ----------------------------------------------------------------------------
     flat_max_rows: int = Field(2048, description="Segments with fewer rows are one exact partition.")
     rows_per_partition: int = Field(
@@ -143,7 +216,15 @@ class Settings(BaseSettings):
     )
 
     # --- garbage collection --------------------------------------------------------------
-    retain_manifests: int = Field(10, description="Newest manifest versions kept by garbage collection.")
+    retain_manifests: int = Field(
+        10, ge=1, description="Newest versions garbage collection keeps readable; older ones are pruned to stubs."
+    )
     gc_grace_s: float = Field(
-        600.0, description="Unreferenced objects younger than this are kept (in-flight writes)."
+        600.0, ge=0, description="Versions younger than this stay readable whatever retain_manifests says (a "
+        "query may still be reading one). Writes in flight are safe at any value, 0 included (see ingest/gc.py).",
+    )
+    pruned_manifest_ttl_s: float = Field(
+        7 * 24 * 3600.0, ge=60, description="How long the stub of a pruned version is kept. Stubs keep version "
+        "numbers taken; a process whose view of a namespace is older than half of this re-reads the newest "
+        "version from the latest.json hint or a LIST instead of probing forward from what it knew.",
     )
