@@ -17,10 +17,11 @@ import numpy as np
 
 from query import fusion, lexical, vector_search
 from query.plan import TAIL, Candidate, Context, partition_of
+from query.probe_group import ProbeGroup
 from storage.errors import ObjectNotFound
 from vectordb import embedders, ivf
 from vectordb.catalog import Catalog
-from vectordb.errors import DocumentNotFound, InvalidArgument
+from vectordb.errors import DocumentNotFound, InvalidArgument, VersionNotRetained
 from vectordb.filters import parse_filter
 from vectordb.manifest import Manifest
 from vectordb.reader import NamespaceReader
@@ -61,6 +62,7 @@ class QueryRequest:
     rrf_k: int = 60
     weights: dict[str, float] | None = None
     candidates: int = 100  # per list, before fusion
+    as_of: int | float | str | None = None  # read a past version (vectordb.versions.resolve)
 
 
 class QueryEngine:
@@ -69,6 +71,8 @@ class QueryEngine:
         self.reader = reader
         self.settings = settings
         self.answered = threading.Event()  # set once a query has been answered (or failed)
+        # Concurrent strong queries share newest-manifest probes (see query.probe_group).
+        self._strong = ProbeGroup(lambda ns: self.catalog.latest(ns, "strong", on_start=self._prefetch))
 
     # --- public ------------------------------------------------------------------------
     def query(self, ns: str, **kwargs) -> QueryResult:
@@ -76,18 +80,33 @@ class QueryEngine:
         req = QueryRequest(**kwargs)
         self._validate(req)
         filt = parse_filter(req.filter) if req.filter is not None else None
-        manifest = self.catalog.latest(ns, req.consistency, on_start=self._prefetch)
+        manifest = self._manifest(ns, req.consistency, req.as_of)
         q = self._query_vector(manifest, req) if req.mode in ("vector", "hybrid") else None
         try:
             return self._search(manifest, req, q, filt)
         except ObjectNotFound:
+            if req.as_of is not None:  # that very version was collected meanwhile
+                raise VersionNotRetained(f"version {manifest.version} of {ns!r} was pruned while it was read") from None
             # Garbage collection removed an object of an old version under our feet:
             # the newest manifest never references removed objects.
-            manifest = self.catalog.latest(ns, "strong")
+            manifest = self._latest(ns, "strong")
             return self._search(manifest, req, q, filt)
         finally:
             self.answered.set()
             ivf.load_faiss_soon()  # a fresh worker's first answers are numpy's; FAISS after that
+
+    def _manifest(self, ns: str, consistency: str, as_of) -> Manifest:
+        """The newest version (strong or eventual), or the one ``as_of`` names."""
+        if as_of is None:
+            return self._latest(ns, consistency)
+        from vectordb import versions  # only past reads need it
+
+        return versions.resolve(self.catalog, ns, as_of)
+
+    def _latest(self, ns: str, consistency: str) -> Manifest:
+        if consistency == "strong":
+            return self._strong.latest(ns)
+        return self.catalog.latest(ns, consistency, on_start=self._prefetch)
 
     def _prefetch(self, manifest: Manifest) -> None:
         """Start loading what any query of ``manifest`` needs first (centroids, tombstones, the
@@ -105,25 +124,25 @@ class QueryEngine:
     def matching_ids(self, ns: str, raw_filter: dict) -> list[str]:
         """Ids of every live document matching ``raw_filter`` (strongly consistent)."""
         filt = parse_filter(raw_filter)
-        manifest = self.catalog.latest(ns)
+        manifest = self._latest(ns, "strong")
         ctx = Context.of(manifest, self.reader.tail(manifest), filt, raw_filter, None)
         ids = [ctx.tail.rows.ids[r] for r in np.flatnonzero(self.reader.tail_filter_mask(manifest, filt, ctx.filter_key))]
         for seg in manifest.segments:
             mask = self.reader.filter_mask(ns, seg, filt, ctx.filter_key)
-            live = self.reader.live_mask(ns, seg, ctx.tail.touched, ctx.tail_sig)
+            live = self.reader.live_mask(ns, seg, ctx.tail)
             if live is not None:
                 mask = mask & live
             seg_ids = self.reader.ids(ns, seg)
             ids += [seg_ids[r] for r in np.flatnonzero(mask)]
         return ids
 
-    def get_document(self, ns: str, doc_id: str, consistency: str = "strong") -> Hit:
-        manifest = self.catalog.latest(ns, consistency)
+    def get_document(self, ns: str, doc_id: str, consistency: str = "strong", as_of=None) -> Hit:
+        manifest = self._manifest(ns, consistency, as_of)
         tail = self.reader.tail(manifest)
         if doc_id in tail.touched:
             if doc_id in tail.deleted:
                 raise DocumentNotFound(f"document {doc_id!r} not found in {ns!r}")
-            cand = Candidate(0.0, doc_id, TAIL, tail.rows.ids.index(doc_id))
+            cand = Candidate(0.0, doc_id, TAIL, tail.row_of[doc_id])
             return self._hit(manifest, cand, ("text", "attributes"))
         for seg in reversed(manifest.segments):
             if doc_id in self.reader.tombstones(ns, seg):

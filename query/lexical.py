@@ -21,7 +21,7 @@ def search(reader: NamespaceReader, ctx: Context, text: str, k: int) -> list[Can
     stats = combine_stats(index.stats(terms) for index in parts)
     out: list[Candidate] = []
     for seg, index in zip(segments, indexes):
-        allowed = reader.live_mask(ctx.ns, seg, ctx.tail.touched, ctx.tail_sig)
+        allowed = reader.live_mask(ctx.ns, seg, ctx.tail)
         if ctx.filter is not None:
             fmask = reader.filter_mask(ctx.ns, seg, ctx.filter, ctx.filter_key)
             allowed = fmask if allowed is None else allowed & fmask

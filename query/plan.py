@@ -30,7 +30,6 @@ class Context:
 
     manifest: Manifest
     tail: Tail
-    tail_sig: tuple
     filter: Filter | None = None
     filter_key: str = ""
     nprobe: int | None = None
@@ -43,7 +42,7 @@ class Context:
     @classmethod
     def of(cls, manifest: Manifest, tail: Tail, filt: Filter | None, raw_filter, nprobe: int | None) -> Context:
         key = json.dumps(raw_filter, sort_keys=True, separators=(",", ":")) if filt is not None else ""
-        return cls(manifest, tail, tuple(w.key for w in manifest.wal), filt, key, nprobe)
+        return cls(manifest, tail, filt, key, nprobe)
 
 
 def partition_of(part_rows: np.ndarray, rows: np.ndarray) -> np.ndarray:

@@ -1,7 +1,9 @@
 """Vector search over the segments and the tail of one manifest.
 
 Unfiltered: probe ``nprobe`` partitions per segment and scan them exactly, asking for a
-few extra rows wherever rows are dead (tombstoned, or overridden by the tail).
+few extra rows wherever rows are dead (tombstoned, or overridden by the tail). Which rows
+are dead comes from the reader's per-partition live masks, derived from the previous tail
+version's with a writer beside us, so a scan never walks a partition's ids in Python.
 
 Filtered: the filter is evaluated over the segment's attributes (DuckDB) first. When it
 keeps few rows they are searched exactly, so a selective filter never loses recall; when
@@ -83,14 +85,18 @@ def _search_segment(reader: NamespaceReader, ctx: Context, seg: SegmentRef, q, k
         ]
     out = []
     for p, part in zip(probes, parts):
-        # Ask for enough extra rows that dropping the dead ones still leaves k.
-        extra = sum(1 for i in part.ids if i in dead or i in touched) if (dead or touched) else 0
-        scores, rows = ivf.scan(part.vectors, q, k + extra, metric)
+        live = reader.partition_live(ctx.ns, seg, p, part, ctx.tail)
         base = int(layout.part_rows[p])
+        if live is None or live.all():
+            scores, rows = ivf.scan(part.vectors, q, k, metric)
+            out += [Candidate(float(s), part.ids[r], seg, base + int(r)) for s, r in zip(scores, rows)]
+            continue
+        # Ask for enough extra rows that dropping the dead ones still leaves k.
+        extra = len(live) - int(np.count_nonzero(live))
+        scores, rows = ivf.scan(part.vectors, q, k + extra, metric)
         for s, r in zip(scores, rows):
-            doc_id = part.ids[r]
-            if doc_id not in dead and doc_id not in touched:
-                out.append(Candidate(float(s), doc_id, seg, base + int(r)))
+            if live[r]:
+                out.append(Candidate(float(s), part.ids[r], seg, base + int(r)))
     return out
 
 
@@ -109,7 +115,7 @@ def _search_segment_tensors(tensors, index: gpu.DeviceIndex, seg: SegmentRef, q,
 
 def _search_segment_filtered(reader, ctx: Context, seg: SegmentRef, q, k, metric, exact_max_rows) -> list[Candidate]:
     allowed = reader.filter_mask(ctx.ns, seg, ctx.filter, ctx.filter_key)
-    live = reader.live_mask(ctx.ns, seg, ctx.tail.touched, ctx.tail_sig)
+    live = reader.live_mask(ctx.ns, seg, ctx.tail)
     if live is not None:
         allowed = allowed & live
     n_allowed = int(allowed.sum())

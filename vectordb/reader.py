@@ -1,73 +1,45 @@
 """Reading a namespace's immutable objects, decoded and memoised.
 
 Every object read here is immutable (its key is never rewritten), so decoded forms are
-kept in small per-process LRU maps on top of the byte cache of the store.
+kept in per-process LRU maps (:class:`vectordb.memo.Memo`, bounded in bytes) on top of the
+byte cache of the store. The unindexed tail is :mod:`vectordb.tail_reader`'s.
+
+Which rows of a segment are live depends on its tombstones and on the tail, which changes
+with every commit. Those masks are found through a :class:`RowLookup` per segment or
+partition (made once: they are immutable), so their cost follows the dead and overridden
+ids, not the rows; a segment's mask for a new tail version is the previous version's with
+the newly touched ids cleared.
 """
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from storage.base import ObjectStore
-from vectordb import segment, wal
+from vectordb import segment
 from vectordb.bm25 import BM25Index
 from vectordb.filters import Filter
 from vectordb.manifest import Manifest, SegmentRef, WalRef
+from vectordb.memo import Memo
+from vectordb.row_lookup import RowLookup, hash_set
 from vectordb.segment import Layout, Partition
-from vectordb.tail import Tail, fold
+from vectordb.tail import Tail
+from vectordb.tail_bm25 import TailBM25
+from vectordb.tail_reader import TailReader
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
-
-class _Memo:
-    """A thread-safe LRU of decoded objects, bounded by entry count and, when ``weigh`` is
-    given, by the bytes they hold."""
-
-    def __init__(self, entries: int, max_bytes: int | None = None, weigh=None) -> None:
-        self._entries = entries
-        self._max_bytes = max_bytes
-        self._weigh = weigh
-        self._bytes = 0
-        self._data: OrderedDict = OrderedDict()
-        self._lock = threading.Lock()
-
-    def peek_many(self, keys: list) -> list:
-        """The values of ``keys`` that are present (None where absent), without loading."""
-        with self._lock:
-            out = []
-            for key in keys:
-                value = self._data.get(key)
-                if value is not None:
-                    self._data.move_to_end(key)
-                out.append(value)
-            return out
-
-    def __contains__(self, key) -> bool:
-        with self._lock:
-            return key in self._data
-
-    def get(self, key, make):
-        with self._lock:
-            if key in self._data:
-                self._data.move_to_end(key)
-                return self._data[key]
-        value = make()
-        with self._lock:
-            if key not in self._data:
-                self._data[key] = value
-                self._bytes += self._weigh(value) if self._weigh else 0
-            while len(self._data) > self._entries or (
-                self._max_bytes is not None and self._bytes > self._max_bytes and len(self._data) > 1
-            ):
-                _, old = self._data.popitem(last=False)
-                self._bytes -= self._weigh(old) if self._weigh else 0
-        return value
+# Decoded state beside the partitions (tails, masks, id lookups) when the reader is given
+# no partition budget; with one, an eighth of it.
+_DEFAULT_MEMO_BYTES = 256 * 1024**2
+# How far back a live mask looks for an ancestor tail's mask to derive from (versions, and
+# ids touched since): past that, making it from scratch costs about as much.
+_MAX_DERIVE_STEPS = 64
+_MAX_DERIVE_IDS = 4096
 
 
 def _partition_bytes(part: Partition) -> int:
@@ -80,23 +52,24 @@ class NamespaceReader:
     def __init__(self, store: ObjectStore, fetch_threads: int = 16, partition_bytes: int | None = None) -> None:
         self.store = store
         self.pool = ThreadPoolExecutor(max_workers=fetch_threads, thread_name_prefix="fetch")
-        self._layouts = _Memo(1024)
+        memo_bytes = partition_bytes // 8 if partition_bytes else _DEFAULT_MEMO_BYTES
+        self._layouts = Memo(1024)
         # Decoded partitions share their vectors with the cached bytes; bounding them by the
         # same budget keeps a worker's memory near its cache setting.
-        self._partitions = _Memo(1 << 20, partition_bytes, _partition_bytes)
-        self._tombstones = _Memo(1024)
-        self._wal = _Memo(4096)
-        self._tails = _Memo(64)
-        self._docs = _Memo(64)
-        self._ids = _Memo(64)
-        self._lexical = _Memo(256)
-        self._masks = _Memo(256)
+        self._partitions = Memo(1 << 20, partition_bytes, _partition_bytes)
+        self._tombstones = Memo(1024)
+        self._docs = Memo(64)
+        self._ids = Memo(64)
+        self._lexical = Memo(256)
+        self._masks = Memo(1 << 16, memo_bytes // 2, lambda mask: mask.nbytes)
+        self._lookups = Memo(1 << 16, memo_bytes // 2, lambda lookup: lookup.nbytes)
+        self.tails = TailReader(store, fetch_threads, memo_bytes)
 
     def has_layout(self, ns: str, seg: SegmentRef) -> bool:
         return segment.file_key(ns, seg.id, "ivf.bin") in self._layouts
 
     def has_tail(self, manifest: Manifest) -> bool:
-        return tuple(w.key for w in manifest.wal) in self._tails
+        return self.tails.has(manifest)
 
     def layout(self, ns: str, seg: SegmentRef) -> Layout:
         key = segment.file_key(ns, seg.id, "ivf.bin")
@@ -157,23 +130,6 @@ class NamespaceReader:
         key = segment.file_key(ns, seg.id, "bm25.bin")
         return self._lexical.get(key, lambda: BM25Index.from_bytes(self.store.get(key)))
 
-    def tail_bm25(self, manifest: Manifest) -> BM25Index:
-        tail = self.tail(manifest)
-        sig = ("bm25",) + tuple(w.key for w in manifest.wal)
-        return self._lexical.get(sig, lambda: BM25Index.build(t or "" for t in tail.rows.texts))
-
-    def live_mask(self, ns: str, seg: SegmentRef, touched: frozenset[str], tail_sig: tuple) -> np.ndarray | None:
-        """Rows of the segment that are neither tombstoned nor overridden by the tail
-        (None: all of them)."""
-        dead = self.tombstones(ns, seg)
-        if not dead and not touched:
-            return None
-
-        def make() -> np.ndarray:
-            return np.fromiter((i not in dead and i not in touched for i in self.ids(ns, seg)), bool, seg.rows)
-
-        return self._masks.get(("live", seg.id, seg.tombstones_key, tail_sig), make)
-
     def filter_mask(self, ns: str, seg: SegmentRef, filt: Filter, filter_key: str) -> np.ndarray:
         """Rows of the segment whose id and attributes match ``filt`` (DuckDB)."""
 
@@ -185,23 +141,81 @@ class NamespaceReader:
 
         return self._masks.get(("filter", seg.id, filter_key), make)
 
-    def tail_filter_mask(self, manifest: Manifest, filt: Filter, filter_key: str) -> np.ndarray:
-        from vectordb.filter_sql import matching_rows
+    def tail_bm25(self, manifest: Manifest) -> TailBM25:
+        return self.tails.bm25(manifest)
 
-        rows = self.tail(manifest).rows
-        sig = tuple(w.key for w in manifest.wal)
-        return self._masks.get(("tail-filter", sig, filter_key), lambda: matching_rows(filt, rows.ids, rows.attributes))
+    def tail_filter_mask(self, manifest: Manifest, filt: Filter, filter_key: str) -> np.ndarray:
+        """Rows of the tail that match ``filt``."""
+        return self.tails.filter_mask(manifest, filt, filter_key)
 
     def wal_batch(self, ref: WalRef, dims: int):
-        return self._wal.get(ref.key, lambda: wal.decode(self.store.get(ref.key), dims))
+        return self.tails.batch(ref, dims)
 
     def tail(self, manifest: Manifest) -> Tail:
-        """The folded unindexed tail of a manifest (memoised by its WAL keys)."""
-        dims = manifest.config.dimensions
-        sig = tuple(w.key for w in manifest.wal)
+        """The folded unindexed tail of a manifest (see :mod:`vectordb.tail_reader`)."""
+        return self.tails.tail(manifest)
 
-        def load() -> Tail:
-            batches = list(self.pool.map(lambda ref: self.wal_batch(ref, dims), manifest.wal))
-            return fold(batches, dims)
+    # --- live rows ------------------------------------------------------------------------
+    def live_mask(self, ns: str, seg: SegmentRef, tail: Tail) -> np.ndarray | None:
+        """Rows of the segment that are neither tombstoned nor overridden by ``tail``;
+        None: all of them. Needs the segment's ids (its docs): for the filtered and BM25
+        paths, which read them anyway."""
+        dead = self.tombstones(ns, seg)
+        if not dead and not tail.touched:
+            return None
+        return self._live(("live", seg.id, seg.tombstones_key), dead, tail,
+                          lambda: self._lookups.get(("segment", seg.id), lambda: RowLookup(self.ids(ns, seg))))
 
-        return self._tails.get(sig, load)
+    def partition_live(self, ns: str, seg: SegmentRef, p: int, part: Partition, tail: Tail) -> np.ndarray | None:
+        """Rows of partition ``p`` that are neither tombstoned nor overridden by ``tail``;
+        None: all of them. Reads nothing beyond the partition itself."""
+        dead = self.tombstones(ns, seg)
+        if not dead and not tail.touched:
+            return None
+        key = (segment.file_key(ns, seg.id, "vectors.bin"), p)
+        return self._live(("plive", *key, seg.tombstones_key), dead, tail,
+                          lambda: self._lookups.get(("partition", *key), lambda: RowLookup(part.ids)))
+
+    def _live(self, key: tuple, dead: frozenset[str], tail: Tail, lookup) -> np.ndarray:
+        """The live mask of rows ``lookup()`` finds, memoised under ``key`` + the tail.
+
+        Derived from the mask of the nearest ancestor of ``tail`` that has one, clearing
+        the rows of the ids touched since (the usual case beside a writer: cost follows
+        the new writes); else made from scratch, a search per row in C and Python only for
+        dead rows."""
+
+        def make() -> np.ndarray:
+            rows = lookup()
+            added: set[str] = set()
+            version = tail
+            for _ in range(_MAX_DERIVE_STEPS):
+                parent, step = version.parent, version.step
+                if parent is None or step is None:
+                    break
+                added |= step.added
+                previous = self._masks.peek((*key, parent.serial))
+                if previous is not None:
+                    changed = rows.rows(added)
+                    if not len(changed):
+                        return previous  # shared: masks are read-only once made
+                    mask = previous.copy()
+                    mask[changed] = False
+                    return _frozen(mask)
+                if len(added) > _MAX_DERIVE_IDS:
+                    break
+                version = parent
+            mask = np.ones(len(rows), bool)
+            if dead:
+                dead_hashes = self._masks.get(("dead-hashes", key[-1]), lambda: hash_set(dead))
+                mask[rows.candidates(dead_hashes, dead.__contains__)] = False
+            if tail.touched:
+                mask[rows.candidates(tail.touched_hashes, tail.touched.__contains__)] = False
+            return _frozen(mask)
+
+        return self._masks.get((*key, tail.serial), make)
+
+
+def _frozen(array: np.ndarray) -> np.ndarray:
+    """``array``, read-only: a memoised mask is shared by every query (and by later masks)."""
+    array.flags.writeable = False
+    return array

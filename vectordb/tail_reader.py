@@ -1,0 +1,160 @@
+"""The unindexed tail of each manifest, folded once per WAL object rather than per version.
+
+Every commit makes a new manifest whose WAL list is the previous one's plus one object, so
+a strong reader beside a writer meets a new tail every few queries. Folding each new tail
+from scratch made a query's cost grow with the whole tail (issue 11: one writer committing
+10 documents at a time cut strong reads to a fifth, bench/strong_reads.py). Here a new tail extends the newest
+tail this process folded for the namespace whenever that one's WAL keys are a prefix of
+the new ones (:func:`vectordb.tail.extend`); the new tail knows its parent and the step
+from it, so what depends on the tail (filter masks and BM25 here, live masks in the
+reader) is derived from an earlier version's the same way, at a cost that follows the
+writes in between. After an index build drops a WAL prefix the remaining (short) tail is
+folded from the decoded objects, each decoded once.
+
+Keys are WAL object keys, which are never reused, so everything here stays valid forever
+and only needs bounding, in bytes.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from storage.base import ObjectStore
+from vectordb import wal
+from vectordb.filters import Filter
+from vectordb.manifest import Manifest, WalRef
+from vectordb.memo import Memo
+from vectordb.tail import Batch, Tail, extend, fold
+from vectordb.tail_bm25 import TailBM25
+
+# How many versions back a tail's filter mask or BM25 index looks for an earlier one to
+# extend before making it anew (a filter seen a few seconds ago is still worth extending).
+_MASK_STEPS = 256
+_BM25_STEPS = 256
+
+
+def signature(manifest: Manifest) -> tuple:
+    """What identifies a manifest's tail: its namespace and dimensions (an empty WAL looks
+    the same in every namespace), then its WAL keys in order."""
+    return (manifest.namespace, manifest.config.dimensions, *(w.key for w in manifest.wal))
+
+
+_SIGNATURE_HEAD = 2  # the items of a signature before the WAL keys
+
+
+def _batch_bytes(batch: Batch) -> int:
+    ops, rows = batch
+    return ops.nbytes + rows.vectors.nbytes + 200 * len(rows)
+
+
+class TailReader:
+    """Folded tails, their filter masks and BM25 indexes, for every namespace of a store.
+
+    ``max_bytes`` bounds the tails; decoded WAL objects, masks and BM25 indexes get a
+    quarter of it each. Thread-safe; concurrent queries of a new version fold it once
+    (single flight).
+    """
+
+    def __init__(self, store: ObjectStore, fetch_threads: int, max_bytes: int) -> None:
+        self.store = store
+        # Its own pool: a fold may run on a thread of the reader's pool, which may be full
+        # of callers waiting for that very fold.
+        self._pool = ThreadPoolExecutor(max_workers=fetch_threads, thread_name_prefix="wal")
+        self._batches = Memo(1 << 20, max_bytes // 4, _batch_bytes)
+        self._folded = Memo(1024, max_bytes, lambda tail: tail.nbytes)
+        self._masks = Memo(1 << 16, max_bytes // 4, lambda m: m.nbytes)
+        self._lexical = Memo(1 << 12, max_bytes // 4, lambda index: index.nbytes)
+        self._heads: dict[str, tuple[int, tuple]] = {}  # ns -> newest (version, signature) folded
+        self._lock = threading.Lock()
+
+    def has(self, manifest: Manifest) -> bool:
+        """Folded, or being folded now."""
+        return signature(manifest) in self._folded
+
+    def batch(self, ref: WalRef, dims: int) -> Batch:
+        """One decoded WAL object."""
+        return self._batches.get(ref.key, lambda: wal.decode(self.store.get(ref.key), dims))
+
+    def tail(self, manifest: Manifest) -> Tail:
+        """The folded tail of ``manifest``."""
+        return self._folded.get(signature(manifest), lambda: self._fold(manifest))
+
+    def _fold(self, manifest: Manifest) -> Tail:
+        ns, dims, sig = manifest.namespace, manifest.config.dimensions, signature(manifest)
+        with self._lock:
+            head = self._heads.get(ns)
+        base = None
+        if head is not None and len(head[1]) <= len(sig) and sig[: len(head[1])] == head[1]:
+            base = self._folded.peek(head[1])
+        if base is not None:  # its WAL is a prefix of ours: replay only the rest
+            tail = extend(base, self._decode(manifest.wal[len(head[1]) - _SIGNATURE_HEAD :], dims), dims)
+        else:
+            tail = fold(self._decode(manifest.wal, dims), dims)
+        with self._lock:
+            head = self._heads.get(ns)
+            if head is None or head[0] <= manifest.version:
+                self._heads[ns] = (manifest.version, sig)
+        return tail
+
+    def _decode(self, refs, dims: int) -> list[Batch]:
+        if len(refs) <= 1:
+            return [self.batch(ref, dims) for ref in refs]
+        return list(self._pool.map(lambda ref: self.batch(ref, dims), refs))
+
+    def filter_mask(self, manifest: Manifest, filt: Filter, filter_key: str) -> np.ndarray:
+        """Rows of the tail that match ``filt``: an earlier version's mask of the rows that
+        stay, and one DuckDB call over the rows appended since, when an earlier one is held."""
+        from vectordb.filter_sql import matching_rows  # DuckDB: imported when a filter first needs it
+
+        tail = self.tail(manifest)
+
+        def make() -> np.ndarray:
+            mask, chain = _ancestor(tail, self._masks, lambda t: ("filter", t.serial, filter_key), _MASK_STEPS)
+            if mask is None:
+                return matching_rows(filt, tail.rows.ids, tail.rows.attributes)
+            steps = [t.step for t in chain]
+            fresh = matching_rows(
+                filt, [i for s in steps for i in s.appended.ids], [a for s in steps for a in s.appended.attributes]
+            )
+            for step in steps:
+                n = len(step.appended)
+                kept = mask if step.kept is None else mask[step.kept]
+                mask, fresh = np.concatenate([kept, fresh[:n]]), fresh[n:]
+            return mask
+
+        return self._masks.get(("filter", tail.serial, filter_key), make)
+
+    def bm25(self, manifest: Manifest) -> TailBM25:
+        """BM25 over the tail's rows, extended from an earlier version's when one is held."""
+        tail = self.tail(manifest)
+
+        def make() -> TailBM25:
+            index, chain = _ancestor(tail, self._lexical, lambda t: t.serial, _BM25_STEPS)
+            if index is None:
+                return TailBM25.build(tail)
+            for later in chain:
+                index = index.extended(later)
+            return index
+
+        return self._lexical.get(tail.serial, make)
+
+
+def _ancestor(tail: Tail, memo: Memo, key_of, max_steps: int) -> tuple[object | None, list[Tail]]:
+    """The value ``memo`` holds for the nearest ancestor of ``tail`` (at most ``max_steps``
+    back), and the tails after that ancestor up to ``tail``, oldest first; (None, []) if
+    there is none."""
+    chain = []
+    version = tail
+    for _ in range(max_steps):
+        parent = version.parent
+        if parent is None or version.step is None:
+            break
+        chain.append(version)
+        value = memo.peek(key_of(parent))
+        if value is not None:
+            return value, chain[::-1]
+        version = parent
+    return None, []
