@@ -275,6 +275,15 @@ def within_row_limit(request, items):
     return items
 
 
+def readable(request, ns: str) -> str:
+    """``ns`` if the caller may read it (a route that reads a second namespace, such as a
+    branch's source, checks it here); NamespaceNotFound otherwise, as for a missing one."""
+    principal = getattr(request.state, "principal", None) or OPEN
+    if principal.source != "open" and not (principal.sees(ns) and principal.may("read")):
+        raise NamespaceNotFound(f"namespace {ns!r} does not exist")
+    return ns
+
+
 def visible(request, names: list[str]) -> list[str]:
     """The namespaces of ``names`` that the caller may see."""
     principal = getattr(request.state, "principal", None) or OPEN

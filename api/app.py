@@ -25,10 +25,11 @@ from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from api import access, errors
-from api.access import visible, within_row_limit
+from api.access import readable, visible, within_row_limit
 from api.limits import BodyLimit
 from api.metrics import install_metrics
 from api.models import (
+    AS_OF,
     DeleteRequest,
     DeleteResponse,
     IndexRequest,
@@ -37,6 +38,7 @@ from api.models import (
     QueryResponse,
     RagRequest,
     UpsertResponse,
+    VersionRef,
 )
 from api.service import Service
 from api.warm import install_warm
@@ -50,12 +52,33 @@ def _write_routes(service: Service) -> APIRouter:
     r = APIRouter()
 
     @r.put("/v1/namespaces/{ns}", status_code=200)
-    def create_namespace(ns: str, body: NamespaceCreate) -> dict:
+    def create_namespace(ns: str, body: NamespaceCreate, request: Request) -> dict:
+        if body.from_ is not None:
+            if body.model_fields_set - {"from_"}:
+                raise InvalidArgument("a branch takes its source's configuration: send only 'from'")
+            source = readable(request, body.from_.namespace)
+            manifest = service.branch(ns, source, body.from_.resolve())
+            return {"name": ns, "created": True, "version": manifest.version, **manifest.config.to_json(),
+                    "origin": manifest.origin}
         chunking = body.chunking.model_dump() if isinstance(body.chunking, BaseModel) else body.chunking
         manifest, created = service.create_namespace(
             ns, body.embedder, body.dimensions, body.metric, chunking, body.vector_dtype
         )
         return {"name": ns, "created": created, "version": manifest.version, **manifest.config.to_json()}
+
+    @r.put("/v1/namespaces/{ns}/tags/{name}")
+    def put_tag(ns: str, name: str, body: VersionRef) -> dict:
+        ref = service.tag(ns, name, body.resolve())
+        return {"tag": _tag_json(ref)}
+
+    @r.delete("/v1/namespaces/{ns}/tags/{name}")
+    def delete_tag(ns: str, name: str) -> dict:
+        return {"name": name, "deleted": True, "version": service.untag(ns, name)}
+
+    @r.post("/v1/namespaces/{ns}/restore")
+    def restore(ns: str, body: VersionRef) -> dict:
+        manifest = service.restore(ns, body.resolve())
+        return {"version": manifest.version, "restored": manifest.change["version"]}
 
     @r.delete("/v1/namespaces/{ns}")
     def drop_namespace(ns: str) -> dict:
@@ -144,10 +167,35 @@ def _metadata_routes(service: Service) -> APIRouter:
         return service.describe(ns)
 
     @r.get("/v1/namespaces/{ns}/documents/{doc_id:path}")
-    def get_document(ns: str, doc_id: str) -> dict:
-        return service.get_document(ns, doc_id)
+    def get_document(
+        ns: str, doc_id: str, as_of: str | None = Query(None, description=AS_OF + " A number is a version.")
+    ) -> dict:
+        return service.get_document(ns, doc_id, as_of=_as_of_param(as_of))
+
+    @r.get("/v1/namespaces/{ns}/versions")
+    def list_versions(
+        ns: str,
+        limit: int = Query(100, description="How many versions, newest first (1..1000)."),
+        before: int | None = Query(None, description="Only versions older than this one (paging)."),
+    ) -> dict:
+        return {"versions": [v.to_json() for v in service.versions(ns, limit, before)]}
+
+    @r.get("/v1/namespaces/{ns}/tags")
+    def list_tags(ns: str) -> dict:
+        return {"tags": [_tag_json(t) for t in service.tags(ns)]}
 
     return r
+
+
+def _tag_json(ref) -> dict:
+    return {"name": ref.name, "version": ref.version, "created_at": ref.created_at}
+
+
+def _as_of_param(text: str | None):
+    """A query-string ``as_of``: digits are a version number; anything else a tag or a time."""
+    if text is None:
+        return None
+    return int(text) if text.isdigit() else text
 
 
 def _query_routes(service: Service) -> APIRouter:
@@ -184,10 +232,12 @@ def _query_routes(service: Service) -> APIRouter:
             filter=body.filter,
             rrf_k=body.rrf_k,
             weights=body.weights,
+            as_of=body.as_of,
         )
         # What the query needs loaded: the model for text, postings for bm25, docs for
-        # include and filters.
-        kind = (ns, body.mode, body.text is not None, tuple(sorted(body.include)), body.filter is not None)
+        # include and filters (a past version: its own segments).
+        kind = (ns, body.mode, body.text is not None, tuple(sorted(body.include)), body.filter is not None,
+                body.as_of)
         result = await gate.run(kind, search)
         hits = [{k: v for k, v in h.__dict__.items() if v is not None} for h in result.hits]
         return Response(orjson.dumps({"results": hits, "version": result.version}), media_type="application/json")

@@ -6,6 +6,7 @@
     vectordb index NS [--compact] [--gc]
     vectordb gc NS
     vectordb namespaces
+    vectordb versions | tag | untag | rollback | branch | backup | restore ...   (see api/cli_versions.py)
     vectordb eval beir DIR [...]     (nDCG@10 / recall@100 per mode; see bench/beir.py)
     vectordb deploy ray [...]        (see deploy/README.md)
 
@@ -156,6 +157,10 @@ def main(argv: list[str] | None = None) -> int:
 
     names = sub.add_parser("namespaces", help="list namespaces")
     names.set_defaults(func=_namespaces)
+
+    from api.cli_versions import add_commands  # versions, tag, untag, rollback, branch, backup, restore
+
+    add_commands(sub, _service, _settings)
 
     ev = sub.add_parser("eval", help="retrieval quality on a BEIR dataset through the HTTP API", add_help=False)
     ev.add_argument("suite", choices=["beir"])

@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from vectordb.errors import InvalidArgument
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
@@ -16,7 +18,42 @@ class Chunking(_Strict):
     overlap_tokens: int = 32
 
 
+AS_OF = (
+    "Read a past version: its number, a tag name, or a time (ISO 8601 with a zone, e.g. "
+    "'2026-12-06T05:00:00Z': the newest version committed then). A pruned version is 410."
+)
+AsOf = int | float | str
+
+
+class VersionRef(_Strict):
+    """Which version: exactly one of ``version``, ``tag`` or ``as_of``."""
+
+    version: int | None = None
+    tag: str | None = None
+    as_of: AsOf | None = Field(None, description=AS_OF)
+
+    def resolve(self) -> AsOf:
+        given = [v for v in (self.version, self.tag, self.as_of) if v is not None]
+        if len(given) != 1:
+            raise InvalidArgument("give exactly one of 'version', 'tag' or 'as_of'")
+        return given[0]
+
+
+class BranchFrom(VersionRef):
+    namespace: str
+
+    def resolve(self) -> AsOf | None:  # the newest version when none is named
+        return None if self.version is None and self.tag is None and self.as_of is None else super().resolve()
+
+
 class NamespaceCreate(_Strict):
+    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
+
+    from_: BranchFrom | None = Field(
+        None, alias="from",
+        description="Create the namespace as a branch of another one's version (O(1): it borrows the "
+        "source's data; configuration fields must then be left out).",
+    )
     embedder: str = "minilm"
     dimensions: int | None = None
     metric: Literal["cosine", "dot", "l2"] = "cosine"
@@ -67,6 +104,7 @@ class QueryRequest(_Strict):
     filter: dict[str, Any] | None = Field(None, description="JSON filter on attributes and id (see README).")
     rrf_k: int = Field(60, description="Reciprocal rank fusion constant (hybrid).")
     weights: dict[str, float] | None = Field(None, description='Hybrid weights, e.g. {"vector": 1, "bm25": 0.5}.')
+    as_of: AsOf | None = Field(None, description=AS_OF)
 
 
 class QueryHit(BaseModel):
@@ -92,6 +130,7 @@ class RagRequest(_Strict):
     max_answer_tokens: int = Field(512, description="Token limit of the generated answer.")
     generate: bool | None = Field(None, description="Ask the configured LLM (default: when one is configured).")
     consistency: Literal["strong", "eventual"] = "strong"
+    as_of: AsOf | None = Field(None, description=AS_OF)
 
 
 class IndexRequest(_Strict):

@@ -43,6 +43,11 @@ RULES: dict[tuple[str, str], Rule] = {
     ("POST", "/v1/namespaces/{ns}/query"): Rule("read", "ns", (JSON,)),
     ("POST", "/v1/namespaces/{ns}/rag"): Rule("read", "ns", (JSON,)),
     ("POST", "/v1/namespaces/{ns}/warm"): Rule("read", "ns", (JSON,)),
+    ("GET", "/v1/namespaces/{ns}/versions"): Rule("read", "ns"),
+    ("GET", "/v1/namespaces/{ns}/tags"): Rule("read", "ns"),
+    ("PUT", "/v1/namespaces/{ns}/tags/{name}"): Rule("write", "ns", (JSON,)),
+    ("DELETE", "/v1/namespaces/{ns}/tags/{name}"): Rule("write", "ns"),
+    ("POST", "/v1/namespaces/{ns}/restore"): Rule("admin", "ns", (JSON,)),
     ("GET", "/v1/jobs/{job_id}"): Rule("read", "job"),
     ("DELETE", "/v1/jobs/{job_id}"): Rule("write", "job"),
 }

@@ -23,10 +23,10 @@ from query.engine import QueryEngine, QueryResult
 from query.llm import ChatClient
 from storage import open_store
 from storage.base import ObjectStore
-from vectordb import embedders
+from vectordb import embedders, versions
 from vectordb.catalog import Catalog
 from vectordb.errors import InvalidArgument, PayloadTooLarge, UpstreamError
-from vectordb.manifest import Manifest
+from vectordb.manifest import Manifest, TagRef
 from vectordb.namespace import NamespaceConfig, check_namespace_name
 from vectordb.reader import NamespaceReader
 from vectordb.rows import RowBatch, WriteBatch
@@ -288,9 +288,11 @@ class Service:
         max_answer_tokens: int = 512,
         generate: bool | None = None,
         consistency: str = "strong",
+        as_of: int | float | str | None = None,
     ) -> dict:
         """Passages for ``question`` (merged, ordered, trimmed, cited), a ready prompt, and the
-        LLM's answer when one is configured."""
+        LLM's answer when one is configured. ``as_of``: answer from a past version (each
+        citation names the version it read)."""
         if not isinstance(question, str) or not question.strip():
             raise InvalidArgument("question must be a non-empty string")
         if not 1 <= max_context_tokens <= 100_000 or not 1 <= max_answer_tokens <= 100_000:
@@ -299,8 +301,9 @@ class Service:
         if config.embedder == embedders.NONE and mode != "bm25":
             mode = "bm25"  # no model to embed the question: lexical retrieval only
         result = self.engine.query(ns, text=question, top_k=top_k, mode=mode, filter=filter,
-                                   include=("text", "attributes"), consistency=consistency)
+                                   include=("text", "attributes"), consistency=consistency, as_of=as_of)
         context = rag.build_context(question, result.hits, max_context_tokens, self.token_counter())
+        cited = [{**c, "version": result.version} for c in context.citations]
         if generate is None:
             generate = self.llm is not None
         answer = None
@@ -310,17 +313,42 @@ class Service:
             answer = self.llm.complete(context.prompt, max_tokens=max_answer_tokens)
         return {
             "answer": answer,
-            "citations": context.citations,
-            "passages": [{**p.citation, "text": p.text, "score": p.score} for p in context.passages],
+            "citations": cited,
+            "passages": [{**c, "text": p.text, "score": p.score} for c, p in zip(cited, context.passages)],
             "prompt": context.prompt,
             "context_tokens": context.tokens,
             "mode": mode,
             "version": result.version,
         }
 
-    def get_document(self, ns: str, doc_id: str, consistency: str = "strong") -> dict:
-        hit = self.engine.get_document(ns, validate.check_id(doc_id, "id"), consistency)
+    def get_document(self, ns: str, doc_id: str, consistency: str = "strong", as_of=None) -> dict:
+        hit = self.engine.get_document(ns, validate.check_id(doc_id, "id"), consistency, as_of)
         return {"id": hit.id, "text": hit.text, "attributes": hit.attributes or {}}
+
+    # --- versions (vectordb.versions) -------------------------------------------------------
+    def versions(self, ns: str, limit: int = 100, before: int | None = None) -> list[versions.VersionInfo]:
+        """The newest ``limit`` versions below ``before``, newest first, with what each did."""
+        return versions.history(self.catalog, ns, limit, before)
+
+    def tags(self, ns: str) -> list[TagRef]:
+        return [t for t in self.catalog.latest(ns).tags if not t.name.startswith(".")]
+
+    def tag(self, ns: str, name: str, as_of: int | float | str) -> TagRef:
+        """Name a version; it stays readable whatever the retention until :meth:`untag`."""
+        return versions.tag(self.catalog, ns, name, as_of)
+
+    def untag(self, ns: str, name: str) -> int:
+        return versions.untag(self.catalog, ns, name).version
+
+    def restore(self, ns: str, as_of: int | float | str) -> Manifest:
+        """Roll ``ns`` back to a past version (or tag) as a new commit."""
+        return versions.restore(self.catalog, ns, as_of)
+
+    def branch(self, ns: str, source: str, as_of: int | float | str | None = None) -> Manifest:
+        """Create ``ns`` from ``source`` as of ``as_of`` (default: its newest version), in O(1)."""
+        check_namespace_name(ns)
+        check_namespace_name(source)
+        return versions.branch(self.catalog, ns, source, as_of)
 
     # --- maintenance ----------------------------------------------------------------------
     def index(self, ns: str, compact: bool = False) -> IndexResult:

@@ -166,7 +166,8 @@ class GroupCommitter:
                 self.store.delete(old)
             ref = WalRef(key, base.version + 1, upserts, deletes, len(data))
             try:
-                manifest = self.catalog.commit(base.next(wal=base.wal + (ref,)))
+                change = {"op": "write", "upserted": upserts, "deleted": deletes}
+                manifest = self.catalog.commit(base.next(wal=base.wal + (ref,), change=change))
             except PreconditionFailed:
                 self.stats.conflicts += 1
                 # Back off a little so two writers stop colliding in lockstep.

@@ -17,8 +17,20 @@ commit after F sees F's fence, so every object a version after F references is e
 referenced by F itself (and kept) or newer than F (and spared): nothing acknowledged can
 lose its data, whatever ``grace_s`` is, even 0.
 
-A dropped namespace is collected the same way with nothing kept: its dropped version is
-the fence, so a re-creation racing the collection keeps everything it writes.
+Also kept: what the copies held by tags reference (``vectordb.versions``), and what the
+readable versions and tags of the namespace's branches (``forks``) reference under its
+prefix. Expired protections (tags a crashed restore or branch left) are removed by the
+fence commit.
+
+The order is prune, then fence, then delete. A restore, tag or branch that takes a new
+reference to an old version first commits a tag for it, then checks the version is still
+readable: if it is, whichever collection prunes it does so after that check, and fences
+(and reads the tags) after that, so the new reference is seen before anything it needs
+is deleted.
+
+A dropped namespace is collected the same way with nothing kept (but what its branches
+use): its dropped version is the fence, so a re-creation racing the collection keeps
+everything it writes.
 """
 
 from __future__ import annotations
@@ -28,8 +40,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from storage.base import ObjectInfo, ObjectStore
-from storage.errors import PreconditionFailed
-from vectordb import keys, segment
+from storage.errors import ObjectNotFound, PreconditionFailed
+from vectordb import keys, segment, versions
 from vectordb.catalog import Catalog
 from vectordb.errors import Conflict, NamespaceNotFound
 from vectordb.manifest import STUB_MAX_BYTES, Manifest, Pruned
@@ -65,33 +77,9 @@ def collect(
     stubs = [i for i in listed if i.size <= STUB_MAX_BYTES]
     kept = _kept_versions(full, newest, retain, grace_s, now)
 
-    referenced: set[str] = set()
-    for version in kept:
-        found = catalog.read_version(ns, version)
-        if isinstance(found, Manifest):
-            referenced |= _references(found)
-    garbage = [
-        info
-        for prefix in (f"{ns}/wal/", f"{ns}/segments/")
-        for info in store.list(prefix)
-        if info.key not in referenced
-    ]
-
-    fence_version = None
-    objects = bytes_ = 0
-    if garbage:
-        fence = _fence(catalog, newest, retries)
-        fence_version = fence.version
-        # Versions committed since the listing are summed up in the fence's own content.
-        referenced |= _references(fence)
-        for info in garbage:
-            if info.key not in referenced and keys.key_version(ns, info.key) <= fence.gc_fence:
-                store.delete(info.key)
-                objects += 1
-                bytes_ += info.size
-
-    # Manifests last: until their data is gone they still describe something real.
-    pruned = 0
+    # Prune first: a restore, tag or branch that protects an old version and then finds it
+    # still readable is sure that any collection deleting its objects fences after it.
+    pruned = bytes_ = 0
     for info in full:
         version = keys.version_of_manifest_key(info.key)
         if version not in kept and version < newest.version:
@@ -103,6 +91,32 @@ def collect(
         if now - info.last_modified >= pruned_ttl_s and keys.version_of_manifest_key(info.key) < newest.version:
             store.delete(info.key)
             expired += 1
+
+    referenced: set[str] = set()
+    for version in kept:
+        found = catalog.read_version(ns, version)
+        if isinstance(found, Manifest):
+            referenced |= _references(store, found)
+    referenced |= _fork_references(catalog, store, ns, newest.forks)
+    garbage = [
+        info
+        for prefix in (f"{ns}/wal/", f"{ns}/segments/", f"{ns}/tags/")
+        for info in store.list(prefix)
+        if info.key not in referenced
+    ]
+
+    fence_version = None
+    objects = 0
+    if garbage or versions.expired_protections(newest, now):
+        fence = _fence(catalog, newest, retries)
+        fence_version = fence.version
+        # Versions committed since the listing are summed up in the fence's own content.
+        referenced |= _references(store, fence) | _fork_references(catalog, store, ns, fence.forks)
+        for info in garbage:
+            if info.key not in referenced and keys.key_version(ns, info.key) <= fence.gc_fence:
+                store.delete(info.key)
+                objects += 1
+                bytes_ += info.size
     return GcResult(pruned, expired, objects, bytes_, fence_version)
 
 
@@ -123,22 +137,47 @@ def _kept_versions(full: list[ObjectInfo], newest: Manifest, retain: int, grace_
     return kept
 
 
-def _references(manifest: Manifest) -> set[str]:
+def _references(store: ObjectStore, manifest: Manifest) -> set[str]:
+    """What ``manifest`` needs, with what the copies in its tags need."""
     if manifest.deleted:
         return set()
-    return manifest.referenced_keys(lambda seg: segment.file_keys(manifest.namespace, seg.id))
+    found = manifest.referenced_keys(lambda seg: segment.file_keys(manifest.namespace, seg.id))
+    for tag in manifest.tags:
+        try:
+            copy = Manifest.from_bytes(store.get(tag.key))
+        except ObjectNotFound:  # a tag whose object a crash left unwritten protects nothing
+            continue
+        found |= copy.referenced_keys(lambda seg, c=copy: segment.file_keys(c.namespace, seg.id))
+    return found
+
+
+def _fork_references(catalog: Catalog, store: ObjectStore, ns: str, forks: tuple[str, ...]) -> set[str]:
+    """The objects of ``ns`` that a readable version (or a tag) of one of its branches needs."""
+    found: set[str] = set()
+    for fork in forks:
+        for info in store.list(keys.manifests_prefix(fork)):
+            if info.size <= STUB_MAX_BYTES:
+                continue
+            version = catalog.read_version(fork, keys.version_of_manifest_key(info.key))
+            if isinstance(version, Manifest):
+                found |= {k for k in _references(store, version) if keys.namespace_of(k) == ns}
+    return found
 
 
 def _fence(catalog: Catalog, newest: Manifest, retries: int) -> Manifest:
     """A committed version whose ``gc_fence`` is its own version: the newest one if it is
-    one already (a dropped version, or nothing committed since the last collection), else
-    a new commit of the newest content with the fence raised."""
+    one already (a dropped version, or nothing committed since the last collection) and
+    holds no expired protection, else a new commit of the newest content with the fence
+    raised and expired protections removed."""
     current = newest
     for _ in range(retries):
-        if current.gc_fence >= current.version:
+        stale = versions.expired_protections(current, catalog.clock())
+        if current.gc_fence >= current.version and not stale:
             return current
         try:
-            return catalog.commit(current.next(gc_fence=current.version + 1))
+            return catalog.commit(
+                current.next(gc_fence=current.version + 1, tags=current.with_tags(remove=stale), change={"op": "gc"})
+            )
         except PreconditionFailed:
             time.sleep(0.001)
             current = catalog.newest(newest.namespace)

@@ -52,6 +52,7 @@ class _Build:
     kept: list[SegmentRef]  # the base's segments that stay, before new tombstones
     dead: dict[str, frozenset[str]] = field(default_factory=dict)  # segment id -> all its dead ids
     rows: int = 0
+    compacted: bool = False
 
     def publish(self, store: ObjectStore, pool, key_version: int) -> tuple[SegmentRef, ...]:
         """Upload the new segment and tombstone lists under ``key_version``; the segments of
@@ -84,14 +85,16 @@ class Indexer:
         self._locks_lock = threading.Lock()
         self._running: set[str] = set()
 
-    def _lock(self, ns: str) -> threading.Lock:
+    def lock(self, ns: str) -> threading.Lock:
+        """Held while this process builds an index of ``ns``; a WAL merge holds it too
+        (``ingest.wal_merge``), as either would make the other's work stale."""
         with self._locks_lock:
             return self._locks.setdefault(ns, threading.Lock())
 
     def index(self, ns: str, compact: bool = False) -> IndexResult:
         """Index the tail now (and compact every segment if ``compact``)."""
         started = time.perf_counter()
-        with self._lock(ns):
+        with self.lock(ns):
             for _ in range(self.settings.commit_retries):
                 base = self.catalog.latest(ns)
                 compact = compact or len(base.segments) >= self.settings.compact_max_segments
@@ -136,7 +139,7 @@ class Indexer:
     def _build(self, base: Manifest, compact: bool) -> _Build:
         ns, config = base.namespace, base.config
         tail = self.reader.tail(base)
-        build = _Build(base, None, [])
+        build = _Build(base, None, [], compacted=compact)
         if compact:
             parts = [tail.rows]
             for seg in base.segments:
@@ -191,8 +194,11 @@ class Indexer:
                 # A collection may have taken our uploads for garbage: upload them again.
                 key_version = current.version + 1
                 segments = build.publish(self.store, self.reader.pool, key_version)
+            change = {"op": "compact" if build.compacted else "index", "rows": build.rows}
             try:
-                return self.catalog.commit(current.next(segments=segments, wal=current.wal[len(base.wal) :]))
+                return self.catalog.commit(
+                    current.next(segments=segments, wal=current.wal[len(base.wal) :], change=change)
+                )
             except PreconditionFailed:
                 current = self.catalog.latest(base.namespace)
 

@@ -21,7 +21,11 @@ replays them in that order. Checked (:class:`Violation` names the first one foun
 * after each round, every process and a fresh one answer the model's newest state;
 * no manifest version is ever created twice (counted at the store: successful
   conditional creates of a manifest key);
-* a dropped namespace answers "not found" until it is created again.
+* a dropped namespace answers "not found" until it is created again;
+* reads as of a version answer exactly that version's rows (or say it was pruned); reads
+  as of a tag always answer the tagged version's rows; a restore's version holds the
+  restored version's rows; a branch holds its source version's rows and then goes its own
+  way, while collections of either namespace run (``vectordb.versions``).
 
 Assumption, as in production (``vectordb.catalog``): time does not pass *inside* an
 operation; the clock moves between rounds. A process stalled mid-commit for longer than
@@ -42,11 +46,13 @@ from ingest import gc, validate
 from storage.base import ObjectInfo, ObjectStore
 from storage.cache import CachedStore
 from tests.fakes import unit_settings
-from vectordb.errors import NamespaceNotFound
+from vectordb import versions
+from vectordb.errors import NamespaceNotFound, VersionNotFound, VersionNotRetained
 from vectordb.rows import RowBatch, WriteBatch
 
 DIMS = 4
-NAMESPACES = ("alpha", "beta")
+NAMESPACES = ("alpha", "beta", "gamma")  # gamma starts absent: it is created, or branched from the others
+TAGS = ("t1", "t2")
 IDS = [f"d{n}" for n in range(24)]
 PRUNED_TTL_S = 7200.0  # stubs expire after 2 h; a process trusts what it knows for 1 h
 _JOIN_TIMEOUT_S = 120.0
@@ -206,9 +212,10 @@ class SharedStore:
 @dataclass
 class Mutation:
     version: int
-    kind: str  # create, drop, upsert, delete
+    kind: str  # create, drop, upsert, delete, restore, branch
     rows: dict[str, int] = field(default_factory=dict)  # upsert: id -> rev
     ids: tuple[str, ...] = ()  # delete
+    source: tuple[str, int] | None = None  # restore, branch: (namespace, version) copied
 
 
 @dataclass
@@ -224,6 +231,7 @@ class Model:
     def __init__(self) -> None:
         self.mutations: dict[str, list[Mutation]] = {ns: [] for ns in NAMESPACES}
         self.acked: dict[str, list[tuple[int, int]]] = {ns: [] for ns in NAMESPACES}  # (end seq, version)
+        self.tags: dict[str, dict[str, int]] = {ns: {} for ns in NAMESPACES}  # name -> version
 
     def record(self, ns: str, end: int, version: int | None, mutation: Mutation | None = None) -> None:
         if version is not None:
@@ -241,6 +249,12 @@ class Model:
                 rows = {} if rows is None else rows
             elif m.kind == "drop":
                 rows = None
+            elif m.kind == "branch":
+                rows = dict(self.state(*m.source) or {})
+            elif rows is None:
+                raise Violation(f"{ns}: a {m.kind} acknowledged at version {m.version} while the namespace was dropped")
+            elif m.kind == "restore":
+                rows = dict(self.state(*m.source) or {})
             elif rows is None:
                 raise Violation(f"{ns}: a {m.kind} acknowledged at version {m.version} while the namespace was dropped")
             elif m.kind == "upsert":
@@ -272,7 +286,7 @@ class Harness:
         self.revs = iter(range(1, 10**9))
         self.procs = [self._process() for _ in range(processes)]
         self.asleep_until = [0] * processes
-        for ns in NAMESPACES:  # set-up, outside the scheduler
+        for ns in NAMESPACES[:2]:  # set-up, outside the scheduler
             manifest, _ = self.procs[0].create_namespace(ns, embedder="none", dimensions=DIMS, metric="l2")
             self.model.record(ns, 0, manifest.version, Mutation(manifest.version, "create"))
 
@@ -311,9 +325,27 @@ class Harness:
         proc = self.procs[p]
         ns = self.rng.choice(NAMESPACES)
         kind = self.rng.choices(
-            ["upsert", "delete", "query", "index", "compact", "gc", "drop", "create"],
-            weights=[30, 10, 25, 10, 5, 12, 2, 6],
+            ["upsert", "delete", "query", "index", "compact", "gc", "drop", "create",
+             "tag", "untag", "asof", "restore", "branch"],
+            weights=[30, 10, 20, 10, 5, 12, 2, 6, 6, 2, 10, 3, 3],
         )[0]
+        structural = "#structure" in taken[ns]
+        tagging = any(t.startswith("#tag") for t in taken[ns])
+        if kind in ("drop", "create", "branch"):
+            if kind == "branch":
+                ns = "gamma"
+                structural = "#structure" in taken[ns]
+                tagging = any(t.startswith("#tag") for t in taken[ns])
+            if structural or tagging:
+                kind = "query"
+            else:
+                taken[ns].add("#structure")
+        if kind in ("tag", "untag", "asof"):
+            name = self.rng.choice(TAGS)
+            if structural or f"#tag:{name}" in taken[ns]:
+                kind = "query"
+            else:
+                taken[ns].add(f"#tag:{name}")
         if kind in ("upsert", "delete"):
             free = [i for i in IDS if i not in taken[ns]]
             ids = tuple(self.rng.sample(free, min(len(free), self.rng.randint(1, 4))))
@@ -334,7 +366,38 @@ class Harness:
         if kind == "delete":
             return kind, ns, lambda: _delete(proc, ns, ids), mutation_judge(lambda v: Mutation(v, "delete", ids=ids))
         if kind == "drop":
-            return kind, ns, lambda: proc.drop_namespace(ns), mutation_judge(lambda v: Mutation(v, "drop"))
+            def judge_drop(start, end, version, error):
+                if error is None:
+                    model.record(ns, end, version, Mutation(version, "drop"))
+                    model.tags[ns].clear()
+            return kind, ns, lambda: proc.drop_namespace(ns), judge_drop
+        recent = [v for _, v in model.acked[ns][-8:]] or [0]
+        if kind == "tag":
+            version = self.rng.choice(recent)
+
+            def judge_tag(start, end, result, error):
+                if error is None:
+                    model.tags[ns][name] = version
+            return kind, ns, lambda: versions.tag(proc.catalog, ns, name, version), judge_tag
+        if kind == "untag":
+            def judge_untag(start, end, result, error):
+                if error is None:
+                    model.tags[ns].pop(name, None)
+                elif name in model.tags[ns] and not isinstance(error, NamespaceNotFound):
+                    raise Violation(f"seed {self.seed}: untag {ns}:{name} failed: {error!r}")
+            return kind, ns, lambda: versions.untag(proc.catalog, ns, name), judge_untag
+        if kind == "asof":
+            as_of = name if name in model.tags[ns] and self.rng.random() < 0.7 else self.rng.choice(recent)
+            return kind, ns, lambda: _scan(proc, ns, as_of), self._as_of_judge(ns, as_of)
+        if kind == "restore":
+            version = self.rng.choice(recent)
+            run = lambda: versions.restore(proc.catalog, ns, version).version  # noqa: E731
+            return kind, ns, run, mutation_judge(lambda v: Mutation(v, "restore", source=(ns, version)))
+        if kind == "branch":
+            source = self.rng.choice(NAMESPACES[:2])
+            version = self.rng.choice([v for _, v in model.acked[source][-8:]] or [0])
+            run = lambda: versions.branch(proc.catalog, "gamma", source, version).version  # noqa: E731
+            return kind, ns, run, mutation_judge(lambda v: Mutation(v, "branch", source=(source, version)))
         if kind == "create":
             def create():
                 manifest, created = proc.create_namespace(ns, embedder="none", dimensions=DIMS, metric="l2")
@@ -373,6 +436,26 @@ class Harness:
             version, rows = result
             self._check_answer(ns, version, rows, floor, "a strong query during the round")
             self.model.record(ns, end, version)  # later queries must not answer older
+        return judge
+
+    def _as_of_judge(self, ns: str, as_of):
+        def judge(start, end, result, error):
+            self.stats.checks += 1
+            tagged = isinstance(as_of, str)
+            if error is not None:
+                if tagged or not isinstance(error, (VersionNotRetained, VersionNotFound, NamespaceNotFound)):
+                    raise Violation(f"seed {self.seed}: read of {ns} as of {as_of!r} failed: {error!r}")
+                return
+            version, rows = result
+            if tagged:
+                self.stats.operations["asof by tag ok"] += 1
+            wanted = self.model.tags[ns][as_of] if tagged else as_of
+            expected = self.model.state(ns, wanted)
+            if version != wanted or rows != expected:
+                raise Violation(
+                    f"seed {self.seed}: read of {ns} as of {as_of!r} answered version {version} with {rows}; "
+                    f"the model has version {wanted} with {expected}"
+                )
         return judge
 
     def _check_answer(self, ns: str, version: int, rows: dict[str, int], floor: int, who: str) -> None:
@@ -440,11 +523,12 @@ def _delete(proc: Service, ns: str, ids: tuple[str, ...]) -> int:
     return proc.committer.commit_batches(ns, [batch], DIMS, manifest.incarnation)
 
 
-def _scan(proc: Service, ns: str) -> tuple[int, dict[str, int]]:
-    """A strong query that returns every live row (a filter that keeps every row is
-    searched exactly): (version, id -> rev)."""
+def _scan(proc: Service, ns: str, as_of=None) -> tuple[int, dict[str, int]]:
+    """A strong query (or one as of a version or tag) that returns every live row (a filter
+    that keeps every row is searched exactly): (version, id -> rev)."""
     result = proc.engine.query(
-        ns, vector=[0.0] * DIMS, top_k=len(IDS) + 10, filter={"rev": {"$gte": 0}}, include=("attributes",)
+        ns, vector=[0.0] * DIMS, top_k=len(IDS) + 10, filter={"rev": {"$gte": 0}}, include=("attributes",),
+        as_of=as_of,
     )
     return result.version, {hit.id: hit.attributes["rev"] for hit in result.hits}
 

@@ -100,6 +100,12 @@ def _routes(p: str, job: str, has_cancel: bool, me: str) -> list[tuple[str, str,
         ("rag", "POST", f"/v1/namespaces/{ns}/rag", {"json": {"question": "alpha", "generate": False}}, "read"),
         ("warm", "POST", f"/v1/namespaces/{ns}/warm", {"json": {}}, "read"),
         ("job", "GET", f"/v1/jobs/{job}", {}, "read"),
+        ("versions", "GET", f"/v1/namespaces/{ns}/versions", {}, "read"),
+        ("tags", "GET", f"/v1/namespaces/{ns}/tags", {}, "read"),
+        ("tag", "PUT", f"/v1/namespaces/{ns}/tags/m-{me}", {"json": {"version": 1}}, "write"),
+        ("untag", "DELETE", f"/v1/namespaces/{ns}/tags/m-{me}", {}, "write"),
+        ("restore", "POST", f"/v1/namespaces/{ns}/restore", {"json": {"version": 1}}, "admin"),
+        ("branch", "PUT", f"/v1/namespaces/{p}branch", {"json": {"from": {"namespace": ns, "version": 1}}}, "admin"),
         ("drop", "DELETE", f"/v1/namespaces/{p}drop", {}, "admin"),
     ]
     if has_cancel:  # DELETE /v1/jobs/{id}, where the app has it
@@ -607,3 +613,17 @@ def test_serve_refuses_a_public_address_without_keys(tmp_path):
     r = subprocess.run(["sh", str(ROOT / "deploy" / "entrypoint.sh"), "serve"],
                        cwd=ROOT, env=entry_env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "refusing to listen on 0.0.0.0" in r.stderr, r.stderr
+
+
+def test_a_branch_cannot_read_another_tenants_namespace(world):
+    """Branching is a read of the source: an admin of tenant a may not branch b's data into
+    its own prefix (404, as if b's namespace did not exist), nor learn that it exists."""
+    client, service, tokens = world["client"], world["service"], world["tokens"]
+    key = _bearer(tokens["a"]["admin"])
+    theirs = f"{TENANTS['b']}docs"
+    r = client.put(f"/v1/namespaces/{TENANTS['a']}stolen", headers=key, json={"from": {"namespace": theirs}})
+    _error(r, 404, "namespace_not_found")
+    absent = client.put(f"/v1/namespaces/{TENANTS['a']}stolen", headers=key,
+                        json={"from": {"namespace": f"{TENANTS['b']}nothing"}})
+    assert absent.json()["error"]["message"].replace("nothing", "docs") == r.json()["error"]["message"]
+    assert f"{TENANTS['a']}stolen" not in service.list_namespaces()

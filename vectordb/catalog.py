@@ -243,11 +243,12 @@ class Catalog:
                     )
                 return newest, False
             if newest is None:
-                manifest = Manifest(namespace=ns, version=0, config=config)
+                manifest = Manifest(namespace=ns, version=0, config=config, change={"op": "create"})
             else:  # re-created after a drop: the numbering goes on, a new incarnation starts
                 version = newest.version + 1
                 manifest = Manifest(
-                    namespace=ns, version=version, config=config, incarnation=version, gc_fence=newest.gc_fence
+                    namespace=ns, version=version, config=config, incarnation=version, gc_fence=newest.gc_fence,
+                    forks=newest.forks, change={"op": "create"},  # branches may still borrow old objects
                 )
             try:
                 return self.commit(manifest), True
@@ -264,7 +265,9 @@ class Catalog:
         """
         for _ in range(retries):
             current = self.latest(ns)
-            tomb = current.next(segments=(), wal=(), deleted=True, gc_fence=current.version + 1)
+            tomb = current.next(
+                segments=(), wal=(), tags=(), deleted=True, gc_fence=current.version + 1, change={"op": "drop"}
+            )
             try:
                 return self.commit(tomb)
             except PreconditionFailed:

@@ -13,7 +13,9 @@ translated into these at the boundary that meets them (``raise ... from exc``).
     │   └── QuotaExceeded (403, quota_exceeded)  -- a key's namespace limit is reached
     ├── NotFound (404, not_found)
     │   ├── NamespaceNotFound (404, namespace_not_found)
-    │   └── DocumentNotFound (404, document_not_found)
+    │   ├── DocumentNotFound (404, document_not_found)
+    │   └── VersionNotFound (404, version_not_found)  -- no such version, tag or time
+    ├── VersionNotRetained (410, version_not_retained)  -- pruned by garbage collection
     ├── AlreadyExists (409, already_exists)
     ├── Conflict (409, conflict)  -- optimistic commit retried too often
     ├── TooManyRequests (429, rate_limited)  -- a limit per key or per worker; ``retry_after_s``
@@ -88,6 +90,18 @@ class NamespaceNotFound(NotFound):
 
 class DocumentNotFound(NotFound):
     code = "document_not_found"
+
+
+class VersionNotFound(NotFound):
+    code = "version_not_found"
+
+
+class VersionNotRetained(VectorDBError):
+    """The version existed but garbage collection has pruned it; the message names the
+    oldest version still readable."""
+
+    status = 410
+    code = "version_not_retained"
 
 
 class AlreadyExists(VectorDBError):

@@ -5,8 +5,9 @@
     <ns>/wal/<version:020d>-<uuid>.parquet
     <ns>/segments/<version:020d>-<uuid>/{ivf.bin,vectors.bin,docs.parquet,bm25.bin}
     <ns>/segments/<segment-id>/tomb-<version:020d>-<uuid>.json
+    <ns>/tags/<version:020d>-<uuid>.json   a tag's (or a protection's) copy of a manifest
 
-Every WAL, segment and tombstone key carries a *key version*: the version its writer
+Every WAL, segment, tombstone and tag key carries a *key version*: the version its writer
 meant to commit it at (its base version + 1). Garbage collection deletes an unreferenced
 object only if its key version is at or below the collector's fence (see ``ingest.gc``),
 so an object still on its way to a commit is never taken for garbage.
@@ -41,8 +42,35 @@ def wal_key(ns: str, version: int, uid: str) -> str:
     return f"{ns}/wal/{versioned_name(version, uid)}.parquet"
 
 
+# A segment a branch borrows from namespace ``home`` has the id ``<home>=<id>``: its files
+# stay under ``home``'s prefix, its tombstone lists are the branch's own. ``=`` is in no
+# namespace name and no segment id, and may appear in a key segment.
+HOME_SEP = "="
+
+
 def segment_prefix(ns: str, segment_id: str) -> str:
+    """Where a segment's files are: under ``ns``, or under its home if it is borrowed."""
+    home, sep, own_id = segment_id.partition(HOME_SEP)
+    return f"{home}/segments/{own_id}/" if sep else f"{ns}/segments/{segment_id}/"
+
+
+def segment_own_prefix(ns: str, segment_id: str) -> str:
+    """Where ``ns`` keeps its own objects about a segment (tombstone lists), borrowed or not."""
     return f"{ns}/segments/{segment_id}/"
+
+
+def borrowed_segment_id(home: str, segment_id: str) -> str:
+    """The id under which another namespace refers to segment ``segment_id`` of ``home``."""
+    return segment_id if HOME_SEP in segment_id else f"{home}{HOME_SEP}{segment_id}"
+
+
+def tag_key(ns: str, version: int, uid: str) -> str:
+    """A tag's object: the manifest of the tagged version, kept whatever happens to it."""
+    return f"{ns}/tags/{versioned_name(version, uid)}.json"
+
+
+def namespace_of(key: str) -> str:
+    return key.split("/", 1)[0]
 
 
 def versioned_name(version: int, uid: str) -> str:
@@ -51,7 +79,7 @@ def versioned_name(version: int, uid: str) -> str:
 
 
 def key_version(ns: str, key: str) -> int:
-    """The key version of a WAL, segment or tombstone object of ``ns`` (see the module
+    """The key version of a WAL, segment, tombstone or tag object of ``ns`` (see the module
     docstring); 0 for objects named before key versions existed (plain-uuid segments)."""
     rest = key[len(ns) + 1 :]
     kind, _, rest = rest.partition("/")
@@ -60,6 +88,6 @@ def key_version(ns: str, key: str) -> int:
         if name.startswith("tomb-"):
             rest = name[len("tomb-") :]
         else:
-            rest = segment_id
+            rest = segment_id.rpartition(HOME_SEP)[2]
     match = _VERSIONED.match(rest)
     return int(match.group(1)) if match else 0

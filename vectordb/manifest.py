@@ -61,6 +61,28 @@ class SegmentRef:
         return cls(**d)
 
 
+@dataclass(frozen=True)
+class TagRef:
+    """A named version, kept whatever garbage collection does: ``key`` is an object that
+    holds a copy of that version's manifest, and everything the copy references is kept
+    while the tag is in the newest manifest. A *protection* is a tag with an expiry
+    (``expires_at``), held while a restore or a branch copies a version; its name starts
+    with ``.``, which no user tag may."""
+
+    name: str
+    version: int
+    key: str
+    created_at: float
+    expires_at: float | None = None
+
+    def to_json(self) -> dict:
+        return self.__dict__.copy()
+
+    @classmethod
+    def from_json(cls, d: dict) -> TagRef:
+        return cls(**d)
+
+
 # A full manifest is always larger than this and a stub always smaller (a test checks
 # both), so a listing tells them apart by size without reading them.
 STUB_MAX_BYTES = 200
@@ -94,6 +116,15 @@ class Manifest:
     # whose key version is at or below it, so a commit must not reference such an object
     # unless a manifest at or above the fence already does (see ingest.gc).
     gc_fence: int = 0
+    tags: tuple[TagRef, ...] = ()  # sorted by name
+    # Namespaces (branches) that may reference this namespace's objects: its garbage
+    # collection keeps what their readable versions and tags reference.
+    forks: tuple[str, ...] = ()
+    # A branch's source: {"namespace", "version"} it was created from.
+    origin: dict | None = None
+    # What this commit did, for the history: {"op": upsert|delete|write|index|compact|gc|
+    # create|drop|tag|untag|restore|branch, and counts or names where they apply}.
+    change: dict | None = None
 
     @property
     def unindexed_rows(self) -> int:
@@ -108,16 +139,28 @@ class Manifest:
         return sum(s.bytes for s in self.segments) + sum(w.bytes for w in self.wal)
 
     def referenced_keys(self, segment_files) -> set[str]:
-        """Every object this version needs; ``segment_files(ref)`` lists a segment's files."""
+        """Every object this version needs (its tags' objects included, not what their
+        copies reference); ``segment_files(ref)`` lists a segment's files."""
         keys = {w.key for w in self.wal}
         for seg in self.segments:
             keys.update(segment_files(seg))
             if seg.tombstones_key:
                 keys.add(seg.tombstones_key)
+        keys.update(t.key for t in self.tags)
         return keys
 
+    def tag(self, name: str) -> TagRef | None:
+        return next((t for t in self.tags if t.name == name), None)
+
+    def with_tags(self, add: tuple[TagRef, ...] = (), remove: tuple[str, ...] = ()) -> tuple[TagRef, ...]:
+        """This version's tags, ``remove`` taken out and ``add`` put in (replacing by name)."""
+        gone = set(remove) | {t.name for t in add}
+        return tuple(sorted((*(t for t in self.tags if t.name not in gone), *add), key=lambda t: t.name))
+
     def next(self, **changes) -> Manifest:
-        """The following version with ``changes`` applied."""
+        """The following version with ``changes`` applied (``change``, what it did, is
+        never inherited)."""
+        changes.setdefault("change", None)
         return replace(self, version=self.version + 1, created_at=time.time(), **changes)
 
     def to_bytes(self) -> bytes:
@@ -133,6 +176,14 @@ class Manifest:
             "incarnation": self.incarnation,
             "gc_fence": self.gc_fence,
         }
+        if self.tags:
+            doc["tags"] = [t.to_json() for t in self.tags]
+        if self.forks:
+            doc["forks"] = list(self.forks)
+        if self.origin is not None:
+            doc["origin"] = self.origin
+        if self.change is not None:
+            doc["change"] = self.change
         return json.dumps(doc, separators=(",", ":")).encode()
 
     @classmethod
@@ -155,6 +206,10 @@ class Manifest:
             created_at=float(doc.get("created_at", 0.0)),
             incarnation=int(doc.get("incarnation", 0)),
             gc_fence=int(doc.get("gc_fence", 0)),
+            tags=tuple(TagRef.from_json(t) for t in doc.get("tags", ())),
+            forks=tuple(doc.get("forks", ())),
+            origin=doc.get("origin"),
+            change=doc.get("change"),
         )
 
 

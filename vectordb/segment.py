@@ -320,7 +320,8 @@ def read_docs(data: bytes, row_groups: list[int] | None = None, columns: list[st
 def tombstones_key(ns: str, segment_id: str, version: int) -> str:
     """A fresh key: two indexers racing from one version never overwrite each other.
     ``version`` is the key version (the version the indexer means to commit at)."""
-    return file_key(ns, segment_id, f"tomb-{keys.versioned_name(version, uuid.uuid4().hex[:12])}.json")
+    name = f"tomb-{keys.versioned_name(version, uuid.uuid4().hex[:12])}.json"
+    return keys.segment_own_prefix(ns, segment_id) + name
 
 
 def encode_tombstones(ids: set[str] | frozenset[str]) -> bytes:
