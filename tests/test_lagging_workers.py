@@ -123,3 +123,20 @@ def _all_ids_8(client) -> tuple[int, set[str]]:
     r = client.post("/v1/namespaces/n/query", json={"vector": [0] * 8, "top_k": 100, "filter": {"id": {"$ne": ""}}})
     assert r.status_code == 200, r.text
     return r.json()["version"], {hit["id"] for hit in r.json()["results"]}
+
+
+def test_ids_that_collide_or_cannot_be_named_are_refused(env, servers):
+    """Defects 3 and 6 through a real server on S3: a chunk-shaped id in a chunking
+    namespace, and ids '.' and '..' (no URL can name them), are 400 and write nothing."""
+    server = servers({**env, "VECTORDB_PRELOAD_EMBEDDER": ""}, "all")
+    with server.client() as c:
+        assert c.put("/v1/namespaces/n", json={"embedder": "none", "dimensions": DIMS, "metric": "l2"}).status_code == 200
+        for bad in (".", ".."):
+            r = _upsert(c, bad)
+            assert r.status_code == 400 and "no URL can name it" in r.json()["error"]["message"], r.text
+        assert c.get("/v1/namespaces/n").json()["version"] == 0
+        # A chunking namespace (an embedder) reserves <id>#<n> for chunks.
+        assert c.put("/v1/namespaces/c", json={"embedder": "minilm"}).status_code == 200
+        r = c.post("/v1/namespaces/c/documents", json={"documents": [{"id": "a#1", "text": "a user document"}]})
+        assert r.status_code == 400 and "reserves for chunk ids" in r.json()["error"]["message"], r.text
+        assert c.get("/v1/namespaces/c").json()["version"] == 0
