@@ -223,11 +223,25 @@ def tag(catalog: Catalog, ns: str, name: str, as_of: AsOf) -> TagRef:
     """Name the version ``as_of`` names; garbage collection keeps it until :func:`untag`."""
     check_tag_name(name)
     copy, still = source_of(catalog, ns, as_of)
-    ref = protect(catalog, ns, name, copy, None, {"op": "tag", "name": name, "version": copy.version})
+    # Under a protection's name first: a tag ``name`` that exists stays as it is until the
+    # new one is sure to hold (if the version was pruned meanwhile, nothing changed).
+    guard = protect(catalog, ns, f".tag-{uuid.uuid4().hex[:12]}", copy, catalog.clock() + PROTECTION_S,
+                    {"op": "protect", "for": "tag", "name": name, "version": copy.version})
     if not still():
-        unprotect(catalog, ns, ref)
+        unprotect(catalog, ns, guard)
         raise VersionNotRetained(not_retained(catalog, ns, f"version {copy.version}"))
-    return ref
+    ref = TagRef(name, copy.version, guard.key, catalog.clock())
+    for _ in range(_RETRIES):
+        base = catalog.latest(ns)
+        if base.tag(guard.name) != guard:
+            raise Conflict(f"tagging {ns!r} took longer than its protection lasts; nothing was changed, try again")
+        try:
+            catalog.commit(base.next(tags=base.with_tags(add=(ref,), remove=(guard.name,)),
+                                     change={"op": "tag", "name": name, "version": copy.version}))
+            return ref
+        except PreconditionFailed:
+            continue
+    raise Conflict(f"tagging {ns!r} kept conflicting with other writers")
 
 
 def untag(catalog: Catalog, ns: str, name: str) -> Manifest:
