@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 
 from ingest import chunker, documents, gc, parsers, validate
@@ -18,6 +19,7 @@ from ingest.indexer import Indexer, IndexResult
 from ingest.jobs import Job, JobRun, Jobs
 from ingest.parse_pool import ParsePool
 from ingest.uploads import Upload, chunk_upload
+from ingest.wal_merge import WalMerger
 from query import rag
 from query.engine import QueryEngine, QueryResult
 from query.llm import ChatClient
@@ -36,6 +38,14 @@ from vectordb.settings import Settings
 _AFTER_ANSWER_S = 0.1
 
 
+def _after_commit(indexer: Indexer, merger: WalMerger, manifest: Manifest) -> None:
+    """After each write commit: an index build or a WAL merge in the background, if due.
+    (A function of the two, not a method: a committer thread that outlives ``close()`` a
+    moment must not keep the whole Service alive.)"""
+    indexer.maybe_index(manifest)
+    merger.maybe_merge(manifest)
+
+
 class Service:
     def __init__(
         self, settings: Settings | None = None, store: ObjectStore | None = None, clock: Callable[[], float] = time.time
@@ -46,7 +56,10 @@ class Service:
         self.catalog = Catalog(self.store, self.settings.eventual_ttl_s, self.settings.pruned_manifest_ttl_s, clock)
         self.reader = NamespaceReader(self.store, self.settings.fetch_threads, self.settings.cache_bytes)
         self.indexer = Indexer(self.catalog, self.store, self.reader, self.settings)
-        self.committer = GroupCommitter(self.catalog, self.store, self.settings, on_commit=self.indexer.maybe_index)
+        self.merger = WalMerger(self.catalog, self.store, self.reader, self.settings, self.indexer.lock)
+        self.committer = GroupCommitter(
+            self.catalog, self.store, self.settings, on_commit=partial(_after_commit, self.indexer, self.merger)
+        )
         self.engine = QueryEngine(self.catalog, self.reader, self.settings)
         self.jobs = Jobs(self.store, self.settings)
         self.parse_pool = ParsePool(self.settings.max_jobs_per_worker)

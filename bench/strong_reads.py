@@ -23,7 +23,9 @@ the queries. Writes ``bench/results/<time>-strong-reads-<store>[-<mix>].json``.
 S3 is the SeaweedFS on 127.0.0.1:8333 if it serves, else one started here (``s3.py``);
 what the run writes under its prefix is deleted at the end. ``--mix vector,filter,hybrid``
 cycles query kinds (filtered and hybrid queries also read live masks and tail BM25);
-``--index-threshold N`` sets the servers' ``index_threshold_rows`` (how long the tail grows).
+``--index-threshold N`` sets the servers' ``index_threshold_rows`` (how long the tail grows);
+``--wal-merge-objects N`` their ``wal_merge_objects`` (0: no WAL merges, the list grows with
+every commit until an index build).
 """
 
 from __future__ import annotations
@@ -396,6 +398,8 @@ def run(args, store_uri: str, env: dict[str, str], settings, s3_port: int | None
             for name in ("AB" if rnd % 2 == 0 else "BA"):
                 measured(name, rnd)
         out["namespace_end"] = get(q_port, f"/v1/namespaces/{NS}")
+        out["wal_merges"] = get(w_port, "/healthz")["stats"].get("wal_merges")  # the ingest worker's
+        out["tail_folds"] = get(q_port, "/healthz")["stats"].get("tail_folds")  # the query worker's
     finally:
         for proc in servers:
             stop(proc)
@@ -436,6 +440,8 @@ def report(result: dict) -> str:
         f"target (q/s ≥ 0.70, p99 ≤ 2.0): {'met' if s['target_met'] else 'NOT met'}",
         f"namespace at the end: version {result['namespace_end']['version']}, rows {result['namespace_end']['rows']}, "
         f"{result['namespace_end']['wal_objects']} WAL objects, {len(result['namespace_end']['segments'])} segments",
+        f"WAL merges in the ingest worker: {result.get('wal_merges')}; tails the query worker folded: "
+        f"{result.get('tail_folds')}",
     ]
     return "\n".join(lines)
 
@@ -454,6 +460,8 @@ def main() -> int:
     parser.add_argument("--mix", default="vector", help="query kinds cycled: vector, filter, hybrid")
     parser.add_argument("--index-threshold", type=int,
                         help="the servers' index_threshold_rows (default: the setting's default, 20,000)")
+    parser.add_argument("--wal-merge-objects", type=int,
+                        help="the servers' wal_merge_objects (default: the setting's default; 0: no merges)")
     parser.add_argument("--endpoint", help="S3 host:port (default: 127.0.0.1:8333 if it serves, else SeaweedFS started here)")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--out", help="result JSON (default bench/results/<time>-strong-reads-<store>[-<mix>].json)")
@@ -461,6 +469,8 @@ def main() -> int:
     if set(args.mix.split(",")) - {"vector", "filter", "hybrid"}:
         raise SystemExit("--mix takes vector, filter and hybrid")
     extra_env = {"VECTORDB_INDEX_THRESHOLD_ROWS": str(args.index_threshold)} if args.index_threshold else {}
+    if args.wal_merge_objects is not None:
+        extra_env["VECTORDB_WAL_MERGE_OBJECTS"] = str(args.wal_merge_objects)
 
     from vectordb.settings import Settings
 
@@ -468,7 +478,7 @@ def main() -> int:
     result: dict = {
         "started": started_at.strftime("%Y-%m-%d %H:%M UTC"), "command": " ".join(sys.argv),
         **{k: getattr(args, k) for k in ("rows", "clients", "seconds", "rounds", "batch", "store", "roles", "mix",
-                                         "index_threshold")},
+                                         "index_threshold", "wal_merge_objects")},
         "machine": {"cpus": len(os.sched_getaffinity(0)), "python": platform.python_version(),
                     "loadavg_start": round(os.getloadavg()[0], 2)},
     }
@@ -495,6 +505,8 @@ def main() -> int:
     print(report(result))
     mix = "" if args.mix == "vector" else "-" + args.mix.replace(",", "-")
     threshold = f"-threshold-{args.index_threshold}" if args.index_threshold else ""
+    if args.wal_merge_objects is not None:
+        threshold += f"-merge-{args.wal_merge_objects}"
     name = f"{started_at:%Y%m%d-%H%M%S}-strong-reads-{args.store}{mix}{threshold}.json"
     out = Path(args.out) if args.out else BENCH / "results" / name
     out.parent.mkdir(exist_ok=True)

@@ -5,7 +5,7 @@ Each simulated *process* is a real :class:`api.service.Service` (its own catalog
 cache, decoded-object memo, committer, indexer and query engine) over one shared store,
 like separate workers that share nothing but the bucket. A *round* starts a few
 operations on different processes at once — upserts, deletes, index builds, compactions,
-garbage collection with no grace, drops, re-creations, strong queries — and a
+WAL merges, garbage collection with no grace, drops, re-creations, strong queries — and a
 :class:`Scheduler` runs them one store call at a time, switching between them at every
 call in an order drawn from a seeded RNG, so any interleaving of store calls can happen
 and a seed reproduces one. Between rounds a fake clock moves on, sometimes by hours, and
@@ -295,8 +295,11 @@ class Harness:
             proc.close()
 
     def _process(self) -> Service:
+        # No background merges (their store calls would run outside the scheduler): merges
+        # are operations of their own.
         settings = unit_settings(
-            store_uri=self.store.uri, pruned_manifest_ttl_s=PRUNED_TTL_S, retain_manifests=self.rng.randint(1, 3)
+            store_uri=self.store.uri, pruned_manifest_ttl_s=PRUNED_TTL_S, retain_manifests=self.rng.randint(1, 3),
+            wal_merge_objects=0,
         )
         service = Service(settings, store=CachedStore(self.store, 64 * 1024 * 1024), clock=self.clock)
         service.reader.pool.shutdown()
@@ -326,8 +329,8 @@ class Harness:
         ns = self.rng.choice(NAMESPACES)
         kind = self.rng.choices(
             ["upsert", "delete", "query", "index", "compact", "gc", "drop", "create",
-             "tag", "untag", "asof", "restore", "branch"],
-            weights=[30, 10, 20, 10, 5, 12, 2, 6, 6, 2, 10, 3, 3],
+             "tag", "untag", "asof", "restore", "branch", "merge"],
+            weights=[30, 10, 20, 10, 5, 12, 2, 6, 6, 2, 10, 3, 3, 5],
         )[0]
         structural = "#structure" in taken[ns]
         tagging = any(t.startswith("#tag") for t in taken[ns])
@@ -411,6 +414,13 @@ class Harness:
         if kind in ("index", "compact"):
             compact = kind == "compact"
             return kind, ns, lambda: proc.index(ns, compact=compact).version, self._version_judge(ns)
+        if kind == "merge":
+            def merge():
+                result = proc.merger.merge(ns)  # synchronously, in this operation's thread
+                if result.objects:
+                    self.stats.operations["merge folded"] += 1
+                return result.version
+            return kind, ns, merge, self._version_judge(ns)
         if kind == "gc":
             retain = self.rng.randint(1, 3)
             run = lambda: gc.collect(proc.catalog, proc.store, ns, retain, 0.0).fence  # noqa: E731

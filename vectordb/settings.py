@@ -152,6 +152,10 @@ class Settings(BaseSettings):
     )
     auto_index: bool = Field(True, description="Build indexes in the background when the tail passes the threshold.")
     compact_max_segments: int = Field(8, description="Segments beyond which indexing also compacts.")
+    wal_merge_objects: int = Field(
+        64, ge=0, description="WAL objects a manifest may list before the ingest worker that committed it folds "
+        "them into one in the background (every strong reader decodes the list at each commit); 0: never.",
+    )
 
     # --- uploads and jobs ----------------------------------------------------------------
     max_chunks_per_file: int = Field(

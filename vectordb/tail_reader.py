@@ -11,6 +11,14 @@ reader) is derived from an earlier version's the same way, at a cost that follow
 writes in between. After an index build drops a WAL prefix the remaining (short) tail is
 folded from the decoded objects, each decoded once.
 
+A WAL merge (``ingest.wal_merge``) replaces the first WAL objects by one merged object
+whose name says which keys it stands for (``vectordb.wal.covers``): when those are the
+first keys of the tail folded last, the merged object holds exactly their fold, so the new
+tail is that one extended by what follows the merge, without fetching the merged object,
+and with the same row order (so the same Tail object, masks and BM25 index go on). A
+process that did not fold those keys (a fresh one, or one that skipped the versions
+before the merge) folds the now short list of objects from scratch.
+
 Keys are WAL object keys, which are never reused, so everything here stays valid forever
 and only needs bounding, in bytes.
 """
@@ -19,6 +27,7 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -50,6 +59,16 @@ def _batch_bytes(batch: Batch) -> int:
     return ops.nbytes + rows.vectors.nbytes + 200 * len(rows)
 
 
+@dataclass
+class FoldStats:
+    """How this process made the tails it folded (``/healthz`` shows them): beside a writer
+    nearly all should be extended; ``from_scratch`` counts the whole folds."""
+
+    extended: int = 0  # from the tail of an earlier version, replaying the objects appended
+    past_merge: int = 0  # of those, past a WAL merge of objects already folded
+    from_scratch: int = 0
+
+
 class TailReader:
     """Folded tails, their filter masks and BM25 indexes, for every namespace of a store.
 
@@ -69,6 +88,7 @@ class TailReader:
         self._lexical = Memo(1 << 12, max_bytes // 4, lambda index: index.nbytes)
         self._heads: dict[str, tuple[int, tuple]] = {}  # ns -> newest (version, signature) folded
         self._lock = threading.Lock()
+        self.stats = FoldStats()
 
     def has(self, manifest: Manifest) -> bool:
         """Folded, or being folded now."""
@@ -86,14 +106,23 @@ class TailReader:
         ns, dims, sig = manifest.namespace, manifest.config.dimensions, signature(manifest)
         with self._lock:
             head = self._heads.get(ns)
-        base = None
-        if head is not None and len(head[1]) <= len(sig) and sig[: len(head[1])] == head[1]:
-            base = self._folded.peek(head[1])
-        if base is not None:  # its WAL is a prefix of ours: replay only the rest
-            tail = extend(base, self._decode(manifest.wal[len(head[1]) - _SIGNATURE_HEAD :], dims), dims)
+        base, done, merged = None, 0, False
+        if head is not None and head[1][:_SIGNATURE_HEAD] == sig[:_SIGNATURE_HEAD]:
+            folded = head[1][_SIGNATURE_HEAD:]
+            found = continues(folded, sig[_SIGNATURE_HEAD:])
+            if found is not None:
+                base, done, merged = self._folded.peek(head[1]), found, found != len(folded)
+        if base is not None:  # the head's WAL (or its merge) starts ours: replay only the rest
+            rest = manifest.wal[done:]
+            tail = extend(base, self._decode(rest, dims), dims) if rest else base
         else:
             tail = fold(self._decode(manifest.wal, dims), dims)
         with self._lock:
+            if base is None:
+                self.stats.from_scratch += 1
+            else:
+                self.stats.extended += 1
+                self.stats.past_merge += merged
             head = self._heads.get(ns)
             if head is None or head[0] <= manifest.version:
                 self._heads[ns] = (manifest.version, sig)
@@ -140,6 +169,23 @@ class TailReader:
             return index
 
         return self._lexical.get(tail.serial, make)
+
+
+def continues(folded: tuple[str, ...], keys: tuple[str, ...]) -> int | None:
+    """How many leading WAL objects of ``keys`` hold exactly the writes of ``folded`` (a
+    tail already folded), so that the tail of ``keys`` is that one extended by the rest;
+    None if they do not start with them.
+
+    Either ``folded`` is a prefix of ``keys`` (writes were appended), or a merge replaced
+    its first objects by one merged object and ``keys`` goes on with the rest of ``folded``.
+    """
+    n = len(folded)
+    if keys[:n] == folded:
+        return n
+    count = wal.covered_count(keys[0]) if keys else None
+    if count is None or count > n or keys[1 : 1 + n - count] != folded[count:]:
+        return None
+    return 1 + n - count if wal.covers(keys[0], folded[:count]) else None
 
 
 def _ancestor(tail: Tail, memo: Memo, key_of, max_steps: int) -> tuple[object | None, list[Tail]]:

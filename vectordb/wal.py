@@ -4,17 +4,55 @@ Columns: ``op`` (0 upsert, 1 delete), ``id``, ``vector`` (fixed-size float32 lis
 for deletes), ``text``, ``attributes`` (JSON text). Rows are in commit order; within a
 namespace the manifest orders WAL objects, so replaying them in that order gives the
 state of every id.
+
+A *merged* WAL object (``ingest.wal_merge``) holds the folded state of a run of others,
+each touched id once: live upserts with their vectors, text and attributes (in the order
+of their last operation, as a fold lists them) and delete records. Its name says which
+run it stands for, a count and a digest of their keys (:func:`merged_uid`), so a reader
+that has already folded those keys knows what the merged object holds without fetching it
+(``vectordb.tail_reader``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
+import re
+from collections.abc import Sequence
 
 import numpy as np
 
 from vectordb.rows import RowBatch, WriteBatch
 
 UPSERT, DELETE = 0, 1
+
+_MERGED = re.compile(r"-m(\d+)-([0-9a-f]{32})\.parquet$")
+
+
+def merged_uid(uid: str, covered: Sequence[str]) -> str:
+    """The unique part of a merged WAL object's key (``keys.wal_key``): ``uid``, then how
+    many keys it covers and their digest."""
+    return f"{uid}-m{len(covered)}-{_digest(covered)}"
+
+
+def covered_count(key: str) -> int | None:
+    """How many WAL objects the merged object ``key`` stands for; None if it is not one."""
+    match = _MERGED.search(key)
+    return int(match.group(1)) if match else None
+
+
+def covers(key: str, covered: Sequence[str]) -> bool:
+    """Whether ``key`` is a merged WAL object made from exactly ``covered`` (in order)."""
+    match = _MERGED.search(key)
+    return match is not None and int(match.group(1)) == len(covered) and match.group(2) == _digest(covered)
+
+
+def _digest(covered: Sequence[str]) -> str:
+    h = hashlib.sha256()
+    for key in covered:
+        h.update(key.encode())
+        h.update(b"\0")  # no key contains NUL: the list, not just the concatenation, is hashed
+    return h.hexdigest()[:32]
 
 
 def encode(batches: list[WriteBatch], dims: int) -> bytes:
