@@ -196,10 +196,8 @@ class Service:
         return self.committer.write(ns, batch, config.dimensions, incarnation=incarnation)
 
     def _chunks_of(self, ns: str, parents: list[str]) -> list[str]:
-        ids: list[str] = []
-        for lo in range(0, len(parents), 1000):  # the filter language caps $in at 1,000 values
-            ids += self.engine.matching_ids(ns, {"doc_id": {"$in": parents[lo : lo + 1000]}})
-        return ids
+        """The live chunks of ``parents``: a lookup per segment (``doc_ids.bin``), not a scan."""
+        return self.engine.chunk_ids(ns, parents)
 
     def delete(self, ns: str, ids: list | None = None, filter: dict | None = None) -> tuple[int, int]:
         """Delete by ids (a document's chunks go with it) and/or by filter."""
@@ -335,8 +333,9 @@ class Service:
         }
 
     def get_document(self, ns: str, doc_id: str, consistency: str = "strong", as_of=None) -> dict:
-        hit = self.engine.get_document(ns, validate.check_id(doc_id, "id"), consistency, as_of)
-        return {"id": hit.id, "text": hit.text, "attributes": hit.attributes or {}}
+        """A stored row; or a chunked document: its chunks' texts joined, the attributes they
+        share, and ``chunks`` (each with its own) in order."""
+        return self.engine.document(ns, validate.check_id(doc_id, "id"), consistency, as_of).to_json()
 
     # --- versions (vectordb.versions) -------------------------------------------------------
     def versions(self, ns: str, limit: int = 100, before: int | None = None) -> list[versions.VersionInfo]:
@@ -375,7 +374,8 @@ class Service:
         return asdict(result)
 
     def stats(self) -> dict:
-        out = {"commits": asdict(self.committer.stats)}
+        out = {"commits": asdict(self.committer.stats), "wal_merges": asdict(self.merger.stats),
+               "tail_folds": asdict(self.reader.tails.stats)}
         cache_stats = getattr(self.store, "stats", None)
         if callable(cache_stats):
             out["cache"] = cache_stats()

@@ -18,7 +18,8 @@ class WarmRequest(BaseModel):
     budget_bytes: int = Field(
         warming.DEFAULT_BUDGET_BYTES, ge=0, description="Most partition (and docs) bytes to prefetch."
     )
-    include_docs: bool = Field(False, description="Also fetch docs.parquet (for queries that include text or filter).")
+    include_docs: bool = Field(False, description="Also fetch each segment's documents (attribute columns and "
+                               "fields, or an older segment's docs.parquet): for queries that include text or filter.")
     load_embedder: bool = Field(True, description="Also load the namespace's embedding model.")
 
 

@@ -15,12 +15,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from query import fusion, lexical, vector_search
-from query.plan import TAIL, Candidate, Context, partition_of
+from query import documents, fusion, lexical, vector_search
+from query.plan import TAIL, Candidate, Context, filter_key, partition_of
 from query.probe_group import ProbeGroup
 from storage.errors import ObjectNotFound
 from vectordb import embedders, ivf
 from vectordb.catalog import Catalog
+from vectordb.doc_fields import Record
 from vectordb.errors import DocumentNotFound, InvalidArgument, VersionNotRetained
 from vectordb.filters import parse_filter
 from vectordb.manifest import Manifest
@@ -73,6 +74,10 @@ class QueryEngine:
         self.answered = threading.Event()  # set once a query has been answered (or failed)
         # Concurrent strong queries share newest-manifest probes (see query.probe_group).
         self._strong = ProbeGroup(lambda ns: self.catalog.latest(ns, "strong", on_start=self._prefetch))
+        # What the next prefetch of a namespace should start beyond the centroids (see _hint).
+        self._hints: dict[str, list] = {}
+        self._hints_lock = threading.Lock()
+        self._filters_seen: set[tuple[str, str]] = set()
 
     # --- public ------------------------------------------------------------------------
     def query(self, ns: str, **kwargs) -> QueryResult:
@@ -80,6 +85,8 @@ class QueryEngine:
         req = QueryRequest(**kwargs)
         self._validate(req)
         filt = parse_filter(req.filter) if req.filter is not None else None
+        if filt is not None and self._first_time(ns, req.filter):
+            self._hint(ns, lambda seg: self.reader.prefetch_filter(ns, seg, filt))
         manifest = self._manifest(ns, req.consistency, req.as_of)
         q = self._query_vector(manifest, req) if req.mode in ("vector", "hybrid") else None
         try:
@@ -113,44 +120,69 @@ class QueryEngine:
         WAL tail) without waiting: on a cold worker this overlaps the newest-manifest probe.
         Loads are memoised and single-flight, so a warm worker pays nothing."""
         ns = manifest.namespace
+        with self._hints_lock:
+            hints = self._hints.pop(ns, [])
         for seg in manifest.segments:
             if not self.reader.has_layout(ns, seg):
                 self.reader.pool.submit(self.reader.layout, ns, seg)
                 if seg.tombstones_key:
                     self.reader.pool.submit(self.reader.tombstones, ns, seg)
+            for hint in hints:
+                self.reader.pool.submit(hint, seg)
         if manifest.wal and not self.reader.has_tail(manifest):
             self.reader.pool.submit(self.reader.tail, manifest)
+
+    def _first_time(self, ns: str, raw_filter) -> bool:
+        """Whether this engine meets this filter on ``ns`` for the first time (what it reads
+        first is held after that: prefetching it again would only wake threads)."""
+        key = (ns, filter_key(raw_filter))
+        with self._hints_lock:
+            if key in self._filters_seen:
+                return False
+            if len(self._filters_seen) > 4096:
+                self._filters_seen.clear()
+            self._filters_seen.add(key)
+            return True
+
+    def _hint(self, ns: str, start) -> None:
+        """Have the next prefetch of ``ns`` also run ``start(segment)`` on the fetch pool for
+        each segment: what this request will read first once the manifest is known (a
+        filter's column footers, a GET's bucket and record), read while the newest-manifest
+        probe is in flight. Only a hint: a query that finds nothing prefetched reads it."""
+        with self._hints_lock:
+            pending = self._hints.setdefault(ns, [])
+            if len(pending) < 16:
+                pending.append(start)
 
     def matching_ids(self, ns: str, raw_filter: dict) -> list[str]:
         """Ids of every live document matching ``raw_filter`` (strongly consistent)."""
         filt = parse_filter(raw_filter)
         manifest = self._latest(ns, "strong")
-        ctx = Context.of(manifest, self.reader.tail(manifest), filt, raw_filter, None)
-        ids = [ctx.tail.rows.ids[r] for r in np.flatnonzero(self.reader.tail_filter_mask(manifest, filt, ctx.filter_key))]
-        for seg in manifest.segments:
-            mask = self.reader.filter_mask(ns, seg, filt, ctx.filter_key)
-            live = self.reader.live_mask(ns, seg, ctx.tail)
-            if live is not None:
-                mask = mask & live
-            seg_ids = self.reader.ids(ns, seg)
-            ids += [seg_ids[r] for r in np.flatnonzero(mask)]
-        return ids
+        return documents.matching_ids(self.reader, manifest, filt, filter_key(raw_filter))
+
+    def chunk_ids(self, ns: str, parents: list[str]) -> list[str]:
+        """Ids of the live chunks of documents ``parents`` (rows whose ``doc_id`` attribute
+        is one of them), strongly consistent: what re-ingesting or deleting them replaces."""
+        if not parents:
+            return []
+        return documents.chunk_ids(self.reader, self._latest(ns, "strong"), list(dict.fromkeys(parents)))
 
     def get_document(self, ns: str, doc_id: str, consistency: str = "strong", as_of=None) -> Hit:
-        manifest = self._manifest(ns, consistency, as_of)
-        tail = self.reader.tail(manifest)
-        if doc_id in tail.touched:
-            if doc_id in tail.deleted:
-                raise DocumentNotFound(f"document {doc_id!r} not found in {ns!r}")
-            cand = Candidate(0.0, doc_id, TAIL, tail.row_of[doc_id])
-            return self._hit(manifest, cand, ("text", "attributes"))
-        for seg in reversed(manifest.segments):
-            if doc_id in self.reader.tombstones(ns, seg):
-                continue
-            ids = self.reader.ids(ns, seg)
-            if doc_id in ids:
-                return self._hit(manifest, Candidate(0.0, doc_id, seg, ids.index(doc_id)), ("text", "attributes"))
-        raise DocumentNotFound(f"document {doc_id!r} not found in {ns!r}")
+        """The row ``doc_id`` with its text and attributes. Raises DocumentNotFound."""
+        self._hint(ns, lambda seg: self.reader.prefetch_id(ns, seg, doc_id))
+        record = documents.find(self.reader, self._manifest(ns, consistency, as_of), doc_id)
+        if record is None:
+            raise DocumentNotFound(f"document {doc_id!r} not found in {ns!r}")
+        return _record_hit(record)
+
+    def document(self, ns: str, doc_id: str, consistency: str = "strong", as_of=None) -> documents.Document:
+        """The row ``doc_id``, or the chunked document ``doc_id``: its chunks in order (see
+        :class:`query.documents.Document`). Raises DocumentNotFound."""
+        self._hint(ns, lambda seg: self.reader.prefetch_id(ns, seg, doc_id))
+        found = documents.document(self.reader, self._manifest(ns, consistency, as_of), doc_id)
+        if found is None:
+            raise DocumentNotFound(f"document {doc_id!r} not found in {ns!r}")
+        return found
 
     # --- internals -----------------------------------------------------------------------
     def _validate(self, req: QueryRequest) -> None:
@@ -198,13 +230,16 @@ class QueryEngine:
     def _search(self, manifest: Manifest, req: QueryRequest, q, filt) -> QueryResult:
         nprobe = req.nprobe or self.settings.nprobe or None
         ctx = Context.of(manifest, self.reader.tail(manifest), filt, req.filter, nprobe)
+        ctx.fields = bool({"text", "attributes"} & set(req.include))
         k = req.top_k
         if req.mode == "vector":
             ranked = _best(self._vector_search(ctx, q, k), k)
-            hits = [self._hit(manifest, c, req.include) for c in ranked]
+            records = self._records(manifest, ranked, req.include)
+            hits = [self._hit(manifest, c, req.include, records=records) for c in ranked]
         elif req.mode == "bm25":
             ranked = _best(lexical.search(self.reader, ctx, req.text, k), k)
-            hits = [self._hit(manifest, c, req.include) for c in ranked]
+            records = self._records(manifest, ranked, req.include)
+            hits = [self._hit(manifest, c, req.include, records=records) for c in ranked]
         else:
             n = max(k, req.candidates)
             lists = {
@@ -212,14 +247,29 @@ class QueryEngine:
                 "bm25": _best(lexical.search(self.reader, ctx, req.text, n), n),
             }
             fused = fusion.rrf(lists, req.weights or {}, req.rrf_k)[:k]
-            hits = [self._hit(manifest, cand, req.include, score, per) for score, cand, per in fused]
+            records = self._records(manifest, [cand for _, cand, _ in fused], req.include)
+            hits = [self._hit(manifest, cand, req.include, score, per, records) for score, cand, per in fused]
         return QueryResult(hits, manifest.version, ctx.timings_ms)
 
     def _vector_search(self, ctx: Context, q, k: int) -> list[Candidate]:
         s = self.settings
         return vector_search.search(self.reader, ctx, q, k, s.filter_exact_max_rows, s.search_device, s.cache_bytes)
 
-    def _hit(self, manifest: Manifest, c: Candidate, include, score: float | None = None, scores=None) -> Hit:
+    def _records(self, manifest: Manifest, ranked: list[Candidate], include) -> dict[tuple[str, int], Record]:
+        """The stored fields of the segment rows among ``ranked``, when ``include`` asks for
+        text or attributes: every segment's at once, in one round of ranged reads."""
+        if not {"text", "attributes"} & set(include):
+            return {}
+        by_segment: dict[str, tuple] = {}
+        for c in ranked:
+            if c.segment is not TAIL:
+                by_segment.setdefault(c.segment.id, (c.segment, []))[1].append(c.row)
+        wanted = list(by_segment.values())
+        found = self.reader.records_many(manifest.namespace, wanted)
+        return {(seg.id, row): record for (seg, rows), records in zip(wanted, found) for row, record in zip(rows, records)}
+
+    def _hit(self, manifest: Manifest, c: Candidate, include, score: float | None = None, scores=None,
+             records: dict | None = None) -> Hit:
         score = c.score if score is None else score
         if scores is not None:
             scores = {"vector": scores.get("vector"), "bm25": scores.get("bm25")}
@@ -230,9 +280,8 @@ class QueryEngine:
             rows = self.reader.tail(manifest).rows
             text, attrs, vector = rows.texts[c.row], rows.attributes[c.row], rows.vectors[c.row]
         else:
-            docs = self.reader.docs(ns, c.segment)
-            text = docs.column("text")[c.row].as_py()
-            attrs = docs.column("attributes")[c.row].as_py()
+            record = (records or {}).get((c.segment.id, c.row))
+            text, attrs = (record.text, record.attributes) if record is not None else (None, None)
             vector = None
             if "vector" in include:
                 layout = self.reader.layout(ns, c.segment)
@@ -247,6 +296,10 @@ class QueryEngine:
             vector=np.asarray(vector).tolist() if "vector" in include else None,
             scores=scores,
         )
+
+
+def _record_hit(record: Record) -> Hit:
+    return Hit(record.id, 0.0, text=record.text, attributes=json.loads(record.attributes) if record.attributes else {})
 
 
 def _best(candidates: list[Candidate], k: int) -> list[Candidate]:

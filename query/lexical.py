@@ -1,5 +1,11 @@
 """BM25 search over the segments and the tail, with statistics shared across them so
-scores from different segments are comparable."""
+scores from different segments are comparable.
+
+A segment contributes only what the query's terms touch (``NamespaceReader.bm25``: its
+statistics, the terms' document frequencies and postings), and the ids of its winners
+only. A segment where no query term occurs scores no row, so its live and filter masks
+are not read for it.
+"""
 
 from __future__ import annotations
 
@@ -15,19 +21,24 @@ def search(reader: NamespaceReader, ctx: Context, text: str, k: int) -> list[Can
     if not terms:
         return []
     segments = list(ctx.manifest.segments)
-    indexes = [reader.bm25(ctx.ns, seg) for seg in segments]
+    indexes = reader.bm25(ctx.ns, segments, terms)
     tail_index = reader.tail_bm25(ctx.manifest) if len(ctx.tail) else None
-    parts = indexes + ([tail_index] if tail_index is not None else [])
-    stats = combine_stats(index.stats(terms) for index in parts)
+    parts = [index.stats(terms) for index in indexes]
+    if tail_index is not None:
+        parts.append(tail_index.stats(terms))
+    stats = combine_stats(parts)
     out: list[Candidate] = []
-    for seg, index in zip(segments, indexes):
+    for seg, index, own in zip(segments, indexes, parts):
+        if k == 0 or not any(own.doc_freq.values()):
+            continue
         allowed = reader.live_mask(ctx.ns, seg, ctx.tail)
         if ctx.filter is not None:
             fmask = reader.filter_mask(ctx.ns, seg, ctx.filter, ctx.filter_key)
             allowed = fmask if allowed is None else allowed & fmask
         rows, scores = index.search(text, k, allowed_mask=allowed, stats=stats)
-        ids = reader.ids(ctx.ns, seg)
-        out += [Candidate(float(s), ids[r], seg, int(r)) for r, s in zip(rows, scores)]
+        if len(rows):
+            ids = reader.row_ids(ctx.ns, seg, rows)
+            out += [Candidate(float(s), i, seg, int(r)) for i, r, s in zip(ids, rows, scores)]
     if tail_index is not None:
         allowed = None
         if ctx.filter is not None:

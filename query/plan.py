@@ -34,6 +34,7 @@ class Context:
     filter_key: str = ""
     nprobe: int | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
+    fields: bool = False  # the query includes text or attributes: fetch where they are early
 
     @property
     def ns(self) -> str:
@@ -41,8 +42,12 @@ class Context:
 
     @classmethod
     def of(cls, manifest: Manifest, tail: Tail, filt: Filter | None, raw_filter, nprobe: int | None) -> Context:
-        key = json.dumps(raw_filter, sort_keys=True, separators=(",", ":")) if filt is not None else ""
-        return cls(manifest, tail, filt, key, nprobe)
+        return cls(manifest, tail, filt, filter_key(raw_filter) if filt is not None else "", nprobe)
+
+
+def filter_key(raw_filter) -> str:
+    """What memoised filter masks are keyed by: the filter's canonical JSON."""
+    return json.dumps(raw_filter, sort_keys=True, separators=(",", ":"))
 
 
 def partition_of(part_rows: np.ndarray, rows: np.ndarray) -> np.ndarray:

@@ -6,9 +6,12 @@ are dead comes from the reader's per-partition live masks, derived from the prev
 version's with a writer beside us, so a scan never walks a partition's ids in Python.
 
 Filtered: the filter is evaluated over the segment's attributes (DuckDB) first. When it
-keeps few rows they are searched exactly, so a selective filter never loses recall; when
+keeps few rows they are searched exactly, so a selective filter never loses recall: in a
+partition where it keeps many rows the partition is scanned, elsewhere just the kept rows'
+vectors are fetched (a selective filter's rows are scattered over most partitions). When
 it keeps many, more partitions are probed in proportion to what it drops, and the scan
-skips rows the filter rejects.
+skips rows the filter rejects. Dead rows are dropped per partition from its ids (in
+memory), and among rows fetched alone by the ids of their partitions (``$id``, memoised).
 
 With ``search_device`` set to a torch device (:mod:`query.gpu`), unfiltered segment search
 runs on tensors that device holds; filtered search and the tail stay on this FAISS path.
@@ -25,6 +28,10 @@ from query.plan import TAIL, Candidate, Context, partition_of
 from vectordb import ivf
 from vectordb.manifest import SegmentRef
 from vectordb.reader import NamespaceReader
+
+# In the exact path, a partition is scanned whole when the filter keeps at least one row in
+# this many of it (or it is held already); below that its kept rows are fetched alone.
+_WHOLE_PARTITION_SHARE = 8
 
 
 def search(
@@ -76,6 +83,8 @@ def _search_segment(reader: NamespaceReader, ctx: Context, seg: SegmentRef, q, k
         return _search_segment_tensors(tensors, index, seg, q, k, _nprobe(ctx, layout.nlist), dead, touched)
     probes = ivf.probe(layout.centroids, q.reshape(1, -1), _nprobe(ctx, layout.nlist), metric)[0]
     probes = [int(p) for p in probes if p >= 0 and layout.rows_in(int(p)) > 0]
+    if ctx.fields:
+        reader.prefetch_fields(ctx.ns, seg, layout, probes)
     parts = reader.partitions(ctx.ns, seg, layout, probes)
     if not dead and not touched:
         scores, which, rows = ivf.scan_many([part.vectors for part in parts], q, k, metric)
@@ -115,16 +124,25 @@ def _search_segment_tensors(tensors, index: gpu.DeviceIndex, seg: SegmentRef, q,
 
 def _search_segment_filtered(reader, ctx: Context, seg: SegmentRef, q, k, metric, exact_max_rows) -> list[Candidate]:
     allowed = reader.filter_mask(ctx.ns, seg, ctx.filter, ctx.filter_key)
-    live = reader.live_mask(ctx.ns, seg, ctx.tail)
-    if live is not None:
-        allowed = allowed & live
+    layout = reader.layout(ctx.ns, seg)
+    if layout.docs is None:
+        # The whole docs are read for the filter anyway: their ids give the live mask.
+        live = reader.live_mask(ctx.ns, seg, ctx.tail)
+        if live is not None:
+            allowed = allowed & live
     n_allowed = int(allowed.sum())
     if n_allowed == 0:
         return []
-    layout = reader.layout(ctx.ns, seg)
+    single: np.ndarray = np.zeros(0, np.int64)
     if n_allowed <= exact_max_rows:
         rows = np.flatnonzero(allowed)
-        parts = np.unique(partition_of(layout.part_rows, rows))
+        part_of_row = partition_of(layout.part_rows, rows)
+        parts, counts = np.unique(part_of_row, return_counts=True)
+        held = reader.held_partitions(ctx.ns, seg, parts)
+        whole = np.array([h or c * _WHOLE_PARTITION_SHARE >= layout.rows_in(int(p))
+                          for p, c, h in zip(parts.tolist(), counts.tolist(), held)], bool)
+        single = rows[np.isin(part_of_row, parts[~whole])]
+        parts = parts[whole]
     else:
         # Probe more partitions the more the filter drops, so about as many allowed rows
         # are scanned as an unfiltered query would scan.
@@ -132,13 +150,37 @@ def _search_segment_filtered(reader, ctx: Context, seg: SegmentRef, q, k, metric
         wanted = min(layout.nlist, math.ceil(base_nprobe * seg.rows / n_allowed))
         parts = ivf.probe(layout.centroids, q.reshape(1, -1), wanted, metric)[0]
         parts = np.array([p for p in parts if p >= 0 and layout.rows_in(int(p)) > 0], np.int64)
+    if ctx.fields:
+        reader.prefetch_fields(ctx.ns, seg, layout, parts)
     out = []
     for p, part in zip(parts, reader.partitions(ctx.ns, seg, layout, parts)):
         lo = int(layout.part_rows[p])
-        keep = np.flatnonzero(allowed[lo : lo + len(part.ids)])
+        keep = allowed[lo : lo + len(part.ids)]
+        live = reader.partition_live(ctx.ns, seg, int(p), part, ctx.tail)
+        if live is not None:
+            keep = keep & live
+        keep = np.flatnonzero(keep)
         if not len(keep):
             continue
         scores, sub = ivf.scan(part.vectors[keep], q, k, metric)
         for s, r in zip(scores, keep[sub]):
             out.append(Candidate(float(s), part.ids[r], seg, lo + int(r)))
+    if len(single):
+        out += _search_rows(reader, ctx, seg, layout, single, q, k, metric)
     return out
+
+
+def _search_rows(reader, ctx: Context, seg: SegmentRef, layout, rows: np.ndarray, q, k, metric) -> list[Candidate]:
+    """Exact top-k among segment ``rows``, fetching only their vectors and their
+    partitions' ids (and, for a query that includes fields, their ``rows.bin`` entries,
+    so the records of the best take one more round trip, not two)."""
+    vectors, ids, entries = reader.rows_for_search(ctx.ns, seg, layout, rows, with_entries=ctx.fields)
+    dead, touched = reader.tombstones(ctx.ns, seg), ctx.tail.touched
+    if dead or touched:
+        live = np.fromiter((i not in dead and i not in touched for i in ids), bool, len(ids))
+        rows, vectors, ids = rows[live], vectors[live], [i for i, ok in zip(ids, live.tolist()) if ok]
+        entries = entries[live] if entries is not None else None
+    scores, idx = ivf.scan(vectors, q, k, metric)
+    if entries is not None and len(idx):
+        reader.records(ctx.ns, seg, rows[idx], entries[idx])  # memoised for the hits' fields
+    return [Candidate(float(s), ids[i], seg, int(rows[i])) for s, i in zip(scores, idx.tolist())]

@@ -9,7 +9,8 @@ A worker that has just started (or a router that expects traffic for a namespace
    the write-ahead-log tail;
 4. partitions, biggest first (a partition with more rows answers more queries: k-means
    cells hold the data's dense regions), until ``budget_bytes`` is spent;
-5. optionally each segment's ``docs.parquet`` (needed by queries that ``include`` text or
+5. optionally each segment's documents (``docs.parquet``, or a by-range segment's
+   attribute columns, fields and their index: needed by queries that ``include`` text or
    attributes, and by filters), within the same budget.
 
 Everything goes through the same reader calls as queries, so both the store's byte cache
@@ -112,7 +113,7 @@ def warm(
                 result.skipped.append(f"docs of segment {seg.id} (over budget)")
                 continue
             budget -= size
-            reader.docs(ns, seg)
+            _fetch_docs(reader, ns, seg)
             result.docs_bytes += size
 
     if loader is not None:
@@ -129,6 +130,18 @@ def _load_embedder(name: str, settings, result: WarmResult) -> None:
         result.skipped.append(f"embedder {name}: {exc}")
 
 
+_BY_RANGE = ("attrs.bin", "rows.bin", "fields.bin")
+
+
 def _docs_bytes(reader, ns: str, seg) -> int | None:
-    info = reader.store.head(segment.file_key(ns, seg.id, "docs.parquet"))
-    return None if info is None else info.size
+    names = _BY_RANGE if reader.by_range(ns, seg) is not None else ("docs.parquet",)
+    infos = [reader.store.head(segment.file_key(ns, seg.id, name)) for name in names]
+    return None if None in infos else sum(info.size for info in infos)
+
+
+def _fetch_docs(reader, ns: str, seg) -> None:
+    """Into the byte cache: a by-range segment's ranged reads are then served from it."""
+    if reader.by_range(ns, seg) is None:
+        reader.docs(ns, seg)
+        return
+    list(reader.pool.map(lambda name: reader.store.get(segment.file_key(ns, seg.id, name)), _BY_RANGE))

@@ -1,6 +1,8 @@
 """BM25 keyword search over chunk text: the analyzer, the index, and shared corpus statistics.
 
-A segment stores one :class:`BM25Index` (``to_bytes``/``from_bytes``). Scores from several
+A segment's index is built as a :class:`BM25Index` and stored in the blocked format of
+:mod:`vectordb.bm25_blocks`, which queries read per term; ``to_bytes``/``from_bytes`` is the
+older whole-file form (``.npz``), still read for segments written before. Scores from several
 indexes (segments plus the unindexed tail) are comparable only when they use the same idf
 and average document length, so the caller gathers each index's :class:`GlobalStats` for the
 query's terms, adds them up with :func:`combine_stats`, and passes the sum to every search::
@@ -194,22 +196,11 @@ class BM25Index:
             df = hi - lo if stats is None else stats.doc_freq.get(term)
             if df is None:
                 raise ValueError(f"stats lack the document frequency of term {term!r}")
-            idf = np.log1p((n_docs - df + 0.5) / (df + 0.5))
             rows = self.rows[lo:hi]
-            tf = self.tfs[lo:hi].astype(np.float32)
-            norm = self.k1 * (1.0 - self.b + self.b * self.doc_len[rows].astype(np.float32) / np.float32(avgdl or 1.0))
-            scores[rows] += np.float32(count * idf * (self.k1 + 1.0)) * tf / (tf + norm)
-        hit = scores > 0
-        if allowed_mask is not None:
-            hit &= np.asarray(allowed_mask, dtype=bool)
-        candidates = np.flatnonzero(hit)
-        if 0 < k < len(candidates):
-            # Keep every row that ties with the k-th score so the tie-break below is by row.
-            kth = np.partition(scores[candidates], len(candidates) - k)[len(candidates) - k]
-            candidates = candidates[scores[candidates] >= kth]
-        order = np.lexsort((candidates, -scores[candidates]))[:k]
-        best = candidates[order]
-        return best.astype(np.int64), scores[best]
+            scores[rows] += term_scores(
+                self.tfs[lo:hi], self.doc_len[rows], count, df, n_docs, avgdl, self.k1, self.b
+            )
+        return top_k(scores, k, allowed_mask)
 
     def _doc_freq(self, term: str) -> int:
         t = self.term_ids.get(term)
@@ -253,6 +244,55 @@ class BM25Index:
 
     def __len__(self) -> int:
         return self.n_docs
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held, about (arrays, and ~60 bytes a term for the vocabulary)."""
+        arrays = self.indptr.nbytes + self.rows.nbytes + self.tfs.nbytes + self.doc_len.nbytes
+        return arrays + 60 * len(self.terms)
+
+
+def term_scores(
+    tfs: np.ndarray, doc_len: np.ndarray, count: int, df: int, n_docs: int, avgdl: float, k1: float, b: float
+) -> np.ndarray:
+    """The float32 BM25 contributions of one query term (``count`` times in the query) to
+    the rows with term frequencies ``tfs`` and lengths ``doc_len``, under corpus statistics
+    ``df``, ``n_docs``, ``avgdl``.
+
+    Every index (in memory, on demand, tail) scores through this one function: the same
+    arithmetic in the same order gives bit-identical scores, so results do not depend on
+    where a row is stored.
+    """
+    idf = np.log1p((n_docs - df + 0.5) / (df + 0.5))
+    tf = tfs.astype(np.float32)
+    # k1 * (1 - b + b * dl / avgdl) + tf, then weight * tf / that: float32 throughout, in
+    # place (the products and sums in the order they were once written out of place, so
+    # the same bits; a query over a million rows spends its time here).
+    norm = doc_len.astype(np.float32)
+    norm *= b
+    norm /= np.float32(avgdl or 1.0)
+    norm += 1.0 - b
+    norm *= k1
+    norm += tf
+    tf *= np.float32(count * idf * (k1 + 1.0))
+    tf /= norm
+    return tf
+
+
+def top_k(scores: np.ndarray, k: int, allowed_mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` best rows of dense ``scores`` with a positive score (and ``allowed_mask``
+    set) as (rows int64, scores float32), best first, ties to the lower row."""
+    hit = scores > 0
+    if allowed_mask is not None:
+        hit &= np.asarray(allowed_mask, dtype=bool)
+    candidates = np.flatnonzero(hit)
+    if 0 < k < len(candidates):
+        # Keep every row that ties with the k-th score so the tie-break below is by row.
+        kth = np.partition(scores[candidates], len(candidates) - k)[len(candidates) - k]
+        candidates = candidates[scores[candidates] >= kth]
+    order = np.lexsort((candidates, -scores[candidates]))[:k]
+    best = candidates[order]
+    return best.astype(np.int64), scores[best]
 
 
 def _compact(values: np.ndarray) -> np.ndarray:

@@ -23,7 +23,7 @@ from vectordb.filters import ID_FIELD, MATCH_ALL, And, Condition, Filter, Not, O
 
 # json_type() names of JSON numbers in DuckDB; such a value is read as a DOUBLE from its text.
 _NUMBER_TYPES = "('UBIGINT', 'BIGINT', 'DOUBLE')"
-_AS_DOUBLE = "TRY_CAST(json_extract_string(attributes, {}) AS DOUBLE)"
+_AS_DOUBLE = "TRY_CAST(json_extract_string({col}, {{}}) AS DOUBLE)"
 _SQL_ORDER = {"$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
 
 
@@ -77,63 +77,67 @@ def _compile(filt: Filter) -> _Sql:
         positive = Condition(filt.field, "$eq" if filt.op == "$ne" else "$in", filt.value)
         return _sql("(NOT {})", _compile(positive))
     if filt.field == ID_FIELD:
-        return _id_condition(filt.op, filt.value)
-    return _attribute_condition(filt.field, filt.op, filt.value)
+        return id_condition(filt.op, filt.value)
+    return json_condition("attributes", filt.field.split("."), filt.op, filt.value)
 
 
-def _id_condition(op: str, target: Any) -> _Sql:
+def id_condition(op: str, target: Any, col: str = "id") -> _Sql:
+    """A positive condition (not ``$ne``/``$nin``) on the id in column ``col`` (one of our
+    own identifiers, never client text)."""
     if op == "$exists":
         return _TRUE if target else _FALSE
     if op == "$eq":
-        return _sql("(id = {})", target) if isinstance(target, str) else _FALSE
+        return _sql(f"({col} = {{}})", target) if isinstance(target, str) else _FALSE
     if op == "$in":
         strings = [t for t in target if isinstance(t, str)]
-        return _sql("list_contains({}, id)", strings) if strings else _FALSE
+        return _sql(f"list_contains({{}}, {col})", strings) if strings else _FALSE
     if not isinstance(target, str):
         return _FALSE
     if op == "$contains":
-        return _sql("contains(id, {})", target)
-    return _sql(f"(id {_SQL_ORDER[op]} {{}})", target)
+        return _sql(f"contains({col}, {{}})", target)
+    return _sql(f"({col} {_SQL_ORDER[op]} {{}})", target)
 
 
-def _attribute_condition(field: str, op: str, target: Any) -> _Sql:
-    path = "$." + ".".join(f'"{step}"' for step in field.split("."))
+def json_condition(col: str, steps: Sequence[str], op: str, target: Any) -> _Sql:
+    """A positive condition on the JSON value at path ``steps`` inside the JSON text of
+    column ``col`` (our own identifier; an empty path is the column's value itself)."""
+    path = "$" + "".join(f'."{step}"' for step in steps)
     if op == "$exists":
-        return _sql("(json_type(attributes, {}) IS " + ("NOT NULL)" if target else "NULL)"), path)
+        return _sql(f"(json_type({col}, {{}}) IS " + ("NOT NULL)" if target else "NULL)"), path)
     if op == "$eq" and target is None:
-        return _sql("(coalesce(json_type(attributes, {}), 'NULL') = 'NULL')", path)
+        return _sql(f"(coalesce(json_type({col}, {{}}), 'NULL') = 'NULL')", path)
     if op == "$eq":
-        return _equals_any(path, (target,))
+        return _equals_any(col, path, (target,))
     if op == "$in":
-        return _equals_any(path, target)
+        return _equals_any(col, path, target)
     if op == "$contains":
-        return _contains(path, target)
+        return _contains(col, path, target)
     if isinstance(target, str):
-        comparison = _sql(f"json_extract_string(attributes, {{}}) {_SQL_ORDER[op]} {{}}", path, target)
-        return _typed(path, "= 'VARCHAR'", comparison)
-    comparison = _sql(f"{_AS_DOUBLE} {_SQL_ORDER[op]} {{}}", path, float(target))
-    return _typed(path, f"IN {_NUMBER_TYPES}", comparison)
+        comparison = _sql(f"json_extract_string({col}, {{}}) {_SQL_ORDER[op]} {{}}", path, target)
+        return _typed(col, path, "= 'VARCHAR'", comparison)
+    comparison = _sql(f"{_AS_DOUBLE.format(col=col)} {_SQL_ORDER[op]} {{}}", path, float(target))
+    return _typed(col, path, f"IN {_NUMBER_TYPES}", comparison)
 
 
-def _equals_any(path: str, targets: Sequence[Scalar]) -> _Sql:
-    """The attribute at ``path`` equals one of ``targets``, type for type."""
+def _equals_any(col: str, path: str, targets: Sequence[Scalar]) -> _Sql:
+    """The value at ``path`` equals one of ``targets``, type for type."""
     strings = [t for t in targets if isinstance(t, str)]
     numbers = [float(t) for t in targets if is_number(t)]
     bools = sorted({t for t in targets if isinstance(t, bool)})
     parts = []
     if strings:
-        comparison = _sql("list_contains({}, json_extract_string(attributes, {}))", strings, path)
-        parts.append(_typed(path, "= 'VARCHAR'", comparison))
+        comparison = _sql(f"list_contains({{}}, json_extract_string({col}, {{}}))", strings, path)
+        parts.append(_typed(col, path, "= 'VARCHAR'", comparison))
     if numbers:
-        comparison = _sql(f"list_contains({{}}, {_AS_DOUBLE})", numbers, path)
-        parts.append(_typed(path, f"IN {_NUMBER_TYPES}", comparison))
+        comparison = _sql(f"list_contains({{}}, {_AS_DOUBLE.format(col=col)})", numbers, path)
+        parts.append(_typed(col, path, f"IN {_NUMBER_TYPES}", comparison))
     if bools:
-        comparison = _sql("list_contains({}, TRY_CAST(json_extract_string(attributes, {}) AS BOOLEAN))", bools, path)
-        parts.append(_typed(path, "= 'BOOLEAN'", comparison))
+        comparison = _sql(f"list_contains({{}}, TRY_CAST(json_extract_string({col}, {{}}) AS BOOLEAN))", bools, path)
+        parts.append(_typed(col, path, "= 'BOOLEAN'", comparison))
     return _sql("(" + " OR ".join("{}" for _ in parts) + ")", *parts)
 
 
-def _contains(path: str, target: Scalar) -> _Sql:
+def _contains(col: str, path: str, target: Scalar) -> _Sql:
     # json_extract with a trailing [*] yields the elements of an array (as JSON) and [] for
     # anything else; each element becomes a value of the target's type or NULL.
     if isinstance(target, bool):
@@ -144,19 +148,19 @@ def _contains(path: str, target: Scalar) -> _Sql:
         element = f"CASE WHEN json_type(e) IN {_NUMBER_TYPES} THEN TRY_CAST(json_extract_string(e, '$') AS DOUBLE) END"
         target = float(target)
     in_array = _sql(
-        "coalesce(list_contains(list_transform(json_extract(attributes, {}), lambda e: " + element + "), {}), FALSE)",
+        f"coalesce(list_contains(list_transform(json_extract({col}, {{}}), lambda e: " + element + "), {}), FALSE)",
         path + "[*]",
         target,
     )
     if not isinstance(target, str):
         return in_array
-    substring = _typed(path, "= 'VARCHAR'", _sql("contains(json_extract_string(attributes, {}), {})", path, target))
+    substring = _typed(col, path, "= 'VARCHAR'", _sql(f"contains(json_extract_string({col}, {{}}), {{}})", path, target))
     return _sql("({} OR {})", in_array, substring)
 
 
-def _typed(path: str, type_test: str, comparison: _Sql) -> _Sql:
-    """``comparison``, where the attribute's JSON type passes ``type_test``; else FALSE, never NULL."""
-    return _sql(f"coalesce(json_type(attributes, {{}}) {type_test} AND {{}}, FALSE)", path, comparison)
+def _typed(col: str, path: str, type_test: str, comparison: _Sql) -> _Sql:
+    """``comparison``, where the value's JSON type passes ``type_test``; else FALSE, never NULL."""
+    return _sql(f"coalesce(json_type({col}, {{}}) {type_test} AND {{}}, FALSE)", path, comparison)
 
 
 # --- running it -----------------------------------------------------------------------------

@@ -3,7 +3,7 @@
     <ns>/manifests/<version:020d>.json   one per committed version (a stub once pruned)
     <ns>/latest.json                     best-effort copy of a recent manifest (a hint)
     <ns>/wal/<version:020d>-<uuid>.parquet
-    <ns>/segments/<version:020d>-<uuid>/{ivf.bin,vectors.bin,docs.parquet,bm25.bin}
+    <ns>/segments/<version:020d>-<uuid>/<file>   segment.FILES (ivf.bin, vectors.bin, bm25.bin, ...)
     <ns>/segments/<segment-id>/tomb-<version:020d>-<uuid>.json
     <ns>/tags/<version:020d>-<uuid>.json   a tag's (or a protection's) copy of a manifest
 

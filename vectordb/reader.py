@@ -5,22 +5,33 @@ kept in per-process LRU maps (:class:`vectordb.memo.Memo`, bounded in bytes) on 
 byte cache of the store. The unindexed tail is :mod:`vectordb.tail_reader`'s.
 
 Which rows of a segment are live depends on its tombstones and on the tail, which changes
-with every commit. Those masks are found through a :class:`RowLookup` per segment or
-partition (made once: they are immutable), so their cost follows the dead and overridden
-ids, not the rows; a segment's mask for a new tail version is the previous version's with
-the newly touched ids cleared.
+with every commit. Those masks are found through a :class:`RowLookup` per partition or per
+segment of the whole-docs layout, or through the segment's ``ids.bin`` (by-range layout,
+:mod:`vectordb.docs_reader`), so their cost follows the dead and overridden ids, not the
+rows; a segment's mask for a new tail version is the previous version's with the newly
+touched ids cleared.
+
+A segment's documents (ids, texts, attributes) are read by range where its ``ivf.bin``
+says so (:mod:`vectordb.docs_format`), else from its whole ``docs.parquet``: the methods
+here answer the same for both.
 """
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+import json
+from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from storage.base import ObjectStore
-from vectordb import segment
+from vectordb import doc_fields, ranged_reads, row_vectors, segment
+from vectordb.attr_columns import ID_COLUMN
 from vectordb.bm25 import BM25Index
+from vectordb.bm25_reader import BM25Reader, TermPostings
+from vectordb.doc_fields import Record
+from vectordb.docs_format import DOC_ID, DocsLayout
+from vectordb.docs_reader import ENTRY_GAP, DocsReader, StoredRows
 from vectordb.filters import Filter
 from vectordb.manifest import Manifest, SegmentRef, WalRef
 from vectordb.memo import Memo
@@ -28,6 +39,7 @@ from vectordb.row_lookup import RowLookup, hash_set
 from vectordb.segment import Layout, Partition
 from vectordb.tail import Tail
 from vectordb.tail_bm25 import TailBM25
+from vectordb.tail_doc_ids import TailDocIds
 from vectordb.tail_reader import TailReader
 
 if TYPE_CHECKING:
@@ -51,7 +63,7 @@ class NamespaceReader:
 
     def __init__(self, store: ObjectStore, fetch_threads: int = 16, partition_bytes: int | None = None) -> None:
         self.store = store
-        self.pool = ThreadPoolExecutor(max_workers=fetch_threads, thread_name_prefix="fetch")
+        self._pool = ThreadPoolExecutor(max_workers=fetch_threads, thread_name_prefix="fetch")
         memo_bytes = partition_bytes // 8 if partition_bytes else _DEFAULT_MEMO_BYTES
         self._layouts = Memo(1024)
         # Decoded partitions share their vectors with the cached bytes; bounding them by the
@@ -60,10 +72,22 @@ class NamespaceReader:
         self._tombstones = Memo(1024)
         self._docs = Memo(64)
         self._ids = Memo(64)
-        self._lexical = Memo(256)
+        # A query's BM25 postings, dictionary blocks and segment heads (bm25_reader).
+        self.lexicon = BM25Reader(store, memo_bytes)
         self._masks = Memo(1 << 16, memo_bytes // 2, lambda mask: mask.nbytes)
         self._lookups = Memo(1 << 16, memo_bytes // 2, lambda lookup: lookup.nbytes)
         self.tails = TailReader(store, fetch_threads, memo_bytes)
+        self.documents = DocsReader(store, self._pool, memo_bytes)  # by-range segments' documents
+        self.tail_doc_ids = TailDocIds(memo_bytes // 8)
+
+    @property
+    def pool(self) -> Executor:
+        """The fetch pool (a test may swap in one that runs tasks inline)."""
+        return self._pool
+
+    @pool.setter
+    def pool(self, pool: Executor) -> None:
+        self._pool = self.documents.pool = pool
 
     def has_layout(self, ns: str, seg: SegmentRef) -> bool:
         return segment.file_key(ns, seg.id, "ivf.bin") in self._layouts
@@ -103,6 +127,11 @@ class NamespaceReader:
             found = [part if part is not None else loaded[p] for p, part in zip(parts, found)]
         return found
 
+    def held_partitions(self, ns: str, seg: SegmentRef, parts) -> list[bool]:
+        """Whether each of ``parts`` is decoded and held already (reading it costs nothing)."""
+        key = segment.file_key(ns, seg.id, "vectors.bin")
+        return [part is not None for part in self._partitions.peek_many([(key, int(p)) for p in parts])]
+
     def all_rows(self, ns: str, seg: SegmentRef) -> tuple[np.ndarray, list[str]]:
         """Every vector and id of a segment, in segment row order."""
         layout = self.layout(ns, seg)
@@ -117,18 +146,170 @@ class NamespaceReader:
         return self._tombstones.get(key, lambda: segment.decode_tombstones(self.store.get(key)))
 
     def docs(self, ns: str, seg: SegmentRef) -> pa.Table:
-        """The whole ``docs.parquet`` of a segment."""
+        """Every row's ``id``, ``text`` and ``attributes`` (JSON): the whole documents, for
+        compaction. Queries read what they need by range instead (by-range segments)."""
+        if self.by_range(ns, seg) is not None:
+            base = segment.file_key(ns, seg.id, "")
+            return self._docs.get(base + "fields.bin", lambda: self.documents.whole(base))
         key = segment.file_key(ns, seg.id, "docs.parquet")
         return self._docs.get(key, lambda: segment.read_docs(self.store.get(key)))
 
     def ids(self, ns: str, seg: SegmentRef) -> list[str]:
-        """Every id of a segment, in segment row order."""
+        """Every id of a segment, in segment row order (by range: the ``$id`` column).
+        Callers that need a few rows' ids use :meth:`row_ids`."""
+        docs = self.by_range(ns, seg)
+        if docs is not None:
+            return self.documents.all_ids(segment.file_key(ns, seg.id, ""), docs, self.layout(ns, seg).nlist)
         key = segment.file_key(ns, seg.id, "docs.parquet")
         return self._ids.get(key, lambda: self.docs(ns, seg).column("id").to_pylist())
 
-    def bm25(self, ns: str, seg: SegmentRef) -> BM25Index:
-        key = segment.file_key(ns, seg.id, "bm25.bin")
-        return self._lexical.get(key, lambda: BM25Index.from_bytes(self.store.get(key)))
+    # --- documents by row and by id -------------------------------------------------------
+    def by_range(self, ns: str, seg: SegmentRef) -> DocsLayout | None:
+        """The segment's by-range documents layout; None: it has ``docs.parquet``."""
+        return self.layout(ns, seg).docs
+
+    def records(self, ns: str, seg: SegmentRef, rows, entries: np.ndarray | None = None) -> list[Record]:
+        """The id, text and attributes (JSON) of segment ``rows``: by range, one round of
+        parallel GETs (two without the rows' ``rows.bin`` entries held or given)."""
+        layout = self.layout(ns, seg)
+        if layout.docs is not None:
+            return self.documents.records(segment.file_key(ns, seg.id, ""), layout.part_rows, rows, entries)
+        docs = self.docs(ns, seg)
+        ids, texts, attrs = docs.column("id"), docs.column("text"), docs.column("attributes")
+        return [Record(ids[int(r)].as_py(), texts[int(r)].as_py(), attrs[int(r)].as_py()) for r in rows]
+
+    def records_many(self, ns: str, wanted: list[tuple[SegmentRef, list[int]]]) -> list[list[Record]]:
+        """:meth:`records` of rows of several segments; by-range segments' all in one round
+        of parallel GETs (two without their ``rows.bin`` entries held)."""
+        layouts = [self.layout(ns, seg) for seg, _ in wanted]
+        by_range = [(segment.file_key(ns, seg.id, ""), layout.part_rows, rows, None)
+                    for (seg, rows), layout in zip(wanted, layouts) if layout.docs is not None]
+        fetched = iter(self.documents.records_many(by_range) if by_range else [])
+        return [next(fetched) if layout.docs is not None else self.records(ns, seg, rows)
+                for (seg, rows), layout in zip(wanted, layouts)]
+
+    def row_ids(self, ns: str, seg: SegmentRef, rows) -> list[str]:
+        """The ids of segment ``rows`` (by range: the ids of the partitions that hold them)."""
+        layout = self.layout(ns, seg)
+        if layout.docs is None:
+            ids = self.ids(ns, seg)
+            return [ids[int(r)] for r in rows]
+        base = segment.file_key(ns, seg.id, "")
+        return self.documents.ids_of_rows(base, layout.docs, layout.part_rows, np.asarray(rows, np.int64))
+
+    def prefetch_fields(self, ns: str, seg: SegmentRef, layout: Layout, parts) -> None:
+        """Start fetching what the fields of hits in partitions ``parts`` need first (their
+        ``rows.bin`` entries), beside the partitions themselves. By-range segments only."""
+        if layout.docs is not None:
+            self.documents.prefetch_entries(segment.file_key(ns, seg.id, ""), layout.part_rows, parts)
+
+    def rows_for_search(self, ns: str, seg: SegmentRef, layout: Layout, rows, with_entries: bool = False
+                        ) -> tuple[np.ndarray, list[str], np.ndarray | None]:
+        """The vectors and ids of segment ``rows`` without their partitions (and, by range
+        with ``with_entries``, their ``rows.bin`` entries), fetched in one round of parallel
+        GETs: each row's vector, and the ids of the partitions that hold them (memoised)."""
+        rows = np.asarray(rows, np.int64)
+        vkey = segment.file_key(ns, seg.id, "vectors.bin")
+        if layout.docs is None:
+            ids = self.ids(ns, seg)
+            vectors = row_vectors.fetch(self.store, self.pool, vkey, layout, rows)
+            return vectors, [ids[r] for r in rows.tolist()], None
+        base, docs = segment.file_key(ns, seg.id, ""), layout.docs
+        groups = np.unique(np.searchsorted(layout.part_rows, rows, side="right") - 1).tolist()
+        akey, ekey = segment.file_key(ns, seg.id, "attrs.bin"), segment.file_key(ns, seg.id, "rows.bin")
+        wanted = {vkey: (row_vectors.ranges(layout, rows), row_vectors.gap(layout)),
+                  akey: (self.documents.id_ranges(base, docs, groups), -1)}
+        if with_entries:
+            wanted[ekey] = (self.documents.entry_ranges(rows), ENTRY_GAP)
+        spans = ranged_reads.fetch_many(self.store, self.pool, wanted)
+        vectors = row_vectors.decode(spans[vkey], layout, rows)
+        ids = self.documents.ids_of_rows(base, docs, layout.part_rows, rows, spans[akey])
+        entries = self.documents.entries(base, layout.part_rows, rows, spans[ekey]) if with_entries else None
+        return vectors, ids, entries
+
+    def prefetch_filter(self, ns: str, seg: SegmentRef, filt: Filter) -> None:
+        """Start fetching the footers of the columns ``filt`` names (a by-range segment's
+        first reads for it), each on its own thread of the pool; loads the layout first."""
+        layout = self.layout(ns, seg)
+        if layout.docs is None:
+            return
+        from vectordb.filter_columns import columns
+
+        base = segment.file_key(ns, seg.id, "")
+        for name in [*columns(filt, layout.docs.kinds), ID_COLUMN]:
+            self.pool.submit(self.documents.footers, base, layout.docs, [name])
+
+    def prefetch_id(self, ns: str, seg: SegmentRef, doc_id: str) -> None:
+        """Look ``doc_id`` up ahead of a ``GET`` (its bucket, then its record): what
+        :meth:`find` will read. Loads the layout first."""
+        if doc_id not in self.tombstones(ns, seg):
+            self.find(ns, [seg], doc_id)
+
+    def find(self, ns: str, segs: list[SegmentRef], doc_id: str) -> list[Record | None]:
+        """The record of ``doc_id`` in each of ``segs`` that stores it (tombstoned or not):
+        by range, the buckets of all of them in one round of parallel GETs, then the record
+        (or records) found."""
+        layouts = [self.layout(ns, seg) for seg in segs]
+        by_range = [(segment.file_key(ns, seg.id, ""), "ids.bin", layout.docs.ids, [doc_id])
+                    for seg, layout in zip(segs, layouts) if layout.docs is not None]
+        found = iter(self.documents.lookup_many(by_range) if by_range else [])
+        out: list[Record | None] = []
+        for seg, layout in zip(segs, layouts):
+            if layout.docs is None:
+                lookup = self._lookups.get(("segment", seg.id), lambda seg=seg: RowLookup(self.ids(ns, seg)))
+                rows = lookup.rows([doc_id])
+                out.append(self.records(ns, seg, rows)[0] if len(rows) else None)
+                continue
+            hits = next(found).get(doc_id)
+            if not hits:
+                out.append(None)
+                continue
+            row, entry = hits[0]
+            out.append(self.documents.record_at(segment.file_key(ns, seg.id, ""), row, doc_fields.decode_entries(entry)[0]))
+        return out
+
+    def stored_ids(self, ns: str, seg: SegmentRef, ids) -> frozenset[str]:
+        """Those of ``ids`` the segment stores (tombstoned or not): which rows an upsert
+        of them overrides. By range: one bucket of ``ids.bin`` per id."""
+        layout = self.layout(ns, seg)
+        if layout.docs is None:
+            ids = set(ids)
+            return frozenset(i for i in self.ids(ns, seg) if i in ids)
+        found = self.documents.lookup(segment.file_key(ns, seg.id, ""), "ids.bin", layout.docs.ids, ids)
+        return frozenset(found)
+
+    def chunks(self, ns: str, segs: list[SegmentRef], parents: list[str]) -> list[list[tuple[int, str]]]:
+        """Per segment, (row, id) of the rows whose string ``doc_id`` attribute is one of
+        ``parents`` (tombstoned or not): by range from ``doc_ids.bin`` (every segment's
+        buckets in one round of parallel GETs), else by filtering the whole docs."""
+        layouts = [self.layout(ns, seg) for seg in segs]
+        by_range = [(segment.file_key(ns, seg.id, ""), "doc_ids.bin", layout.docs.doc_ids, parents)
+                    for seg, layout in zip(segs, layouts) if layout.docs is not None]
+        found = iter(self.documents.lookup_many(by_range) if by_range else [])
+        out = []
+        for seg, layout in zip(segs, layouts):
+            if layout.docs is not None:
+                out.append(sorted((row, payload.decode()) for hits in next(found).values() for row, payload in hits))
+            else:
+                out.append(self._filtered_chunks(ns, seg, parents))
+        return out
+
+    def _filtered_chunks(self, ns: str, seg: SegmentRef, parents: list[str]) -> list[tuple[int, str]]:
+        from vectordb.filters import parse_filter
+
+        out: list[tuple[int, str]] = []
+        for lo in range(0, len(parents), 1000):  # the filter language caps $in at 1,000 values
+            raw = {DOC_ID: {"$in": parents[lo : lo + 1000]}}
+            mask = self.filter_mask(ns, seg, parse_filter(raw), json.dumps(raw, sort_keys=True))
+            ids = self.ids(ns, seg)
+            out += [(int(r), ids[r]) for r in np.flatnonzero(mask)]
+        return sorted(set(out))
+
+    def bm25(self, ns: str, segs: list[SegmentRef], terms: list[str]) -> list[BM25Index | TermPostings]:
+        """What BM25 queries of ``terms`` (analyzed) need of each segment, fetched in three
+        rounds of parallel ranged reads (see :mod:`vectordb.bm25_reader`); each answers
+        ``stats(terms)`` and ``search``."""
+        return self.lexicon.fetch([segment.file_key(ns, seg.id, "bm25.bin") for seg in segs], terms, self.pool)
 
     def filter_mask(self, ns: str, seg: SegmentRef, filt: Filter, filter_key: str) -> np.ndarray:
         """Rows of the segment whose id and attributes match ``filt`` (DuckDB)."""
@@ -136,6 +317,9 @@ class NamespaceReader:
         from vectordb.filter_sql import matching_rows  # DuckDB: imported when a filter first needs it
 
         def make() -> np.ndarray:
+            layout = self.layout(ns, seg)
+            if layout.docs is not None:
+                return self.documents.filter_mask(segment.file_key(ns, seg.id, ""), layout.docs, layout.part_rows, filt)
             docs = self.docs(ns, seg)
             return matching_rows(filt, docs.column("id").combine_chunks(), docs.column("attributes").combine_chunks())
 
@@ -158,11 +342,16 @@ class NamespaceReader:
     # --- live rows ------------------------------------------------------------------------
     def live_mask(self, ns: str, seg: SegmentRef, tail: Tail) -> np.ndarray | None:
         """Rows of the segment that are neither tombstoned nor overridden by ``tail``;
-        None: all of them. Needs the segment's ids (its docs): for the filtered and BM25
-        paths, which read them anyway."""
+        None: all of them. By range: the dead and overridden ids looked up in ``ids.bin``
+        (a bucket each; the whole table once they are many); else from all of the
+        segment's ids."""
         dead = self.tombstones(ns, seg)
         if not dead and not tail.touched:
             return None
+        docs = self.by_range(ns, seg)
+        if docs is not None:
+            stored = StoredRows(self.documents, segment.file_key(ns, seg.id, ""), docs)
+            return self._live(("live", seg.id, seg.tombstones_key), dead, tail, lambda: stored)
         return self._live(("live", seg.id, seg.tombstones_key), dead, tail,
                           lambda: self._lookups.get(("segment", seg.id), lambda: RowLookup(self.ids(ns, seg))))
 
@@ -206,13 +395,21 @@ class NamespaceReader:
                 version = parent
             mask = np.ones(len(rows), bool)
             if dead:
-                dead_hashes = self._masks.get(("dead-hashes", key[-1]), lambda: hash_set(dead))
-                mask[rows.candidates(dead_hashes, dead.__contains__)] = False
+                mask[_rows_of(rows, dead, lambda: self._masks.get(("dead-hashes", key[-1]), lambda: hash_set(dead)))] = False
             if tail.touched:
-                mask[rows.candidates(tail.touched_hashes, tail.touched.__contains__)] = False
+                mask[_rows_of(rows, tail.touched, lambda: tail.touched_hashes)] = False
             return _frozen(mask)
 
         return self._masks.get((*key, tail.serial), make)
+
+
+def _rows_of(lookup, ids: frozenset[str], hashes) -> np.ndarray:
+    """The rows of ``ids`` in ``lookup``: an in-memory :class:`RowLookup` matches every row's
+    hash against ``hashes()`` in one pass (cheaper than a search per id when the ids are
+    many); a :class:`StoredRows` looks the ids up in ``ids.bin``."""
+    if isinstance(lookup, RowLookup):
+        return lookup.candidates(hashes(), ids.__contains__)
+    return lookup.rows(ids)
 
 
 def _frozen(array: np.ndarray) -> np.ndarray:

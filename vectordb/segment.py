@@ -1,6 +1,6 @@
 """The segment format: immutable indexed data, laid out for ranged reads.
 
-A segment ``<ns>/segments/<id>/`` has three objects:
+A segment ``<ns>/segments/<id>/`` has these objects:
 
 ``ivf.bin``
     magic ``VDBIVF02``, uint32 nlist, uint32 dims, uint32 vector type (0 float32,
@@ -9,7 +9,9 @@ A segment ``<ns>/segments/<id>/`` has three objects:
     offsets (nlist + 1). Small; a query fetches it first and keeps it cached. Segments
     that store vectors in less than float32 store float16 centroids where they fit: the
     second of a cold query's round trips carries half the bytes. (``VDBIVF01``: the same
-    without the two type words, float32.)
+    without the two type words, float32.) A segment whose documents are laid out by
+    range ends ``ivf.bin`` with a trailer (magic ``VDBDOCS2``, :mod:`vectordb.docs_format`)
+    telling its readers where their first ranged reads go; without one, ``docs.parquet``.
 ``vectors.bin``
     the partitions back to back. Partition ``p`` is one contiguous byte range: vectors
     (n × dims, float32, float16 or uint8 codes as ``ivf.bin`` says), int32 id offsets
@@ -18,16 +20,35 @@ A segment ``<ns>/segments/<id>/`` has three objects:
     ``round((x - low[j]) / step[j])``: 255 steps from the partition's own minimum to its
     maximum of that component (a partition is one cluster, so its span is narrow). A
     query fetches only the partitions it probes, one ranged GET each.
-``docs.parquet``
+``attrs.bin``
+    the attributes as columns, one per top-level key a filter can name, typed where the
+    segment's values agree (float64, string, bool; else JSON text), plus ``$id`` (and
+    ``$rest``, a JSON object of the keys past the 255 most frequent): one Parquet file per
+    column, back to back, row group ``p`` = partition ``p``, min/max statistics on typed
+    columns. A filter reads its columns' footers, then only their chunks in row groups
+    that can match (:mod:`vectordb.attr_columns`).
+``fields.bin`` and ``rows.bin``
+    per row its id, text and attributes (JSON), compressed alone (raw deflate), back to
+    back; and per row a fixed 22-byte entry saying where (:mod:`vectordb.doc_fields`). The
+    fields of a hit are one ranged read each.
+``ids.bin`` and ``doc_ids.bin``
+    hash tables in fixed-size buckets (:mod:`vectordb.key_table`): id -> row (and its
+    ``rows.bin`` entry), and a chunk's string ``doc_id`` attribute -> its rows and ids.
+    A lookup reads one bucket.
+``docs.parquet`` (segments written before the by-range layout)
     ``id``, ``text``, ``attributes`` (JSON text), one row group per partition (empty ones
-    included), rows in the same order as ``vectors.bin``: row group ``p`` holds partition
-    ``p``'s documents, so fetching the fields of a hit reads one row group.
+    included), rows in the same order as ``vectors.bin``; read whole.
 ``bm25.bin``
-    the BM25 inverted index over the rows' text (:mod:`vectordb.bm25`), row ``i`` = segment
-    row ``i``.
+    the BM25 inverted index over the rows' text, row ``i`` = segment row ``i``, laid out
+    for ranged reads (:mod:`vectordb.bm25_blocks`, magic ``VDBBM25B``): a head (segment
+    statistics and the index of the dictionary blocks, in the first 64 KiB), the sorted
+    term dictionary in blocks, then per term its postings (row gaps, term frequencies, row
+    lengths; ~3 bytes a posting). A query reads the head, one block per term and those
+    terms' postings. Older segments hold an ``.npz`` (:meth:`vectordb.bm25.BM25Index.to_bytes`),
+    read whole.
 
 Segment rows are sorted by partition; "row r of the segment" means the same document in
-both files.
+every file.
 """
 
 from __future__ import annotations
@@ -42,7 +63,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from vectordb import bm25, ivf, keys
+from vectordb import bm25, bm25_blocks, docs_format, ivf, keys
+from vectordb.docs_format import DocsLayout
 from vectordb.errors import VectorDBError
 from vectordb.namespace import FLOAT16_MAX
 from vectordb.rows import RowBatch
@@ -58,7 +80,9 @@ MAGIC = b"VDBIVF02"
 _DTYPES = ("float32", "float16", "int8")  # the type word indexes this
 _CENTROID_TYPES = ("float32", "float16")  # the centroid type word indexes this
 _STORED = {"float32": np.dtype(np.float32), "float16": np.dtype(np.float16), "int8": np.dtype(np.uint8)}
-FILES = ("ivf.bin", "vectors.bin", "docs.parquet", "bm25.bin")
+# Every file a segment may have (garbage collection keeps exactly these): a segment has the
+# whole-docs layout (docs.parquet) or the by-range one (docs_format.FILES), not both.
+FILES = ("ivf.bin", "vectors.bin", "docs.parquet", "bm25.bin", *docs_format.FILES)
 
 
 @dataclass(frozen=True)
@@ -69,6 +93,7 @@ class Layout:
     part_bytes: np.ndarray  # nlist + 1 byte offsets into vectors.bin
     part_rows: np.ndarray  # nlist + 1 row offsets
     vector_dtype: str = "float32"  # how vectors.bin stores the partitions' vectors
+    docs: DocsLayout | None = None  # a by-range segment's documents (ivf.bin's trailer); None: docs.parquet
 
     @property
     def nlist(self) -> int:
@@ -116,7 +141,8 @@ class Layout:
         at += nlist * dims * stored.itemsize
         part_bytes = np.frombuffer(data, np.int64, nlist + 1, at)
         part_rows = np.frombuffer(data, np.int64, nlist + 1, at + (nlist + 1) * 8)
-        return cls(centroids, part_bytes, part_rows, vector_dtype)
+        docs = DocsLayout.from_trailer(data, at + 2 * (nlist + 1) * 8)
+        return cls(centroids, part_bytes, part_rows, vector_dtype, docs)
 
 
 class PartitionIds(Sequence[str]):
@@ -250,10 +276,15 @@ def build(
     flat_max_rows: int,
     vector_dtype: str = "float32",
     key_version: int = 0,
+    docs: str = "by_range",
 ) -> BuiltSegment:
     """Cluster ``rows`` into an IVF segment. Vectors must already be normalised for cosine;
     ``vector_dtype`` is how ``vectors.bin`` stores them (float32, float16 or int8);
-    ``key_version`` the version the build means to commit at (it names the segment)."""
+    ``key_version`` the version the build means to commit at (it names the segment);
+    ``docs`` the documents' layout (:mod:`vectordb.docs_format`): ``by_range``, or ``whole``
+    (``docs.parquet``, the layout before issue 12, kept to test that it stays readable)."""
+    if docs not in ("by_range", "whole"):
+        raise ValueError(f"unknown docs layout {docs!r}")
     n, dims = rows.vectors.shape
     nlist = ivf.choose_nlist(n, rows_per_partition, flat_max_rows)
     centroids = ivf.train_centroids(rows.vectors, nlist, metric)
@@ -266,37 +297,42 @@ def build(
     np.cumsum(counts, out=part_rows[1:])
     sorted_rows = rows.take(order.tolist())
 
+    blobs = []
+    for p in range(nlist):
+        lo, hi = int(part_rows[p]), int(part_rows[p + 1])
+        blobs.append(encode_partition(sorted_rows.vectors[lo:hi], sorted_rows.ids[lo:hi], vector_dtype))
+    part_bytes = np.zeros(nlist + 1, np.int64)
+    np.cumsum([len(b) for b in blobs], out=part_bytes[1:])
+    lexical = bm25.BM25Index.build(t or "" for t in sorted_rows.texts)
+    if docs == "whole":
+        layout = Layout(centroids, part_bytes, part_rows, vector_dtype)
+        doc_files = {"docs.parquet": _whole_docs(sorted_rows, part_rows)}
+    else:
+        doc_files, described = docs_format.build(sorted_rows.ids, sorted_rows.texts, sorted_rows.attributes, part_rows)
+        layout = Layout(centroids, part_bytes, part_rows, vector_dtype, described)
+    files = {
+        "ivf.bin": layout.to_bytes() + (layout.docs.to_bytes() if layout.docs is not None else b""),
+        "vectors.bin": b"".join(blobs),
+        **doc_files,
+        "bm25.bin": bm25_blocks.encode(lexical),
+    }
+    return BuiltSegment(new_segment_id(key_version), nlist, n, files)
+
+
+def _whole_docs(sorted_rows: RowBatch, part_rows: np.ndarray) -> bytes:
+    """``docs.parquet``: id, text, attributes; one row group per partition."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     schema = pa.schema([("id", pa.string()), ("text", pa.string()), ("attributes", pa.string())])
-    blobs = []
-    writer_sink = io.BytesIO()
-    with pq.ParquetWriter(writer_sink, schema, compression="zstd") as writer:
-        for p in range(nlist):
+    sink = io.BytesIO()
+    with pq.ParquetWriter(sink, schema, compression="zstd") as writer:
+        for p in range(len(part_rows) - 1):
             lo, hi = int(part_rows[p]), int(part_rows[p + 1])
-            blobs.append(encode_partition(sorted_rows.vectors[lo:hi], sorted_rows.ids[lo:hi], vector_dtype))
-            writer.write_table(
-                pa.table(
-                    {
-                        "id": sorted_rows.ids[lo:hi],
-                        "text": sorted_rows.texts[lo:hi],
-                        "attributes": sorted_rows.attributes[lo:hi],
-                    },
-                    schema=schema,
-                )
-            )
-    part_bytes = np.zeros(nlist + 1, np.int64)
-    np.cumsum([len(b) for b in blobs], out=part_bytes[1:])
-    layout = Layout(centroids, part_bytes, part_rows, vector_dtype)
-    lexical = bm25.BM25Index.build(t or "" for t in sorted_rows.texts)
-    files = {
-        "ivf.bin": layout.to_bytes(),
-        "vectors.bin": b"".join(blobs),
-        "docs.parquet": writer_sink.getvalue(),
-        "bm25.bin": lexical.to_bytes(),
-    }
-    return BuiltSegment(new_segment_id(key_version), nlist, n, files)
+            columns = {"id": sorted_rows.ids[lo:hi], "text": sorted_rows.texts[lo:hi],
+                       "attributes": sorted_rows.attributes[lo:hi]}
+            writer.write_table(pa.table(columns, schema=schema))
+    return sink.getvalue()
 
 
 def file_key(ns: str, segment_id: str, name: str) -> str:
