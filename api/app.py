@@ -41,9 +41,10 @@ from api.models import (
     VersionRef,
 )
 from api.service import Service
-from api.warm import install_warm
-from vectordb.errors import InvalidArgument
+from api.warm import install_warm, warm_routes
+from vectordb.errors import InvalidArgument, WrongRole
 from vectordb.settings import Settings
+from vectordb.settings import load as load_settings
 
 ROLES = ("ingest", "query", "all")
 
@@ -89,15 +90,16 @@ def _write_routes(service: Service) -> APIRouter:
         # Parsed by hand, not by the pydantic model: a batch of 10,000 vectors is
         # millions of floats, and validate.prepare_upserts checks them in numpy.
         raw = await request.body()
-        if request.headers.get("content-type", "").startswith(ARROW_STREAM):
-            version, count = await run_in_threadpool(
-                lambda: service.upsert_table(ns, within_row_limit(request, _arrow_table(raw)))
-            )
-        else:
-            version, count = await run_in_threadpool(
-                lambda: service.upsert(ns, within_row_limit(request, _documents(raw)))
-            )
-        return {"version": version, "upserted": count}
+        def write() -> tuple[int, int, int]:
+            if request.headers.get("content-type", "").startswith(ARROW_STREAM):
+                table = within_row_limit(request, _arrow_table(raw))
+                return *service.upsert_table(ns, table), table.num_rows
+            docs = within_row_limit(request, _documents(raw))
+            return *service.upsert(ns, docs), len(docs) if isinstance(docs, list) else 0
+
+        version, count, sent = await run_in_threadpool(write)
+        # Every document sent is one or more rows (a long text's chunks); all or none are written.
+        return {"version": version, "upserted": count, "documents": sent, "chunks": count}
 
     @r.post("/v1/namespaces/{ns}/documents/delete", response_model=DeleteResponse)
     def delete(ns: str, body: DeleteRequest, request: Request) -> Any:
@@ -123,8 +125,14 @@ def _write_routes(service: Service) -> APIRouter:
         if wait:
             while job.finished_at is None:
                 await asyncio.sleep(0.05)
-            # A failure answers with its error's status (413 for a limit), a cancelled job 409.
-            return JSONResponse({"job": job.to_json()}, status_code=200 if job.status == "done" else job.http_status)
+            if job.status == "done":
+                return JSONResponse({"job": job.to_json()})
+            # A failure answers as the synchronous route would (its status and the error
+            # shape, 413 for a limit), a cancelled job 409; the job comes with it.
+            error = job.error or {"code": "cancelled", "message": f"job {job.id} was cancelled; nothing was written"}
+            body = {"error": {"code": error["code"], "message": error["message"], "request_id": errors.request_id(request)},
+                    "job": job.to_json()}
+            return JSONResponse(body, status_code=job.http_status or 500)
         return {"job": job.to_json(), "status_url": f"/v1/jobs/{job.id}"}
 
     @r.get("/v1/jobs/{job_id}")
@@ -298,6 +306,26 @@ class InlineGate:
         return self.in_flight == 1 and now >= self.busy_until
 
 
+def _refusals(router: APIRouter, role: str, serves: str) -> APIRouter:
+    """The routes of ``router`` (another role's), each answering 421 ``wrong_role``.
+
+    Without them a write sent to a query worker met the router's slash redirect (307) and
+    then a 405 naming nothing; now the client hears which role it reached and which it
+    needs. Same paths and methods, so access control applies its rules first.
+    """
+    out = APIRouter()
+
+    def refuse(request: Request) -> None:
+        raise WrongRole(
+            f"{request.method} {request.url.path} is served by workers with role {serves!r} or 'all'; "
+            f"this worker runs role {role!r} (VECTORDB_ROLE)"
+        )
+
+    for route in router.routes:
+        out.add_api_route(route.path, refuse, methods=sorted(route.methods), include_in_schema=False)
+    return out
+
+
 def _json_object(text: str, name: str) -> dict:
     try:
         value = json.loads(text)
@@ -338,7 +366,7 @@ def create_app(
 ) -> FastAPI:
     """The app for ``role``. ``cold_start`` (a ``vectordb.coldstart.ColdStart``) defaults to
     the process's clock; tests that share a process pass their own."""
-    settings = settings or Settings()
+    settings = settings or load_settings()
     role = role or settings.role
     if role not in ROLES:
         raise InvalidArgument(f"role must be one of {', '.join(ROLES)}, not {role!r}")
@@ -369,9 +397,14 @@ def create_app(
     app.include_router(_metadata_routes(service))
     if role in ("ingest", "all"):
         app.include_router(_write_routes(service))
+    else:
+        app.include_router(_refusals(_write_routes(service), role, "ingest"))
     if role in ("query", "all"):
         app.include_router(_query_routes(service))
         install_warm(app, service)
+    else:
+        app.include_router(_refusals(_query_routes(service), role, "query"))
+        app.include_router(_refusals(warm_routes(service), role, "query"))
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     access.install(app, service, settings)  # keys, scopes, hosts, media types, CORS (api/access.py)
     app.add_middleware(errors.RequestId)

@@ -11,20 +11,29 @@
     vectordb deploy ray [...]        (see deploy/README.md)
 
 Settings come from ``VECTORDB_*`` environment variables (see README); flags override them.
+``--store URI`` may come before or after the command; every command but ``serve`` prints the
+store it resolved to on stderr, and ``serve`` logs it in its start-up line.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 
 
-def _settings(args):
-    from vectordb.settings import Settings
+def _settings(args, announce: bool = True):
+    """The settings (environment, then ``--store``); ``announce``: say on stderr which store
+    they resolve to (the serve command logs it instead)."""
+    from storage import describe_store
+    from vectordb.settings import load
 
     overrides = {k: v for k, v in {"store_uri": getattr(args, "store", None)}.items() if v is not None}
-    return Settings(**overrides)
+    settings = load(**overrides)
+    if announce:
+        print(f"store: {describe_store(settings)}", file=sys.stderr)
+    return settings
 
 
 def _serve(args) -> int:
@@ -32,10 +41,11 @@ def _serve(args) -> int:
 
     from api.app import create_app
 
-    settings = _settings(args)
+    settings = _settings(args, announce=False)
     role = args.role or settings.role
     host = args.host or settings.host
     port = args.port or settings.port
+    _log_to_stderr(args.log_level)
     # Before binding: without credentials, loopback only (api/exposure.py).
     from api.apikeys import KeyStore
     from api.exposure import check_bind
@@ -43,6 +53,7 @@ def _serve(args) -> int:
 
     settings = check_bind(settings, host, KeyStore(open_raw_store(settings)), args.insecure)
     app = create_app(settings, role)
+    logging.getLogger("vectordb").info("%s", startup_line(settings, role, host, port))
     uvicorn.run(app, host=host, port=port, log_level=args.log_level, access_log=False)
     return 0
 
@@ -65,8 +76,46 @@ def _index(args) -> int:
 
 
 def _gc(args) -> int:
-    print(json.dumps(_service(args).collect_garbage(args.namespace)))
+    result = _service(args).collect_garbage(args.namespace)
+    print(json.dumps(result))
+    print(gc_summary(result), file=sys.stderr)
     return 0
+
+
+def gc_summary(r: dict) -> str:
+    """What a collection deleted and what it kept, and why, in words."""
+    return (
+        f"deleted {r['objects_deleted']} objects ({r['bytes_deleted']} bytes), pruned {r['manifests_pruned']} "
+        f"versions, removed {r['manifests_deleted']} expired stubs; kept {r['versions_kept']} readable versions "
+        f"({r['versions_kept_by_retention']} by retention, VECTORDB_RETAIN_MANIFESTS; "
+        f"{r['versions_kept_by_grace']} younger than VECTORDB_GC_GRACE_S) and {r['objects_kept']} objects "
+        f"({r['objects_kept_for_versions']} for those versions, {r['objects_kept_for_tags']} for tags, "
+        f"{r['objects_kept_for_branches']} for branches, {r['objects_kept_by_fence']} newer than the GC fence"
+        f"{' ' + str(r['fence']) if r['fence'] is not None else ''}: writes in flight may commit them)"
+    )
+
+
+def startup_line(settings, role: str, host: str, port: int) -> str:
+    """The line a server logs as it starts: store (no credentials), role, model, address."""
+    from storage import describe_store
+
+    model = settings.preload_embedder or "none preloaded"
+    if settings.model_path:
+        model += f" from {settings.model_path}"
+    return (
+        f"vectordb serving role {role} at http://{host}:{port}, store {describe_store(settings)}, "
+        f"model {model} (runtime {settings.embed_runtime}, device {settings.embed_device})"
+    )
+
+
+def _log_to_stderr(level: str) -> None:
+    """Our loggers (start-up line, ``vectordb.access``) to stderr, beside uvicorn's own."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))
+    for name in ("vectordb", "api", "ingest", "query", "storage"):
+        logger = logging.getLogger(name)
+        logger.addHandler(handler)
+        logger.setLevel(level.upper())
 
 
 def _namespaces(args) -> int:
@@ -103,7 +152,7 @@ def _eval(args) -> int:
     spec = importlib.util.spec_from_file_location("vectordb_bench_beir", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.main(args.rest)
+    return module.main(args.rest, results_dir=None)  # nothing written into the checkout
 
 
 def _deploy(args) -> int:
@@ -173,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     deploy.add_argument("deploy_args", nargs=argparse.REMAINDER, help="see: vectordb deploy ray --help")
     deploy.set_defaults(func=_deploy)
 
+    _accept_store_after_command(sub)
     args = parser.parse_args(argv)
     from vectordb.errors import VectorDBError
 
@@ -181,6 +231,19 @@ def main(argv: list[str] | None = None) -> int:
     except VectorDBError as exc:
         print(f"error ({exc.code}): {exc.message}", file=sys.stderr)
         return 2
+
+
+def _accept_store_after_command(sub) -> None:
+    """``--store URI`` after the command too (``vectordb serve --store URI``), as well as
+    before it; eval and deploy pass their arguments on untouched."""
+    for name, parser in sub.choices.items():
+        if name in ("eval", "deploy"):
+            continue
+        nested = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        for action in nested:
+            _accept_store_after_command(action)
+        if not nested:
+            parser.add_argument("--store", default=argparse.SUPPRESS, help="store URI (overrides VECTORDB_STORE_URI)")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 
 from fastapi import FastAPI, Request
@@ -13,13 +14,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from vectordb.errors import VectorDBError
 
 log = logging.getLogger(__name__)
+access_log = logging.getLogger("vectordb.access")
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type"}
 
 
 class RequestId:
-    """ASGI middleware: give every request an id (``request.state.request_id``) and answer it
-    in the ``x-request-id`` header. Plain ASGI, not BaseHTTPMiddleware: no extra task per call."""
+    """ASGI middleware: give every request an id (``request.state.request_id``), answer it
+    in the ``x-request-id`` header, and log one access line per request on
+    ``vectordb.access`` (INFO): id, client, method, path, status, milliseconds. Plain ASGI,
+    not BaseHTTPMiddleware: no extra task per call."""
 
     def __init__(self, app) -> None:
         self.app = app
@@ -29,14 +33,26 @@ class RequestId:
             return await self.app(scope, receive, send)
         rid = uuid.uuid4().hex[:16]
         scope.setdefault("state", {})["request_id"] = rid
+        started = time.perf_counter()
+        status = 500  # what the client sees if the app fails before answering
 
         async def send_with_id(message):
+            nonlocal status
             if message["type"] == "http.response.start":
+                status = message["status"]
                 headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"]
                 message = {**message, "headers": [*headers, (b"x-request-id", rid.encode())]}
             await send(message)
 
-        await self.app(scope, receive, send_with_id)
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            if access_log.isEnabledFor(logging.INFO):
+                client = scope.get("client")
+                access_log.info(
+                    "%s %s %s %s %d %.1fms", rid, f"{client[0]}:{client[1]}" if client else "-", scope["method"],
+                    scope["path"], status, (time.perf_counter() - started) * 1000,
+                )
 
 
 def request_id(request: Request) -> str:

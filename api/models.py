@@ -80,7 +80,9 @@ class DocumentsUpsert(_Strict):
 
 class UpsertResponse(BaseModel):
     version: int
-    upserted: int
+    upserted: int = Field(description="Rows written: the same as chunks.")
+    documents: int = Field(description="Documents sent (each written whole: one row, or its chunks).")
+    chunks: int = Field(description="Rows written: a long text's chunks each, a shorter document one.")
 
 
 class DeleteRequest(_Strict):

@@ -200,20 +200,25 @@ class Service:
         return self.engine.chunk_ids(ns, parents)
 
     def delete(self, ns: str, ids: list | None = None, filter: dict | None = None) -> tuple[int, int]:
-        """Delete by ids (a document's chunks go with it) and/or by filter."""
+        """Delete by ids (a document's chunks go with it) and/or by filter; returns (version,
+        rows deleted). Only live rows count, and when none matches nothing is committed:
+        the version returned is the newest one, unchanged."""
         manifest = self.catalog.latest(ns)
         config = manifest.config
         if ids is None and filter is None:
             raise InvalidArgument("give 'ids' or 'filter'")
-        doomed = validate.check_ids(ids, self.settings) if ids is not None else []
+        asked = sorted(set(validate.check_ids(ids, self.settings))) if ids is not None else []
+        doomed = self.engine.live_ids(ns, asked)  # an id lookup per segment, not a scan
         if filter is not None:
             doomed += self.engine.matching_ids(ns, filter)
-        if config.chunk_tokens and doomed:
-            doomed += self._chunks_of(ns, sorted(set(doomed)))
+        if config.chunk_tokens and (asked or doomed):
+            doomed += self._chunks_of(ns, sorted(set(asked) | set(doomed)))
         doomed = sorted(set(doomed))
         if not doomed:
             return self.catalog.latest(ns).version, 0
-        batch = WriteBatch(RowBatch.empty(config.dimensions), doomed)
+        # Every id asked is deleted, live or not: a concurrent upsert of one committed
+        # before this delete does not survive it (the delete is the later write).
+        batch = WriteBatch(RowBatch.empty(config.dimensions), sorted(set(doomed) | set(asked)))
         return self._write(ns, config, batch, manifest.incarnation), len(doomed)
 
     def ingest_file(self, ns: str, filename: str, data: bytes, content_type: str | None,

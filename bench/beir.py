@@ -16,7 +16,8 @@ deeper, and only the first 100 distinct documents count for recall@100.
 Scores are trec_eval's nDCG@10 (linear gain) and recall@100 over the queries in the qrels.
 
 Prints a table with the published references beside our figures (NFCorpus only) and writes
-everything to ``bench/results/beir-<dataset>.json``. Exit status 1 if a mode failed.
+everything to ``bench/results/beir-<dataset>.json`` (``vectordb eval beir``: only to
+``--output``). Exit status 1 if a mode failed.
 
 Reference scores (BENCHMARKS.md and the BEIR / bm25s papers, NFCorpus test split) are for
 the unchunked documents, truncated by the model at 256 tokens: ``--no-chunking`` reproduces
@@ -248,7 +249,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=128, help="documents per upsert request")
     parser.add_argument("--top-k", type=int, default=100,
                         help="hits asked per query (default: 100); with chunks, more hits reach 100 documents")
-    parser.add_argument("--output", type=Path, help="JSON file (default: bench/results/beir-<dataset>.json)")
+    parser.add_argument("--output", type=Path, help="JSON file (default: bench/results/beir-<dataset>.json; vectordb eval: none)")
     args = parser.parse_args(argv)
     args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     unknown = sorted(set(args.modes) - set(MODES))
@@ -292,8 +293,10 @@ def run(args: argparse.Namespace, url: str) -> dict:
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
-    """The command line (also ``vectordb eval beir``); returns the exit status."""
+def main(argv: list[str] | None = None, results_dir: Path | None = RESULTS) -> int:
+    """The command line (also ``vectordb eval beir``, which passes ``results_dir`` None: it
+    writes a JSON file only where ``--output`` says, never into the checkout); returns the
+    exit status."""
     args = parse_args(argv)
     started = time.perf_counter()
     with contextlib.ExitStack() as stack:
@@ -305,11 +308,14 @@ def main(argv: list[str] | None = None) -> int:
             url = stack.enter_context(local_server(workdir, settings))
         result = run(args, url.rstrip("/"))
     result["total_s"] = round(time.perf_counter() - started, 1)
-    output = args.output or RESULTS / f"beir-{result['dataset']}.json"
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(result, indent=2) + "\n")
+    output = args.output or (results_dir / f"beir-{result['dataset']}.json" if results_dir else None)
     print(table(result))
-    print(f"wrote {output}")
+    if output is None:
+        print("(no JSON written: pass --output FILE to keep the full result)")
+    else:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {output}")
     return 1 if any("error" in m for m in result["modes"].values()) else 0
 
 

@@ -54,6 +54,15 @@ class GcResult:
     objects_deleted: int  # WAL, segment and tombstone objects
     bytes_deleted: int
     fence: int | None  # the fence version the deletions were made under (None: nothing to delete)
+    # What was kept, and why (each object counted under the first reason that holds):
+    versions_kept: int = 0  # readable versions after the collection
+    versions_kept_by_retention: int = 0  # the newest ``retain`` (and the newest of all)
+    versions_kept_by_grace: int = 0  # older than those, but younger than ``grace_s``
+    objects_kept: int = 0  # WAL, segment and tag objects left
+    objects_kept_for_versions: int = 0  # a readable version references them
+    objects_kept_for_tags: int = 0  # only a tag's copy of a pruned version does
+    objects_kept_for_branches: int = 0  # only a readable version or tag of a branch (fork) does
+    objects_kept_by_fence: int = 0  # referenced by nothing, but newer than the fence: a write in flight may commit them
 
 
 def collect(
@@ -76,6 +85,7 @@ def collect(
     full = [i for i in listed if i.size > STUB_MAX_BYTES]
     stubs = [i for i in listed if i.size <= STUB_MAX_BYTES]
     kept = _kept_versions(full, newest, retain, grace_s, now)
+    by_retention = _kept_versions(full, newest, retain, 0.0, now)
 
     # Prune first: a restore, tag or branch that protects an old version and then finds it
     # still readable is sure that any collection deleting its objects fences after it.
@@ -92,32 +102,52 @@ def collect(
             store.delete(info.key)
             expired += 1
 
-    referenced: set[str] = set()
+    own: set[str] = set()  # what the kept versions reference
+    tagged: set[str] = set()  # what the copies held by their tags reference
     for version in kept:
         found = catalog.read_version(ns, version)
         if isinstance(found, Manifest):
-            referenced |= _references(store, found)
-    referenced |= _fork_references(catalog, store, ns, newest.forks)
-    garbage = [
-        info
-        for prefix in (f"{ns}/wal/", f"{ns}/segments/", f"{ns}/tags/")
-        for info in store.list(prefix)
-        if info.key not in referenced
+            own |= _own_references(found)
+            tagged |= _tag_references(store, found)
+    forked = _fork_references(catalog, store, ns, newest.forks)
+    listed_objects = [
+        info for prefix in (f"{ns}/wal/", f"{ns}/segments/", f"{ns}/tags/") for info in store.list(prefix)
     ]
+    garbage = [info for info in listed_objects if info.key not in own | tagged | forked]
 
     fence_version = None
-    objects = 0
+    objects = spared = 0
     if garbage or versions.expired_protections(newest, now):
         fence = _fence(catalog, newest, retries)
         fence_version = fence.version
         # Versions committed since the listing are summed up in the fence's own content.
-        referenced |= _references(store, fence) | _fork_references(catalog, store, ns, fence.forks)
+        own |= _own_references(fence)
+        tagged |= _tag_references(store, fence)
+        forked |= _fork_references(catalog, store, ns, fence.forks)
+        referenced = own | tagged | forked
         for info in garbage:
-            if info.key not in referenced and keys.key_version(ns, info.key) <= fence.gc_fence:
+            if info.key in referenced:
+                continue
+            if keys.key_version(ns, info.key) <= fence.gc_fence:
                 store.delete(info.key)
                 objects += 1
                 bytes_ += info.size
-    return GcResult(pruned, expired, objects, bytes_, fence_version)
+            else:
+                spared += 1
+    left = [info.key for info in listed_objects if info.key in own | tagged | forked]
+    for_versions = sum(key in own for key in left)
+    for_tags = sum(key in tagged and key not in own for key in left)
+    return GcResult(
+        pruned, expired, objects, bytes_, fence_version,
+        versions_kept=len(kept),
+        versions_kept_by_retention=len(by_retention),
+        versions_kept_by_grace=len(kept - by_retention),
+        objects_kept=len(left) + spared,
+        objects_kept_for_versions=for_versions,
+        objects_kept_for_tags=for_tags,
+        objects_kept_for_branches=len(left) - for_versions - for_tags,
+        objects_kept_by_fence=spared,
+    )
 
 
 def _prune(store: ObjectStore, key: str, ns: str, version: int) -> None:
@@ -139,9 +169,21 @@ def _kept_versions(full: list[ObjectInfo], newest: Manifest, retain: int, grace_
 
 def _references(store: ObjectStore, manifest: Manifest) -> set[str]:
     """What ``manifest`` needs, with what the copies in its tags need."""
+    return _own_references(manifest) | _tag_references(store, manifest)
+
+
+def _own_references(manifest: Manifest) -> set[str]:
+    """What ``manifest`` needs (its tags' objects included, not what their copies need)."""
     if manifest.deleted:
         return set()
-    found = manifest.referenced_keys(lambda seg: segment.file_keys(manifest.namespace, seg.id))
+    return manifest.referenced_keys(lambda seg: segment.file_keys(manifest.namespace, seg.id))
+
+
+def _tag_references(store: ObjectStore, manifest: Manifest) -> set[str]:
+    """What the copies held by ``manifest``'s tags need."""
+    found: set[str] = set()
+    if manifest.deleted:
+        return found
     for tag in manifest.tags:
         try:
             copy = Manifest.from_bytes(store.get(tag.key))

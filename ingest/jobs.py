@@ -68,9 +68,11 @@ _ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 class Job:
     """A job record, as stored and as ``GET /v1/jobs/{id}`` answers it.
 
-    ``status``: queued -> running -> done | failed | cancelled. ``heartbeat_at``: when the
-    running worker last wrote the record. ``cancel_requested``: a DELETE has asked it to
-    stop. ``http_status`` (not recorded) is the status a failure maps to, for ``?wait=true``.
+    ``status``: queued -> running -> done | failed | cancelled. ``error`` (a failed job):
+    ``{"code", "message", "status"}``, the code and HTTP status the same failure has on a
+    synchronous route. ``heartbeat_at``: when the running worker last wrote the record.
+    ``cancel_requested``: a DELETE has asked it to stop. ``http_status`` (not a field of the
+    record) is what ``?wait=true`` answers: the error's status, 409 when cancelled.
     """
 
     id: str
@@ -101,7 +103,12 @@ class Job:
     @classmethod
     def from_json(cls, data: dict) -> Job:
         names = {f.name for f in dataclasses.fields(cls)} - {"http_status"}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        job = cls(**{k: v for k, v in data.items() if k in names})
+        if job.status == "cancelled":
+            job.http_status = 409
+        elif job.error is not None:
+            job.http_status = job.error.get("status", 500)
+        return job
 
 
 class JobNotFound(NotFound):
@@ -117,6 +124,11 @@ class JobInterrupted(VectorDBError):
 
 class JobCancelled(Exception):
     """Raised at a checkpoint of a job that was asked to stop; the job ends ``cancelled``."""
+
+
+def _error(code: str, message: str, status: int) -> dict:
+    """A failed job's ``error``: what the synchronous route would have answered."""
+    return {"code": code, "message": message, "status": status}
 
 
 def record_key(job_id: str) -> str:
@@ -241,10 +253,10 @@ class Jobs:
         except JobCancelled:
             status, http_status = "cancelled", 409
         except VectorDBError as exc:
-            status, error, http_status = "failed", {"code": exc.code, "message": exc.message}, exc.status
+            status, error, http_status = "failed", _error(exc.code, exc.message, exc.status), exc.status
         except Exception as exc:  # reported in the job; the server log has the rest
             log.exception("job %s failed", job.id)
-            status, error, http_status = "failed", {"code": "internal", "message": f"{type(exc).__name__}: {exc}"}, 500
+            status, error, http_status = "failed", _error("internal", f"{type(exc).__name__}: {exc}", 500), 500
         run.stopping.set()
         with run.lock:  # waits for a heartbeat write in progress
             final = dataclasses.replace(job, status=status, error=error, finished_at=time.time())
@@ -359,12 +371,13 @@ class Jobs:
         silent = time.time() - last
         if silent <= self.settings.job_stale_s:
             return
-        job.status, job.finished_at = "failed", last
-        job.error = {
-            "code": JobInterrupted.code,
-            "message": f"the worker running this job stopped: no heartbeat for {silent:.0f} s "
+        job.status, job.finished_at, job.http_status = "failed", last, JobInterrupted.status
+        job.error = _error(
+            JobInterrupted.code,
+            f"the worker running this job stopped: no heartbeat for {silent:.0f} s "
             f"(job_stale_s is {self.settings.job_stale_s:g}); upload the file again",
-        }
+            JobInterrupted.status,
+        )
 
     # --- garbage -------------------------------------------------------------------------
     def _maybe_sweep(self) -> None:

@@ -58,7 +58,6 @@ CONTENT_TYPES = {
     "application/jsonl": "jsonl", "application/x-ndjson": "jsonl",
     "application/x-jsonlines": "jsonl", "application/json-lines": "jsonl",
 }  # fmt: skip
-JSONL_KEYS = ("id", "text", "title", "attributes")
 
 
 def file_kind(filename: str, content_type: str | None = None) -> str:
@@ -350,12 +349,15 @@ def _open_with_empty_password(reader: PdfReader) -> bool:
 
 
 def parse_jsonl(data: bytes, max_docs: int, *, max_bytes: int | None = None) -> list[dict]:
-    """One document object a line: ``{"id": str, "text"?: str, "title"?: str, "attributes"?: {}}``.
+    """One document object a line: ``{"id": str, "text"?: str, "title"?: str, "attributes"?: {}, ...}``.
 
-    Returns one dict per document with all four keys (absent ones ``None``); blank lines are
-    skipped. Raises InvalidArgument naming the line for bad UTF-8, bad JSON, NaN/Infinity,
-    wrong types, unknown keys or a repeated id; PayloadTooLarge past ``max_docs`` documents or
-    ``max_bytes``; InvalidArgument if there is no document at all.
+    Returns one ``{"id", "text", "attributes"}`` per document (``text`` None if absent): a
+    ``title`` and every other key of the line become attributes of that name beside those of
+    ``attributes`` (records exported from elsewhere carry such fields at the top level);
+    blank lines are skipped. Raises InvalidArgument naming the line for bad UTF-8, bad JSON,
+    NaN/Infinity, wrong types, a ``vector`` (uploads are embedded), a key both at the top
+    level and in ``attributes``, or a repeated id; PayloadTooLarge past ``max_docs``
+    documents or ``max_bytes``; InvalidArgument if there is no document at all.
     """
     _check_size(data, max_bytes)
     if data.startswith(codecs.BOM_UTF8):
@@ -389,14 +391,21 @@ def _jsonl_document(raw: bytes, number: int) -> dict:
         raise InvalidArgument(f"line {number}: invalid JSON: {str(exc)[:200]}") from exc
     if not isinstance(obj, dict):
         raise InvalidArgument(f"line {number}: expected a JSON object, got {type(obj).__name__}")
-    if unknown := sorted(set(obj) - set(JSONL_KEYS)):
+    if "vector" in obj:
         raise InvalidArgument(
-            f"line {number}: unknown key(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(JSONL_KEYS)}"
+            f"line {number}: an uploaded file is embedded by the namespace's model and takes no 'vector'; "
+            "send documents with vectors to POST /v1/namespaces/{ns}/documents"
         )
     check_id(obj.get("id"), f"line {number}")
     for key in ("text", "title"):
         if obj.get(key) is not None and not isinstance(obj[key], str):
             raise InvalidArgument(f"line {number}: {key!r} must be a string")
-    if obj.get("attributes") is not None and not isinstance(obj["attributes"], dict):
+    attributes = obj.get("attributes")
+    if attributes is not None and not isinstance(attributes, dict):
         raise InvalidArgument(f"line {number}: 'attributes' must be a JSON object")
-    return {key: obj.get(key) for key in JSONL_KEYS}
+    extra = {k: v for k, v in obj.items() if k not in ("id", "text", "attributes") and v is not None}
+    if clash := sorted(set(extra) & set(attributes or {})):
+        raise InvalidArgument(
+            f"line {number}: {', '.join(map(repr, clash))} both at the top level and in 'attributes'"
+        )
+    return {"id": obj["id"], "text": obj.get("text"), "attributes": {**extra, **(attributes or {})}}

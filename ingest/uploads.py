@@ -53,6 +53,8 @@ def chunk_upload(upload: Upload) -> list[dict]:
     config = upload.config
     if upload.kind == "jsonl":
         docs = parsers.parse_jsonl(upload.data, upload.max_docs, max_bytes=upload.max_bytes)
+        if upload.attributes:  # the form's attributes, under each line's own
+            docs = [{**doc, "attributes": {**upload.attributes, **doc["attributes"]}} for doc in docs]
         if config.chunk_tokens:
             docs = documents.expand(docs, config, counter)
     else:

@@ -89,6 +89,21 @@ def find(reader: NamespaceReader, manifest: Manifest, doc_id: str) -> Record | N
     return None
 
 
+def live_ids(reader: NamespaceReader, manifest: Manifest, ids: list[str]) -> list[str]:
+    """Those of ``ids`` that name a live row: the tail decides the ids it touched, each
+    segment the rest through its id lookup (``ids.bin``: a bucket per id), less its
+    tombstones."""
+    ns, tail = manifest.namespace, reader.tail(manifest)
+    live = [i for i in ids if i in tail.touched and i not in tail.deleted]
+    rest = [i for i in ids if i not in tail.touched]
+    for seg in manifest.segments:
+        if not rest:
+            break
+        dead = reader.tombstones(ns, seg)
+        live += [i for i in reader.stored_ids(ns, seg, rest) if i not in dead]
+    return live
+
+
 def chunk_ids(reader: NamespaceReader, manifest: Manifest, parents: list[str]) -> list[str]:
     """Ids of the live rows whose string ``doc_id`` attribute is one of ``parents``."""
     return [i for i, _ in _chunks(reader, manifest, parents, with_records=False)]

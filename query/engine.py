@@ -160,6 +160,10 @@ class QueryEngine:
         manifest = self._latest(ns, "strong")
         return documents.matching_ids(self.reader, manifest, filt, filter_key(raw_filter))
 
+    def live_ids(self, ns: str, ids: list[str]) -> list[str]:
+        """Those of ``ids`` that name a live row (strongly consistent), by id lookups."""
+        return documents.live_ids(self.reader, self._latest(ns, "strong"), list(dict.fromkeys(ids))) if ids else []
+
     def chunk_ids(self, ns: str, parents: list[str]) -> list[str]:
         """Ids of the live chunks of documents ``parents`` (rows whose ``doc_id`` attribute
         is one of them), strongly consistent: what re-ingesting or deleting them replaces."""

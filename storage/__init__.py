@@ -22,6 +22,7 @@ __all__ = [
     "ObjectStore",
     "PreconditionFailed",
     "StorageUnavailable",
+    "describe_store",
     "open_raw_store",
     "open_store",
 ]
@@ -61,3 +62,21 @@ def open_raw_store(settings: Settings) -> ObjectStore:
     raise InvalidArgument(
         f"unsupported store URI {uri!r}: expected file://DIR, s3://BUCKET/PREFIX or memory://NAME"
     )
+
+
+def describe_store(settings: Settings) -> str:
+    """Where ``settings.store_uri`` points, for logs and the command line, with nothing
+    secret in it: a directory as an absolute path, an S3 bucket with its endpoint; user
+    info and query strings of the URI are left out, and keys are never part of it."""
+    from pathlib import Path
+    from urllib.parse import urlsplit
+
+    uri = settings.store_uri
+    if uri.startswith("file://"):
+        return "file://" + str(Path(uri.removeprefix("file://")).resolve())
+    parts = urlsplit(uri)
+    where = f"{parts.scheme}://{parts.hostname or ''}{parts.path}" if parts.scheme else uri.split("?")[0]
+    if parts.scheme == "s3":
+        endpoint = settings.s3_endpoint.rpartition("@")[2]
+        where += f" at {'https' if settings.s3_secure else 'http'}://{endpoint}"
+    return where

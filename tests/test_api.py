@@ -115,6 +115,81 @@ def test_roles_serve_their_routes():
     with TestClient(create_app(settings, "ingest", service)) as ingest, \
             TestClient(create_app(settings, "query", service)) as query:
         assert ingest.put("/v1/namespaces/r", json={"embedder": "fake"}).status_code == 200
-        assert ingest.post("/v1/namespaces/r/query", json={"text": "x"}).status_code in (404, 405)
-        assert query.put("/v1/namespaces/r2", json={"embedder": "fake"}).status_code in (404, 405)
         assert query.get("/v1/namespaces/r").status_code == 200
+
+
+def test_a_route_of_another_role_answers_421_naming_both_roles():
+    # Before: a write to a query worker met the slash redirect (307), then a bare 405.
+    register_fake_embedder()
+    settings = Settings(store_uri="memory://wrong-role", group_commit_ms=1, preload_embedder="")
+    service = Service(settings, store=MemoryStore())
+    headers = {"X-Requested-With": "tests"}
+    with TestClient(create_app(settings, "ingest", service), headers=headers) as ingest, \
+            TestClient(create_app(settings, "query", service), headers=headers) as query:
+        assert ingest.put("/v1/namespaces/r", json={"embedder": "fake"}).status_code == 200
+        writes = [
+            ("post", "/v1/namespaces/r/documents", {"json": {"documents": [{"id": "a", "text": "x"}]}}),
+            ("post", "/v1/namespaces/r/documents/delete", {"json": {"ids": ["a"]}}),
+            ("post", "/v1/namespaces/r/files", {"files": {"file": ("a.txt", b"hello", "text/plain")}}),
+            ("post", "/v1/namespaces/r/index", {"json": {}}),
+            ("put", "/v1/namespaces/r2", {"json": {"embedder": "fake"}}),
+            ("delete", "/v1/namespaces/r", {}),
+        ]
+        for method, path, kwargs in writes:
+            resp = getattr(query, method)(path, follow_redirects=False, **kwargs)
+            err = _error(resp, 421, "wrong_role")
+            assert "'query'" in err["message"] and "'ingest'" in err["message"], err
+        for path in ("/v1/namespaces/r/query", "/v1/namespaces/r/warm"):
+            err = _error(ingest.post(path, json={"text": "x"} if path.endswith("query") else {},
+                                     follow_redirects=False), 421, "wrong_role")
+            assert "'ingest'" in err["message"] and "'query'" in err["message"]
+        assert query.get("/v1/namespaces/r").json()["version"] == 0  # nothing was written
+        paths = query.get("/openapi.json").json()["paths"]
+        assert "post" not in paths.get("/v1/namespaces/{ns}/documents", {})  # refusals are not documented
+
+
+def test_delete_counts_the_rows_it_deleted_and_commits_nothing_when_none_matched(client):
+    # Before: every id asked was counted, and a delete of absent ids committed a version.
+    client.put("/v1/namespaces/d", json={"embedder": "fake", "chunking": {"chunk_tokens": 16, "overlap_tokens": 2}})
+    long_text = " ".join(f"Sentence number {n} is about pumps." for n in range(12))
+    written = client.post("/v1/namespaces/d/documents", json={"documents": [
+        {"id": "long", "text": long_text}, {"id": "a", "text": "apple"}, {"id": "b", "text": "banana"}]}).json()
+    chunks = written["chunks"] - 2
+    assert chunks > 1
+    version = written["version"]
+    r = client.post("/v1/namespaces/d/documents/delete", json={"ids": ["nope", "also-nope"]})
+    assert r.status_code == 200 and r.json() == {"version": version, "deleted": 0}
+    assert client.post("/v1/namespaces/d/documents/delete", json={"filter": {"x": 1}}).json()["deleted"] == 0
+    assert client.get("/v1/namespaces/d").json()["version"] == version  # no version was committed
+    assert client.post("/v1/namespaces/d/documents/delete", json={"ids": ["a", "nope"]}).json() == {
+        "version": version + 1, "deleted": 1}
+    r = client.post("/v1/namespaces/d/documents/delete", json={"ids": ["long"]}).json()
+    assert r == {"version": version + 2, "deleted": chunks}  # a document's rows: its chunks
+    assert client.post("/v1/namespaces/d/documents/delete", json={"ids": ["a", "long"]}).json()["deleted"] == 0
+
+
+def test_an_upsert_reports_documents_and_chunks(client):
+    # Before: only "upserted", the rows written, which a chunked document multiplies.
+    client.put("/v1/namespaces/c", json={"embedder": "fake", "chunking": {"chunk_tokens": 16, "overlap_tokens": 2}})
+    long_text = " ".join(f"Sentence number {n} is about pumps." for n in range(12))
+    r = client.post("/v1/namespaces/c/documents", json={"documents": [
+        {"id": "long", "text": long_text}, {"id": "short", "text": "a short one"}]})
+    body = r.json()
+    assert r.status_code == 200 and body["documents"] == 2 and body["chunks"] == body["upserted"] > 2
+    chunk_rows = len(client.get("/v1/namespaces/c/documents/long").json()["chunks"])
+    assert body["chunks"] == chunk_rows + 1
+    client.put("/v1/namespaces/v", json={"embedder": "none", "dimensions": 3})
+    table = _arrow_stream(["x", "y"], [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    r = client.post("/v1/namespaces/v/documents", content=table,
+                    headers={"content-type": "application/vnd.apache.arrow.stream"})
+    assert r.json()["documents"] == r.json()["chunks"] == r.json()["upserted"] == 2
+
+
+def _arrow_stream(ids: list[str], vectors: list[list[float]]) -> bytes:
+    import pyarrow as pa
+
+    table = pa.table({"id": ids, "vector": pa.array(vectors, type=pa.list_(pa.float32(), 3))})
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()

@@ -110,3 +110,19 @@ def test_bad_arguments(dataset):
         beir.main([str(dataset), "--modes", "vector,colbert"])
     with pytest.raises(SystemExit):
         beir.main([str(dataset.parent), "--modes", "vector"])  # no corpus.jsonl there
+
+
+def test_vectordb_eval_writes_nothing_into_the_checkout(server_url, dataset, capsys):
+    # Before: `vectordb eval beir DIR` overwrote bench/results/beir-<dataset>.json, a tracked file.
+    from api import cli
+
+    data = dataset.rename(dataset.parent / f"evalcheck-{dataset.parent.name}")
+    written = ROOT / "bench" / "results" / f"beir-{data.name}.json"
+    try:
+        code = cli.main(["eval", "beir", str(data), "--url", server_url, "--embedder", "fake", "--batch", "2",
+                         "--top-k", "3", "--modes", "bm25"])
+        assert code == 0
+        assert not written.exists()
+        assert "--output" in capsys.readouterr().out
+    finally:
+        written.unlink(missing_ok=True)

@@ -280,10 +280,13 @@ def test_pdf_corruptions_are_invalid_or_parse():
 
 
 def test_jsonl_documents():
-    data = b'{"id": "a", "text": "hello"}\r\n\n  \n{"id": "b", "title": "T", "attributes": {"k": [1, 2]}}'
+    data = (b'{"id": "a", "text": "hello"}\r\n\n  \n{"id": "b", "title": "T", "attributes": {"k": [1, 2]}}\n'
+            b'{"id": "c", "text": "x", "url": "https://e.org", "meta": {"y": 1}, "lang": null}')
     assert parse_jsonl(data, max_docs=10) == [
-        {"id": "a", "text": "hello", "title": None, "attributes": None},
-        {"id": "b", "text": None, "title": "T", "attributes": {"k": [1, 2]}},
+        {"id": "a", "text": "hello", "attributes": {}},
+        {"id": "b", "text": None, "attributes": {"title": "T", "k": [1, 2]}},
+        # Other top-level keys are attributes too (a null one is left out).
+        {"id": "c", "text": "x", "attributes": {"url": "https://e.org", "meta": {"y": 1}}},
     ]
 
 
@@ -298,7 +301,8 @@ def test_jsonl_documents():
         (['{"id": "a", "text": 5}'], "line 1: 'text' must be a string"),
         (['{"id": "a", "title": ["x"]}'], "line 1: 'title' must be a string"),
         (['{"id": "a", "attributes": [1]}'], "line 1: 'attributes' must be a JSON object"),
-        (['{"id": "a", "vector": [1]}'], "line 1: unknown key"),
+        (['{"id": "a", "vector": [1]}'], "line 1: an uploaded file is embedded"),
+        (['{"id": "a", "k": 1, "attributes": {"k": 2}}'], "line 1: 'k' both at the top level and in 'attributes'"),
         (['{"id": "a", "attributes": {"x": NaN}}'], "line 1: invalid JSON: NaN"),
         (['{"id": "a"}', "", '{"id": "a"}'], "line 3: id 'a' repeats line 1"),
         ([], "no documents"),

@@ -150,6 +150,7 @@ def test_a_job_whose_worker_died_reads_as_interrupted(services):
         svc.store.put(record_key(job.id), json.dumps(job.to_json()).encode())
     job = svc.job(dead.id)
     assert job.status == "failed" and job.error["code"] == "interrupted" and "no heartbeat" in job.error["message"]
+    assert job.error["status"] == 503 and job.http_status == 503
     assert job.finished_at == dead.heartbeat_at and job.chunks_done == 40
     assert svc.job(alive.id).status == "running"
     # Cancelling a dead job changes nothing: it has ended.
@@ -383,3 +384,53 @@ def test_cutting_a_long_run_of_punctuation_is_exact_and_equals_the_search():
             start = stop
         assert spans == searched
         assert all(tokens == config.chunk_tokens for _, _, tokens in spans[:-1])
+
+
+# ---------------------------------------------------------------------------- over HTTP
+
+
+@pytest.mark.parametrize("chunking", [{"chunk_tokens": 16, "overlap_tokens": 2}, False])
+def test_a_jsonl_upload_indexes_each_line_with_its_other_fields_as_attributes(chunking):
+    # Before: every line with a title failed the job with "unknown fields ['title']".
+    settings = unit_settings(store_uri="memory://jsonl-upload", preload_embedder="")
+    app = create_app(settings, "all", Service(settings, store=MemoryStore()))
+    lines = [
+        {"id": "pumps", "title": "Pumps", "text": "The pump is cleaned every week.", "url": "https://e.org/p"},
+        {"id": "valves", "title": "Valves", "text": "Valves are checked monthly.", "attributes": {"team": "ops"}},
+    ]
+    data = "\n".join(json.dumps(line) for line in lines).encode()
+    with TestClient(app, headers=HEADERS) as c:
+        c.put("/v1/namespaces/j", json={"embedder": "fake", "chunking": chunking})
+        r = c.post("/v1/namespaces/j/files?wait=true", data={"attributes": '{"source": "export", "team": "all"}'},
+                   files={"file": ("kb.jsonl", data, "application/jsonl")})
+        assert r.status_code == 200, r.text
+        assert r.json()["job"]["status"] == "done" and r.json()["job"]["documents"] == 2
+        pumps = c.get("/v1/namespaces/j/documents/pumps").json()
+        assert pumps["text"] == "The pump is cleaned every week."
+        assert {"title": "Pumps", "url": "https://e.org/p", "source": "export", "team": "all"}.items() \
+            <= pumps["attributes"].items()
+        valves = c.get("/v1/namespaces/j/documents/valves").json()
+        assert valves["attributes"]["team"] == "ops" and valves["attributes"]["title"] == "Valves"
+        hits = c.post("/v1/namespaces/j/query", json={"text": "pump cleaned", "mode": "bm25", "top_k": 1}).json()
+        assert hits["results"][0]["id"] == "pumps"
+        bad = c.post("/v1/namespaces/j/files?wait=true",
+                     files={"file": ("v.jsonl", b'{"id": "v", "vector": [1, 2]}', "application/jsonl")})
+        assert bad.status_code == 400 and "takes no 'vector'" in bad.json()["job"]["error"]["message"]
+
+
+def test_a_failed_job_keeps_the_status_and_code_the_synchronous_route_gives(services):
+    # Before: GET /v1/jobs/{id} showed only {"code", "message"}; the status was lost.
+    a, b = services(), services()  # b: another worker, which reads the record from the store
+    with TestClient(create_app(a.settings, "all", a), headers=HEADERS) as ca, \
+            TestClient(create_app(b.settings, "all", b), headers=HEADERS) as cb:
+        ca.put("/v1/namespaces/f", json={"embedder": "fake"})
+        waited = ca.post("/v1/namespaces/f/files?wait=true", files={"file": ("a.txt", b"\x00\x01bin", "text/plain")})
+        assert waited.status_code == 400
+        error = waited.json()["error"]
+        assert error["code"] == "invalid_argument" and error["request_id"] == waited.headers["x-request-id"]
+        job_id = waited.json()["job"]["id"]
+        for client in (ca, cb):
+            job = client.get(f"/v1/jobs/{job_id}").json()["job"]
+            assert job["status"] == "failed"
+            assert job["error"] == {"code": "invalid_argument", "message": error["message"], "status": 400}
+        assert b.job(job_id).http_status == 400

@@ -16,6 +16,7 @@ translated into these at the boundary that meets them (``raise ... from exc``).
     │   ├── DocumentNotFound (404, document_not_found)
     │   └── VersionNotFound (404, version_not_found)  -- no such version, tag or time
     ├── VersionNotRetained (410, version_not_retained)  -- pruned by garbage collection
+    ├── WrongRole (421, wrong_role)  -- a route of a role this worker does not run
     ├── AlreadyExists (409, already_exists)
     ├── Conflict (409, conflict)  -- optimistic commit retried too often
     ├── TooManyRequests (429, rate_limited)  -- a limit per key or per worker; ``retry_after_s``
@@ -102,6 +103,14 @@ class VersionNotRetained(VectorDBError):
 
     status = 410
     code = "version_not_retained"
+
+
+class WrongRole(VectorDBError):
+    """A write sent to a query worker, or a query to an ingest worker (``VECTORDB_ROLE``):
+    421 Misdirected Request, the request is fine but this server will not answer it."""
+
+    status = 421
+    code = "wrong_role"
 
 
 class AlreadyExists(VectorDBError):

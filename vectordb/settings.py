@@ -1,15 +1,18 @@
 """The one settings object. Every field is read from the environment with the
 ``VECTORDB_`` prefix (``VECTORDB_STORE_URI=s3://bucket/prefix``) and is documented in
 README.md; a test fails if one is missing there. Core code receives a Settings
-instance; nothing else reads ``os.environ``.
+instance; nothing else reads ``os.environ``. Enum-like settings are ``Literal``s, so a
+misconfigured process fails at start-up (:func:`load` says which values are allowed).
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from vectordb.errors import InvalidArgument
 
 
 class Settings(BaseSettings):
@@ -46,7 +49,9 @@ class Settings(BaseSettings):
     # --- server ----------------------------------------------------------------------
     host: str = Field("127.0.0.1", description="Address the HTTP server binds.")
     port: int = Field(8080, description="Port the HTTP server binds.")
-    role: str = Field("all", description="Which routes this process serves: ingest, query or all.")
+    role: Literal["ingest", "query", "all"] = Field(
+        "all", description="Which routes this process serves: ingest, query or all."
+    )
     max_body_bytes: int = Field(64 * 1024 * 1024, description="Largest accepted request body.")
     max_batch_docs: int = Field(10_000, description="Most documents (or ids) in one write request.")
     max_text_chars: int = Field(1_000_000, description="Longest text of one document.")
@@ -114,7 +119,7 @@ class Settings(BaseSettings):
         1.0, ge=0, description="The background preload starts after the first answered query, or this "
         "many seconds after start-up, whichever comes first.",
     )
-    embed_runtime: str = Field(
+    embed_runtime: Literal["auto", "torch", "numpy", "onnx", "onnx-int8"] = Field(
         "auto",
         description="How the 'minilm' embedder runs: 'torch' (sentence-transformers), 'numpy' (the same "
         "vectors without torch; loads in ~0.1 s instead of 5-14 s), 'onnx' / 'onnx-int8' (numpy for queries, "
@@ -123,13 +128,13 @@ class Settings(BaseSettings):
         "(numpy for queries; documents on onnx-int8 where onnxruntime and onnx are installed, else torch; each "
         "loaded when first needed; torch for both when embed_device is on a GPU).",
     )
-    embed_precision: str = Field(
+    embed_precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto",
         description="Arithmetic of the torch runtime: 'fp32', 'bf16' (bfloat16 autocast: matrix products in "
         "bfloat16, sums in float32; 1.3-2.4x the documents/s of fp32 on a 2-core AVX512-BF16 CPU, cosine > "
         "0.9999 to fp32) or 'auto' (bf16 on CPUs with AVX512-BF16 or AMX, fp32 elsewhere, CUDA included).",
     )
-    embed_device: str = Field(
+    embed_device: Literal["auto", "cpu", "cuda"] = Field(
         "cpu",
         description="Where the torch runtime embeds: 'cpu', 'cuda' or 'auto' (cuda when an NVIDIA GPU is "
         "present and torch sees it). The numpy runtime always runs on the CPU.",
@@ -232,3 +237,17 @@ class Settings(BaseSettings):
         "numbers taken; a process whose view of a namespace is older than half of this re-reads the newest "
         "version from the latest.json hint or a LIST instead of probing forward from what it knew.",
     )
+
+
+def load(**overrides) -> Settings:
+    """``Settings(**overrides)`` over the environment; InvalidArgument naming each bad
+    variable and what it accepts (an enum's allowed values) instead of pydantic's report."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors(include_url=False):
+            field = str(err["loc"][0]) if err["loc"] else ""
+            shown = "(hidden)" if "secret" in field or "key" in field else repr(err.get("input"))
+            problems.append(f"VECTORDB_{field.upper()}={shown}: {err['msg']}")
+        raise InvalidArgument("invalid settings: " + "; ".join(problems)) from None
