@@ -32,6 +32,9 @@ from api.models import (
     AS_OF,
     DeleteRequest,
     DeleteResponse,
+    DocumentPage,
+    GetManyRequest,
+    GetManyResponse,
     IndexRequest,
     NamespaceCreate,
     QueryRequest,
@@ -179,6 +182,20 @@ def _metadata_routes(service: Service) -> APIRouter:
         ns: str, doc_id: str, as_of: str | None = Query(None, description=AS_OF + " A number is a version.")
     ) -> dict:
         return service.get_document(ns, doc_id, as_of=_as_of_param(as_of))
+
+    @r.get("/v1/namespaces/{ns}/documents", response_model=DocumentPage)
+    def list_documents(
+        ns: str,
+        limit: int = Query(100, description="How many documents in this page (1..max_top_k)."),
+        cursor: str | None = Query(None, description="The previous page's cursor: the listing goes on at its version."),
+        as_of: str | None = Query(None, description=AS_OF + " A number is a version. Not with a cursor."),
+        include_vectors: bool = Query(False, description="Also return each document's vector (as stored)."),
+    ) -> Any:
+        return service.list_documents(ns, limit, cursor, _as_of_param(as_of), include_vectors)
+
+    @r.post("/v1/namespaces/{ns}/documents/get", response_model=GetManyResponse)
+    def get_documents(ns: str, body: GetManyRequest) -> Any:
+        return {"documents": service.get_documents(ns, body.ids, as_of=body.as_of)}
 
     @r.get("/v1/namespaces/{ns}/versions")
     def list_versions(

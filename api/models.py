@@ -90,6 +90,29 @@ class DeleteRequest(_Strict):
     filter: dict[str, Any] | None = None
 
 
+class GetManyRequest(_Strict):
+    ids: list[str] = Field(..., description="Ids of rows or chunked documents (1..max_top_k).")
+    as_of: AsOf | None = Field(None, description=AS_OF)
+
+
+class DocumentOut(BaseModel):
+    id: str
+    text: str | None = None
+    attributes: dict[str, Any] = Field(default_factory=dict)
+    vector: list[float] | None = Field(None, description="Listing with include_vectors: the vector as stored.")
+    chunks: list[DocumentOut] | None = Field(None, description="A chunked document: its chunks, in order.")
+
+
+class GetManyResponse(BaseModel):
+    documents: list[DocumentOut] = Field(..., description="Those found, in the order asked.")
+
+
+class DocumentPage(BaseModel):
+    documents: list[DocumentOut]
+    cursor: str | None = Field(None, description="Pass as ``cursor`` for the next page; null: the end.")
+    version: int = Field(..., description="The version every page of this listing reads.")
+
+
 class DeleteResponse(BaseModel):
     version: int
     deleted: int

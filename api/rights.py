@@ -38,6 +38,8 @@ RULES: dict[tuple[str, str], Rule] = {
     ("POST", "/v1/namespaces/{ns}/documents"): Rule("write", "ns", (JSON, ARROW_STREAM)),
     ("POST", "/v1/namespaces/{ns}/documents/delete"): Rule("write", "ns", (JSON,)),
     ("GET", "/v1/namespaces/{ns}/documents/{doc_id:path}"): Rule("read", "ns"),
+    ("GET", "/v1/namespaces/{ns}/documents"): Rule("read", "ns"),
+    ("POST", "/v1/namespaces/{ns}/documents/get"): Rule("read", "ns", (JSON,)),
     ("POST", "/v1/namespaces/{ns}/files"): Rule("write", "ns", (MULTIPART,)),
     ("POST", "/v1/namespaces/{ns}/index"): Rule("write", "ns", (JSON,)),
     ("POST", "/v1/namespaces/{ns}/query"): Rule("read", "ns", (JSON,)),

@@ -342,6 +342,31 @@ class Service:
         share, and ``chunks`` (each with its own) in order."""
         return self.engine.document(ns, validate.check_id(doc_id, "id"), consistency, as_of).to_json()
 
+    def get_documents(self, ns: str, ids: list, consistency: str = "strong", as_of=None) -> list[dict]:
+        """Those of ``ids`` found (as :meth:`get_document`), in the order asked, all read
+        from one version; at most ``max_top_k`` ids."""
+        if not isinstance(ids, list) or not ids:
+            raise InvalidArgument("ids must be a non-empty list of ids")
+        if len(ids) > self.settings.max_top_k:
+            raise InvalidArgument(f"at most {self.settings.max_top_k} ids in one request")
+        checked = [validate.check_id(i, "ids") for i in ids]
+        return [d.to_json() for d in self.engine.documents(ns, checked, consistency, as_of)]
+
+    def list_documents(self, ns: str, limit: int = 100, cursor: str | None = None, as_of=None,
+                       include_vectors: bool = False) -> dict:
+        """A page of the live documents (stored rows: a chunked document's chunks each) in a
+        stable order, with their vectors if asked; ``cursor`` (from the previous page)
+        continues the listing at the version its first page read."""
+        if not isinstance(limit, int) or not 1 <= limit <= self.settings.max_top_k:
+            raise InvalidArgument(f"limit must be between 1 and {self.settings.max_top_k}")
+        if cursor is not None and as_of is not None:
+            raise InvalidArgument("give cursor or as_of, not both: a cursor names its version")
+        docs, vectors, following, version = self.engine.list_documents(ns, limit, cursor, as_of, include_vectors)
+        out = [d.to_json() for d in docs]
+        for doc, vector in zip(out, vectors or ()):
+            doc["vector"] = vector.tolist()
+        return {"documents": out, "cursor": following, "version": version}
+
     # --- versions (vectordb.versions) -------------------------------------------------------
     def versions(self, ns: str, limit: int = 100, before: int | None = None) -> list[versions.VersionInfo]:
         """The newest ``limit`` versions below ``before``, newest first, with what each did."""

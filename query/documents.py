@@ -13,12 +13,15 @@ overlap, and the attributes all of them share.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from vectordb.doc_fields import Record
+from vectordb.errors import InvalidArgument
 from vectordb.filters import Filter
 from vectordb.manifest import Manifest
 from vectordb.reader import NamespaceReader
@@ -154,3 +157,57 @@ def matching_ids(reader: NamespaceReader, manifest: Manifest, filt: Filter, filt
         ids += [i for i in reader.row_ids(ns, seg, rows) if i not in dead and i not in tail.touched]
     return ids
 
+
+def page(reader: NamespaceReader, manifest: Manifest, start: tuple[int, int], limit: int, vectors: bool = False
+         ) -> tuple[list[Record], list[np.ndarray] | None, tuple[int, int] | None]:
+    """Up to ``limit`` live rows of ``manifest`` from position ``start`` = (segment index,
+    row), in a stable order: each segment's rows in row order, then the tail's (segment
+    index ``len(manifest.segments)``). Returns their records, their vectors (with
+    ``vectors``: as stored, so an int8 segment's are its decoded int8 values) and the
+    position after the last (None: the end). Reads the live masks of the segments it walks
+    and the records (and vectors) it returns."""
+    ns, tail = manifest.namespace, reader.tail(manifest)
+    segments = list(manifest.segments)
+    wanted: list[tuple[int, list[int]]] = []
+    (s, row), count = start, 0
+    while s < len(segments) and count < limit:
+        seg = segments[s]
+        mask = reader.live_mask(ns, seg, tail)
+        live = np.arange(row, seg.rows) if mask is None else row + np.flatnonzero(mask[row:])
+        take = live[: limit - count].tolist()
+        if take:
+            wanted.append((s, take))
+            count += len(take)
+        if len(take) < len(live):
+            row = take[-1] + 1
+            break
+        s, row = s + 1, 0
+    records = [r for got in reader.records_many(ns, [(segments[i], rows) for i, rows in wanted]) for r in got]
+    found = [v for i, rows in wanted for v in reader.row_vectors(ns, segments[i], rows)] if vectors else None
+    after: tuple[int, int] | None = (s, row)
+    if count < limit and s >= len(segments):
+        first = row if s == len(segments) else 0
+        end = min(len(tail.rows.ids), first + limit - count)
+        rows = tail.rows
+        records += [Record(rows.ids[r], rows.texts[r], rows.attributes[r]) for r in range(first, end)]
+        if found is not None:
+            found += list(rows.vectors[first:end])
+        after = (len(segments), end) if end < len(rows.ids) else None
+    return records, found, after
+
+
+def encode_cursor(version: int, position: tuple[int, int]) -> str:
+    """An opaque listing cursor: the version listed and the position after the last row."""
+    raw = json.dumps([version, *position], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[int, tuple[int, int]]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        version, s, row = json.loads(raw)
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (version, s, row)):
+            raise ValueError
+    except (ValueError, TypeError, binascii.Error):
+        raise InvalidArgument("cursor is not one this service gave") from None
+    return version, (s, row)

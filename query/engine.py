@@ -188,6 +188,28 @@ class QueryEngine:
             raise DocumentNotFound(f"document {doc_id!r} not found in {ns!r}")
         return found
 
+    def documents(self, ns: str, ids: list[str], consistency: str = "strong", as_of=None) -> list[documents.Document]:
+        """Those of ``ids`` found (rows or chunked documents, as :meth:`document`), in the
+        order asked, all read from one version."""
+        manifest = self._manifest(ns, consistency, as_of)
+        found = (documents.document(self.reader, manifest, doc_id) for doc_id in dict.fromkeys(ids))
+        return [doc for doc in found if doc is not None]
+
+    def list_documents(self, ns: str, limit: int, cursor: str | None = None, as_of=None, vectors: bool = False
+                       ) -> tuple[list[documents.Document], list | None, str | None, int]:
+        """A page of the live rows of ``ns`` in a stable order, their vectors (with
+        ``vectors``), the cursor of the next page (None: the end) and the version read. A
+        cursor names its version: every page of a listing reads the version its first page
+        read, whatever is written meanwhile."""
+        if cursor is not None:
+            version, start = documents.decode_cursor(cursor)
+            manifest = self._manifest(ns, "strong", version)
+        else:
+            manifest, start = self._manifest(ns, "strong", as_of), (0, 0)
+        records, found, after = documents.page(self.reader, manifest, start, limit, vectors)
+        following = None if after is None else documents.encode_cursor(manifest.version, after)
+        return [documents.Document.of(r) for r in records], found, following, manifest.version
+
     # --- internals -----------------------------------------------------------------------
     def _validate(self, req: QueryRequest) -> None:
         if req.consistency not in CONSISTENCY:

@@ -197,6 +197,12 @@ class NamespaceReader:
         base = segment.file_key(ns, seg.id, "")
         return self.documents.ids_of_rows(base, layout.docs, layout.part_rows, np.asarray(rows, np.int64))
 
+    def row_vectors(self, ns: str, seg: SegmentRef, rows) -> np.ndarray:
+        """The vectors of segment ``rows`` (float32, decoded as stored), by range."""
+        layout = self.layout(ns, seg)
+        key = segment.file_key(ns, seg.id, "vectors.bin")
+        return row_vectors.fetch(self.store, self.pool, key, layout, np.asarray(rows, np.int64))
+
     def prefetch_fields(self, ns: str, seg: SegmentRef, layout: Layout, parts) -> None:
         """Start fetching what the fields of hits in partitions ``parts`` need first (their
         ``rows.bin`` entries), beside the partitions themselves. By-range segments only."""
