@@ -21,7 +21,7 @@ In order, for every request:
 5. **Body size** per key (``max_bytes``, 413); rows per write are checked by the routes
    (:func:`within_row_limit`).
 
-``/metrics`` and ``/docs`` (with ``/openapi.json``, ``/redoc``) are ``open``, ``key``
+``/metrics`` and ``/docs`` (with its assets and ``/openapi.json``) are ``open``, ``key``
 (metrics: a key over every namespace; docs: any key) or ``off`` (404) per settings.
 Refusals use the one error shape, with the request id.
 """
@@ -39,6 +39,7 @@ from starlette.routing import compile_path
 from api import errors
 from api.apikeys import KeyStore
 from api.auth import OPEN, PUBLIC, Authenticator, Principal
+from api.docs_page import ASSETS_PATH
 from api.limits import BodyLimit
 from api.metrics import METRICS_PATH
 from api.ratelimit import RateLimiter
@@ -240,7 +241,8 @@ class AccessControl:
     def _build(self) -> None:
         app = self.fastapi_app
         self._routes = [(compile_path(t)[0], t, methods) for t, methods in _routes_of(app)]
-        docs = (app.openapi_url, app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url)
+        docs = (app.openapi_url, app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url,
+                app.docs_url and ASSETS_PATH)
         self._operator = {p: ("docs", self.docs_access) for p in docs if p}
         self._operator[METRICS_PATH] = ("metrics", self.metrics_access)
 

@@ -26,6 +26,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api import access, errors
 from api.access import readable, visible, within_row_limit
+from api.docs_page import install_docs
 from api.limits import BodyLimit
 from api.metrics import install_metrics
 from api.models import (
@@ -399,7 +400,10 @@ def create_app(
         version="0.1.0",
         description="Serverless vector search and RAG on object storage.",
         lifespan=lifespan,
+        docs_url=None,  # served from local files below, not from a CDN
+        redoc_url=None,
     )
+    install_docs(app)
     app.state.service = service
     app.state.role = role
     errors.install(app)

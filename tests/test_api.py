@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from fastapi.testclient import TestClient
@@ -193,3 +194,16 @@ def _arrow_stream(ids: list[str], vectors: list[list[float]]) -> bytes:
     with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)
     return sink.getvalue().to_pybytes()
+
+
+def test_docs_work_offline(client):
+    page = client.get("/docs")
+    assert page.status_code == 200 and "/openapi.json" in page.text
+    scripts = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+    assert scripts and all(u.startswith("/docs/assets/") for u in scripts), scripts  # no CDN
+    for url in scripts:
+        asset = client.get(url)
+        assert asset.status_code == 200 and len(asset.content) > 500, url
+    _error(client.get("/docs/assets/index.html"), 404, "not_found")
+    _error(client.get("/docs/assets/..%2Fswagger_ui_bundle%2F__init__.py"), 404)
+    assert client.get("/redoc").status_code == 404  # its script exists only on a CDN

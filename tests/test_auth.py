@@ -179,7 +179,7 @@ def test_isolation_matrix(world, tenant, rights):
 
 def test_every_route_has_a_rule():
     app, _ = _app(MemoryStore())
-    operator = {"/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
+    operator = {"/metrics", "/docs", "/docs/assets/{name}", "/openapi.json"}
     missing = [(t, sorted(m)) for t, m in _routes_of(app) if t not in operator
                and not any((method, t) in RULES for method in m)]
     assert not missing, f"routes without an entry in api/rights.py: {missing}"
@@ -569,13 +569,14 @@ def test_metrics_and_docs_can_be_closed_or_keyed():
     with TestClient(_app(store)[0]) as c:  # default: open, even with keys
         assert c.get("/metrics").status_code == 200 and c.get("/docs").status_code == 200
     with TestClient(_app(store, metrics_access="off", docs_access="off")[0]) as c:
-        for path in ("/metrics", "/docs", "/redoc", "/openapi.json"):
+        for path in ("/metrics", "/docs", "/docs/assets/swagger-ui.css", "/openapi.json"):
             _error(c.get(path, headers=_bearer(root)), 404, "not_found")
     with TestClient(_app(store, metrics_access="key", docs_access="key")[0]) as c:
         _error(c.get("/metrics"), 401)
         _error(c.get("/metrics", headers=_bearer(scoped)), 403)
         assert c.get("/metrics", headers=_bearer(root)).status_code == 200
         _error(c.get("/openapi.json"), 401)
+        _error(c.get("/docs/assets/swagger-ui-bundle.js"), 401)
         assert c.get("/openapi.json", headers=_bearer(scoped)).status_code == 200
 
 

@@ -90,7 +90,7 @@ class Settings(BaseSettings):
         "open", description="GET /metrics: 'open', 'key' (a key whose prefixes cover every namespace) or 'off' (404).",
     )
     docs_access: Literal["open", "key", "off"] = Field(
-        "open", description="/docs, /redoc and /openapi.json: 'open', 'key' (any valid key) or 'off' (404).",
+        "open", description="/docs (and its assets) and /openapi.json: 'open', 'key' (any valid key) or 'off' (404).",
     )
     jwt_secret: str = Field(
         "", description="HMAC secret (at least 32 bytes) of JWTs accepted as credentials (HS* algorithms); '' = none.",
