@@ -68,11 +68,13 @@ class Document:
 
 
 def document(reader: NamespaceReader, manifest: Manifest, doc_id: str) -> Document | None:
-    """The live row ``doc_id``; else the live chunks of a document ``doc_id`` assembled;
-    else None."""
+    """The live row ``doc_id``; else, in a chunking namespace, the live chunks of a
+    document ``doc_id`` assembled; else None."""
     record = find(reader, manifest, doc_id)
     if record is not None:
         return Document.of(record)
+    if not manifest.config.chunk_tokens:  # rows here are never chunks, whatever their doc_id says
+        return None
     parts = chunks(reader, manifest, doc_id)
     return Document.assembled(doc_id, parts) if parts else None
 

@@ -76,3 +76,30 @@ def start_server(env: dict[str, str], tmp: Path, role: str = "all", timeout: flo
         time.sleep(0.1)
     server.stop()
     raise RuntimeError(f"server did not start in {timeout}s:\n{server.log()}")
+
+
+class InProcessServer:
+    """uvicorn serving ``app`` in a thread of this process on a free loopback port (a context
+    manager giving the URL): the real HTTP stack, with the test's fake embedder registered."""
+
+    def __init__(self, app) -> None:
+        import threading
+
+        import uvicorn
+
+        self.port = free_port()
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+        return f"http://127.0.0.1:{self.port}"
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)

