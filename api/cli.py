@@ -7,6 +7,7 @@
     vectordb gc NS
     vectordb namespaces
     vectordb versions | tag | untag | rollback | branch | backup | restore ...   (see api/cli_versions.py)
+    vectordb import NS PATH | export NS PATH      (bulk load / dump; see api/cli_transfer.py)
     vectordb eval beir DIR [...]     (nDCG@10 / recall@100 per mode; see bench/beir.py)
     vectordb deploy ray [...]        (see deploy/README.md)
 
@@ -210,6 +211,10 @@ def main(argv: list[str] | None = None) -> int:
     from api.cli_versions import add_commands  # versions, tag, untag, rollback, branch, backup, restore
 
     add_commands(sub, _service, _settings)
+
+    from api.cli_transfer import add_commands as add_transfer  # import, export
+
+    add_transfer(sub, _settings)
 
     ev = sub.add_parser("eval", help="retrieval quality on a BEIR dataset through the HTTP API", add_help=False)
     ev.add_argument("suite", choices=["beir"])
