@@ -19,6 +19,7 @@ store it resolved to on stderr, and ``serve`` logs it in its start-up line.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
@@ -157,8 +158,8 @@ def _eval(args) -> int:
 
 
 def _deploy(args) -> int:
-    from deploy.ray_serve import main as deploy_ray
-
+    # By name: the server does not depend on its deployments (they depend on it).
+    deploy_ray = importlib.import_module("deploy.ray_serve").main
     return deploy_ray((["--store", args.store] if args.store else []) + args.deploy_args)
 
 

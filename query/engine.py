@@ -27,6 +27,7 @@ from vectordb.filters import parse_filter
 from vectordb.manifest import Manifest
 from vectordb.reader import NamespaceReader
 from vectordb.settings import Settings
+from vectordb.vectors import check_vector
 
 INCLUDABLE = ("text", "attributes", "vector")
 CONSISTENCY = ("strong", "eventual")
@@ -238,8 +239,6 @@ class QueryEngine:
     def _query_vector(self, manifest: Manifest, req: QueryRequest) -> np.ndarray:
         config = manifest.config
         if req.vector is not None:
-            from ingest.validate import check_vector  # one rule for every vector we accept
-
             q = check_vector(req.vector if isinstance(req.vector, str) else list(req.vector), config.dimensions, "vector")
         else:
             if not isinstance(req.text, str) or not req.text.strip():
