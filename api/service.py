@@ -13,12 +13,11 @@ from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 
-from ingest import chunker, documents, gc, parsers, validate
+from ingest import gc, validate
 from ingest.commit import GroupCommitter
 from ingest.indexer import Indexer, IndexResult
 from ingest.jobs import Job, JobRun, Jobs
 from ingest.parse_pool import ParsePool
-from ingest.uploads import Upload, chunk_upload
 from ingest.wal_merge import WalMerger
 from query import rag
 from query.engine import QueryEngine, QueryResult
@@ -130,7 +129,9 @@ class Service:
         if chunking is not False:
             if not isinstance(chunking, dict) or set(chunking) - {"chunk_tokens", "overlap_tokens"}:
                 raise InvalidArgument('chunking is false or {"chunk_tokens": int, "overlap_tokens": int}')
-            chunking = chunker.ChunkingConfig(**chunking)  # validates the sizes
+            from ingest.chunker import ChunkingConfig
+
+            chunking = ChunkingConfig(**chunking)  # validates the sizes
         config = NamespaceConfig(
             embedder,
             fixed if dimensions is None else dimensions,
@@ -171,6 +172,8 @@ class Service:
         """Upsert documents (long texts become chunks); returns (version, rows written)."""
         manifest = self.catalog.latest(ns)
         config = manifest.config
+        from ingest import documents  # the write path's chunker: not loaded by a query worker
+
         expanded = documents.expand(docs, config, self.token_counter()) if config.chunk_tokens else docs
         rows = validate.prepare_upserts(expanded, config, self.settings)
         return self._write_replacing(ns, config, rows, documents.parents(expanded), manifest.incarnation), len(rows)
@@ -236,6 +239,9 @@ class Service:
             raise InvalidArgument("files need an embedder; this namespace takes vectors (embedder 'none')")
         if attributes is not None and not isinstance(attributes, dict):
             raise InvalidArgument("attributes must be a JSON object")
+        from ingest import parsers
+        from ingest.uploads import Upload, chunk_upload
+
         kind = parsers.file_kind(filename, content_type)
         if len(data) > self.settings.max_body_bytes:
             raise PayloadTooLarge(f"file is {len(data)} bytes, more than the limit of {self.settings.max_body_bytes}")
@@ -261,6 +267,8 @@ class Service:
     def _run_docs_job(self, run: JobRun, ns: str, config, docs: list, incarnation: int | None) -> None:
         """Embed ``docs`` batch by batch, then commit them all at once: a job cancelled or
         failed before the commit has written nothing."""
+        from ingest import documents
+
         job = run.job
         job.chunks_total = len(docs)
         job.documents = len(documents.parents(docs)) or len(docs)
@@ -285,7 +293,9 @@ class Service:
     def token_counter(self):
         """The tokenizer that chunk sizes are measured in (loaded once, no torch)."""
         if self._counter is None:
-            self._counter = chunker.TokenizerCounter(self.settings.model_path or embedders.bundled_model_dir())
+            from ingest.chunker import TokenizerCounter
+
+            self._counter = TokenizerCounter(self.settings.model_path or embedders.bundled_model_dir())
         return self._counter
 
     # --- reads ----------------------------------------------------------------------------
