@@ -28,6 +28,7 @@ Refusals use the one error shape, with the request id.
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Any
 
@@ -329,9 +330,11 @@ def _document_security(app: FastAPI) -> None:
                 "Not needed while the server runs open (no keys; loopback only).",
             }
         }
+        # /openapi.json drops a path parameter's converter ({doc_id:path} -> {doc_id}).
+        rules = {(method, re.sub(r":\w+}", "}", template)): rule for (method, template), rule in RULES.items()}
         for path, operations in schema.get("paths", {}).items():
             for method, op in operations.items():
-                rule = RULES.get((method.upper(), path))
+                rule = rules.get((method.upper(), path))
                 if rule is None or rule.right is None:
                     op["security"] = [] if rule is not None else [{"bearer": []}]
                     continue

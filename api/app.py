@@ -25,25 +25,47 @@ from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from api import access, errors
+from api import openapi as api_openapi
 from api.access import readable, visible, within_row_limit
 from api.docs_page import install_docs
 from api.limits import BodyLimit
 from api.metrics import install_metrics
 from api.models import (
     AS_OF,
+    Deleted,
     DeleteRequest,
     DeleteResponse,
+    DocId,
+    DocumentOut,
     DocumentPage,
+    DocumentsUpsert,
     GetManyRequest,
     GetManyResponse,
+    Health,
     IndexRequest,
+    IndexResponse,
+    JobAccepted,
+    JobErrorResponse,
+    JobId,
+    JobResponse,
+    Namespace,
     NamespaceCreate,
+    NamespaceCreated,
+    NamespaceDescription,
+    NamespaceList,
     QueryRequest,
     QueryResponse,
     RagRequest,
+    RagResponse,
+    RestoreResponse,
+    TagList,
+    TagName,
+    TagResponse,
     UpsertResponse,
+    VersionList,
     VersionRef,
 )
+from api.openapi import error_responses, request_body
 from api.service import Service
 from api.warm import install_warm, warm_routes
 from vectordb.errors import InvalidArgument, WrongRole
@@ -52,12 +74,22 @@ from vectordb.settings import load as load_settings
 
 ROLES = ("ingest", "query", "all")
 
+# Error statuses for the routes' OpenAPI `responses` (api/openapi.py). Every route behind
+# access control may answer _KEYED (credential, right, rate; and the store may be down);
+# every route with a body _BODY (size, content type); a role's own routes 421 on a
+# worker of the other role.
+_KEYED = (401, 403, 429, 503)
+_BODY = (413, 415, 421)
+# Dict-returning routes validate against their model; unset keys stay out, as before.
+_TYPED = {"response_model_exclude_unset": True}
+
 
 def _write_routes(service: Service) -> APIRouter:
     r = APIRouter()
 
-    @r.put("/v1/namespaces/{ns}", status_code=200)
-    def create_namespace(ns: str, body: NamespaceCreate, request: Request) -> dict:
+    @r.put("/v1/namespaces/{ns}", status_code=200, response_model=NamespaceCreated, **_TYPED,
+           responses=error_responses(400, 404, 409, 410, *_BODY, *_KEYED))
+    def create_namespace(ns: Namespace, body: NamespaceCreate, request: Request) -> Any:
         if body.from_ is not None:
             if body.model_fields_set - {"from_"}:
                 raise InvalidArgument("a branch takes its source's configuration: send only 'from'")
@@ -71,26 +103,31 @@ def _write_routes(service: Service) -> APIRouter:
         )
         return {"name": ns, "created": created, "version": manifest.version, **manifest.config.to_json()}
 
-    @r.put("/v1/namespaces/{ns}/tags/{name}")
-    def put_tag(ns: str, name: str, body: VersionRef) -> dict:
+    @r.put("/v1/namespaces/{ns}/tags/{name}", response_model=TagResponse,
+           responses=error_responses(400, 404, 409, 410, *_BODY, *_KEYED))
+    def put_tag(ns: Namespace, name: TagName, body: VersionRef) -> Any:
         ref = service.tag(ns, name, body.resolve())
         return {"tag": _tag_json(ref)}
 
-    @r.delete("/v1/namespaces/{ns}/tags/{name}")
-    def delete_tag(ns: str, name: str) -> dict:
+    @r.delete("/v1/namespaces/{ns}/tags/{name}", response_model=Deleted,
+              responses=error_responses(400, 404, 409, 421, *_KEYED))
+    def delete_tag(ns: Namespace, name: TagName) -> Any:
         return {"name": name, "deleted": True, "version": service.untag(ns, name)}
 
-    @r.post("/v1/namespaces/{ns}/restore")
-    def restore(ns: str, body: VersionRef) -> dict:
+    @r.post("/v1/namespaces/{ns}/restore", response_model=RestoreResponse,
+            responses=error_responses(400, 404, 409, 410, *_BODY, *_KEYED))
+    def restore(ns: Namespace, body: VersionRef) -> Any:
         manifest = service.restore(ns, body.resolve())
         return {"version": manifest.version, "restored": manifest.change["version"]}
 
-    @r.delete("/v1/namespaces/{ns}")
-    def drop_namespace(ns: str) -> dict:
+    @r.delete("/v1/namespaces/{ns}", response_model=Deleted,
+              responses=error_responses(400, 404, 409, 421, *_KEYED))
+    def drop_namespace(ns: Namespace) -> Any:
         return {"name": ns, "deleted": True, "version": service.drop_namespace(ns)}
 
-    @r.post("/v1/namespaces/{ns}/documents", response_model=UpsertResponse)
-    async def upsert(ns: str, request: Request) -> Any:
+    @r.post("/v1/namespaces/{ns}/documents", response_model=UpsertResponse,
+            responses=error_responses(400, 404, 409, *_BODY, *_KEYED), openapi_extra=_UPSERT_BODY)
+    async def upsert(ns: Namespace, request: Request) -> Any:
         # Parsed by hand, not by the pydantic model: a batch of 10,000 vectors is
         # millions of floats, and validate.prepare_upserts checks them in numpy.
         raw = await request.body()
@@ -105,14 +142,18 @@ def _write_routes(service: Service) -> APIRouter:
         # Every document sent is one or more rows (a long text's chunks); all or none are written.
         return {"version": version, "upserted": count, "documents": sent, "chunks": count}
 
-    @r.post("/v1/namespaces/{ns}/documents/delete", response_model=DeleteResponse)
-    def delete(ns: str, body: DeleteRequest, request: Request) -> Any:
+    @r.post("/v1/namespaces/{ns}/documents/delete", response_model=DeleteResponse,
+            responses=error_responses(400, 404, 409, *_BODY, *_KEYED))
+    def delete(ns: Namespace, body: DeleteRequest, request: Request) -> Any:
         version, count = service.delete(ns, within_row_limit(request, body.ids), body.filter)
         return {"version": version, "deleted": count}
 
-    @r.post("/v1/namespaces/{ns}/files", status_code=202)
+    @r.post("/v1/namespaces/{ns}/files", status_code=202, response_model=JobAccepted,
+            response_description="The job started: poll status_url (GET) for its progress.",
+            responses={200: {"model": JobResponse, "description": "With ?wait=true: the job is done."},
+                       **error_responses(400, 404, 409, *_BODY, *_KEYED, model=JobErrorResponse)})
     async def upload(
-        ns: str,
+        ns: Namespace,
         request: Request,
         file: UploadFile,
         document_id: str | None = Form(None, description="Parent id of the file's chunks (default: file name)."),
@@ -139,18 +180,21 @@ def _write_routes(service: Service) -> APIRouter:
             return JSONResponse(body, status_code=job.http_status or 500)
         return {"job": job.to_json(), "status_url": f"/v1/jobs/{job.id}"}
 
-    @r.get("/v1/jobs/{job_id}")
-    def job_status(job_id: str) -> dict:
+    @r.get("/v1/jobs/{job_id}", response_model=JobResponse, responses=error_responses(404, 421, *_KEYED))
+    def job_status(job_id: JobId) -> Any:
         return {"job": service.job(job_id).to_json()}
 
-    @r.delete("/v1/jobs/{job_id}")
-    def cancel_job(job_id: str) -> JSONResponse:
+    @r.delete("/v1/jobs/{job_id}", response_model=JobResponse, description="200: the job had already finished.",
+              responses={202: {"model": JobResponse, "description": "The job stops at its next checkpoint."},
+                         **error_responses(404, 421, *_KEYED)})
+    def cancel_job(job_id: JobId) -> JSONResponse:
         # 202: the job stops at its next checkpoint; 200: it had already finished.
         job = service.cancel_job(job_id)
         return JSONResponse({"job": job.to_json()}, status_code=200 if job.finished else 202)
 
-    @r.post("/v1/namespaces/{ns}/index")
-    def index(ns: str, body: IndexRequest | None = None) -> dict:
+    @r.post("/v1/namespaces/{ns}/index", response_model=IndexResponse, **_TYPED,
+            responses=error_responses(400, 404, 409, *_BODY, *_KEYED))
+    def index(ns: Namespace, body: IndexRequest | None = None) -> Any:
         body = body or IndexRequest()
         result = service.index(ns, compact=body.compact)
         out = {
@@ -170,44 +214,49 @@ def _write_routes(service: Service) -> APIRouter:
 def _metadata_routes(service: Service) -> APIRouter:
     r = APIRouter()
 
-    @r.get("/v1/namespaces")
-    def list_namespaces(request: Request) -> dict:
+    @r.get("/v1/namespaces", response_model=NamespaceList, responses=error_responses(*_KEYED))
+    def list_namespaces(request: Request) -> Any:
         return {"namespaces": visible(request, service.list_namespaces())}
 
-    @r.get("/v1/namespaces/{ns}")
-    def describe(ns: str) -> dict:
+    @r.get("/v1/namespaces/{ns}", response_model=NamespaceDescription, responses=error_responses(400, 404, *_KEYED))
+    def describe(ns: Namespace) -> Any:
         return service.describe(ns)
 
-    @r.get("/v1/namespaces/{ns}/documents/{doc_id:path}")
+    @r.get("/v1/namespaces/{ns}/documents/{doc_id:path}", response_model=DocumentOut, **_TYPED,
+           responses=error_responses(400, 404, 410, *_KEYED))
     def get_document(
-        ns: str, doc_id: str, as_of: str | None = Query(None, description=AS_OF + " A number is a version.")
-    ) -> dict:
+        ns: Namespace, doc_id: DocId, as_of: str | None = Query(None, description=AS_OF + " A number is a version.")
+    ) -> Any:
         return service.get_document(ns, doc_id, as_of=_as_of_param(as_of))
 
-    @r.get("/v1/namespaces/{ns}/documents", response_model=DocumentPage)
+    @r.get("/v1/namespaces/{ns}/documents", response_model=DocumentPage,
+           responses=error_responses(400, 404, 410, *_KEYED))
     def list_documents(
-        ns: str,
-        limit: int = Query(100, description="How many documents in this page (1..max_top_k)."),
+        ns: Namespace,
+        limit: int = Query(100, description="How many documents in this page (1..max_top_k).",
+                           json_schema_extra={"minimum": 1}),
         cursor: str | None = Query(None, description="The previous page's cursor: the listing goes on at its version."),
         as_of: str | None = Query(None, description=AS_OF + " A number is a version. Not with a cursor."),
         include_vectors: bool = Query(False, description="Also return each document's vector (as stored)."),
     ) -> Any:
         return service.list_documents(ns, limit, cursor, _as_of_param(as_of), include_vectors)
 
-    @r.post("/v1/namespaces/{ns}/documents/get", response_model=GetManyResponse)
-    def get_documents(ns: str, body: GetManyRequest) -> Any:
+    @r.post("/v1/namespaces/{ns}/documents/get", response_model=GetManyResponse,
+            responses=error_responses(400, 404, 410, 413, 415, *_KEYED))
+    def get_documents(ns: Namespace, body: GetManyRequest) -> Any:
         return {"documents": service.get_documents(ns, body.ids, as_of=body.as_of)}
 
-    @r.get("/v1/namespaces/{ns}/versions")
+    @r.get("/v1/namespaces/{ns}/versions", response_model=VersionList, responses=error_responses(400, 404, *_KEYED))
     def list_versions(
-        ns: str,
-        limit: int = Query(100, description="How many versions, newest first (1..1000)."),
+        ns: Namespace,
+        limit: int = Query(100, description="How many versions, newest first (1..1000).",
+                           json_schema_extra={"minimum": 1, "maximum": 1000}),
         before: int | None = Query(None, description="Only versions older than this one (paging)."),
-    ) -> dict:
+    ) -> Any:
         return {"versions": [v.to_json() for v in service.versions(ns, limit, before)]}
 
-    @r.get("/v1/namespaces/{ns}/tags")
-    def list_tags(ns: str) -> dict:
+    @r.get("/v1/namespaces/{ns}/tags", response_model=TagList, responses=error_responses(400, 404, *_KEYED))
+    def list_tags(ns: Namespace) -> Any:
         return {"tags": [_tag_json(t) for t in service.tags(ns)]}
 
     return r
@@ -226,17 +275,17 @@ def _as_of_param(text: str | None):
 
 def _query_routes(service: Service) -> APIRouter:
     r = APIRouter()
-    # The query route reads its body by hand; the schema still documents it in /openapi.json.
-    schema = QueryRequest.model_json_schema(ref_template="#/components/schemas/{model}")
     gate = InlineGate(enabled=service.settings.query_inline)
 
     @r.post(
         "/v1/namespaces/{ns}/query",
         response_model=QueryResponse,
         response_model_exclude_none=True,
-        openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}},
+        responses=error_responses(400, 404, 410, *_BODY, *_KEYED),
+        # The body is read by hand; the schema still documents it in /openapi.json.
+        openapi_extra=request_body(QueryRequest),
     )
-    async def query(ns: str, request: Request) -> Any:
+    async def query(ns: Namespace, request: Request) -> Any:
         # The hot path, kept lean: the body is validated by pydantic-core straight from its
         # bytes (no json.loads, no dependency solving), the search runs where the gate
         # says, and the answer is orjson bytes.
@@ -268,8 +317,9 @@ def _query_routes(service: Service) -> APIRouter:
         hits = [{k: v for k, v in h.__dict__.items() if v is not None} for h in result.hits]
         return Response(orjson.dumps({"results": hits, "version": result.version}), media_type="application/json")
 
-    @r.post("/v1/namespaces/{ns}/rag")
-    def rag_answer(ns: str, body: RagRequest) -> dict:
+    @r.post("/v1/namespaces/{ns}/rag", response_model=RagResponse, **_TYPED,
+            responses=error_responses(400, 404, 410, *_BODY, 502, *_KEYED))
+    def rag_answer(ns: Namespace, body: RagRequest) -> Any:
         return service.rag(ns, body.question, **body.model_dump(exclude={"question"}))
 
     return r
@@ -355,6 +405,16 @@ def _json_object(text: str, name: str) -> dict:
 
 
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
+_UPSERT_BODY = request_body(
+    DocumentsUpsert,
+    description="Documents to write, as JSON or, for bulk loads, as an Arrow IPC stream (" + ARROW_STREAM + ") "
+    "of one table with the columns `id` (string, required), `vector` (list or fixed-size list of "
+    "`dimensions` floats), `text` (string) and `attributes` (JSON object text), all but `id` optional. "
+    "A table's texts are embedded when it has no `vector` column, and stored whole (not chunked). "
+    "Rows replace those with the same id; all or none are written.",
+    others={ARROW_STREAM: {"schema": {"type": "string", "format": "binary",
+                                      "description": "An Arrow IPC stream: id, vector, text, attributes."}}},
+)
 
 
 def _arrow_table(raw: bytes):
@@ -407,9 +467,10 @@ def create_app(
     app.state.service = service
     app.state.role = role
     errors.install(app)
+    api_openapi.install(app)  # before access.install, whose wrapper adds security on top
 
-    @app.get("/healthz")
-    def healthz() -> dict:
+    @app.get("/healthz", response_model=Health, responses=error_responses(403))
+    def healthz() -> Any:
         # Public even with keys (probes), so nothing about the store: not its URI.
         return {"status": "ok", "role": role, "stats": service.stats()}
 

@@ -26,7 +26,7 @@ from storage import open_store
 from storage.base import ObjectStore
 from vectordb import embedders, versions
 from vectordb.catalog import Catalog
-from vectordb.errors import InvalidArgument, PayloadTooLarge, UpstreamError
+from vectordb.errors import InvalidArgument, PayloadTooLarge
 from vectordb.manifest import Manifest, TagRef
 from vectordb.namespace import NamespaceConfig, check_namespace_name
 from vectordb.reader import NamespaceReader
@@ -335,7 +335,8 @@ class Service:
         answer = None
         if generate:
             if self.llm is None:
-                raise UpstreamError('no LLM is configured: set VECTORDB_LLM_URL, or send "generate": false')
+                # The request asks for what this server is not set up to do: no upstream failed.
+                raise InvalidArgument('"generate": true needs an LLM, and none is configured (VECTORDB_LLM_URL)')
             answer = self.llm.complete(context.prompt, max_tokens=max_answer_tokens)
         return {
             "answer": answer,

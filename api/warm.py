@@ -6,9 +6,13 @@ has just started; the answer says what was fetched. A body is optional.
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, FastAPI
 from pydantic import BaseModel, ConfigDict, Field
 
+from api.models import Namespace, WarmResponse
+from api.openapi import error_responses
 from query import warm as warming
 
 
@@ -26,8 +30,9 @@ class WarmRequest(BaseModel):
 def warm_routes(service) -> APIRouter:
     r = APIRouter()
 
-    @r.post("/v1/namespaces/{ns}/warm")
-    def warm_namespace(ns: str, body: WarmRequest | None = None) -> dict:
+    @r.post("/v1/namespaces/{ns}/warm", response_model=WarmResponse,
+            responses=error_responses(400, 404, 413, 415, 421, 401, 403, 429, 503))
+    def warm_namespace(ns: Namespace, body: WarmRequest | None = None) -> Any:
         body = body or WarmRequest()
         return warming.warm(
             service, ns, budget_bytes=body.budget_bytes, include_docs=body.include_docs, load_embedder=body.load_embedder

@@ -207,3 +207,12 @@ def test_docs_work_offline(client):
     _error(client.get("/docs/assets/index.html"), 404, "not_found")
     _error(client.get("/docs/assets/..%2Fswagger_ui_bundle%2F__init__.py"), 404)
     assert client.get("/redoc").status_code == 404  # its script exists only on a CDN
+
+
+def test_generate_without_an_llm_is_a_400_not_an_upstream_failure(client):
+    client.put("/v1/namespaces/kb", json={"embedder": "fake"})
+    client.post("/v1/namespaces/kb/documents", json={"documents": [{"id": "a", "text": "vitamin d and sunlight"}]})
+    err = _error(client.post("/v1/namespaces/kb/rag", json={"question": "sunlight", "generate": True}), 400,
+                 "invalid_argument")
+    assert "VECTORDB_LLM_URL" in err["message"]
+    assert client.post("/v1/namespaces/kb/rag", json={"question": "sunlight"}).json()["answer"] is None

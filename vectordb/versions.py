@@ -172,7 +172,10 @@ def _parse_time(text: str) -> float | None:
 
 
 def _iso(when: float) -> str:
-    return datetime.fromtimestamp(when).astimezone().isoformat(timespec="seconds")
+    try:
+        return datetime.fromtimestamp(when).astimezone().isoformat(timespec="seconds")
+    except (ValueError, OverflowError, OSError):  # outside datetime's years 1..9999 (an as_of of 1e17)
+        return f"unix time {when:g}"
 
 
 # --- the history ----------------------------------------------------------------------------
