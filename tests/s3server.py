@@ -155,3 +155,16 @@ def s3_settings(s3_endpoint: str) -> Settings:
         s3_backoff_s=0.05,
         s3_timeout_s=10.0,
     )
+
+
+def s3_env(s3_endpoint: str, prefix: str, **variables: str) -> dict[str, str]:
+    """Environment of a server process on a fresh, empty ``s3://`` store of the test server
+    (under ``prefix``), with ``variables`` (``VECTORDB_`` names) beside it."""
+    return {
+        "VECTORDB_STORE_URI": f"s3://{TEST_BUCKET}/{prefix}-{uuid.uuid4().hex[:12]}",
+        "VECTORDB_S3_ENDPOINT": s3_endpoint,
+        "VECTORDB_S3_ACCESS_KEY": ACCESS_KEY,
+        "VECTORDB_S3_SECRET_KEY": SECRET_KEY,
+        "VECTORDB_PRELOAD_EMBEDDER": "",
+        **variables,
+    }

@@ -5,12 +5,11 @@ a cancel sent to one server stops the job another server runs."""
 from __future__ import annotations
 
 import time
-import uuid
 
 import httpx
 import pytest
 
-from tests.s3server import ACCESS_KEY, SECRET_KEY, TEST_BUCKET
+from tests.s3server import s3_env
 from tests.servers import Server, start_server
 
 pytestmark = [pytest.mark.s3, pytest.mark.integration]
@@ -25,18 +24,14 @@ WAIT_S = 60.0
 
 @pytest.fixture
 def env(s3_endpoint):
-    return {
-        "VECTORDB_STORE_URI": f"s3://{TEST_BUCKET}/jobs-{uuid.uuid4().hex[:12]}",
-        "VECTORDB_S3_ENDPOINT": s3_endpoint,
-        "VECTORDB_S3_ACCESS_KEY": ACCESS_KEY,
-        "VECTORDB_S3_SECRET_KEY": SECRET_KEY,
-        "VECTORDB_GROUP_COMMIT_MS": "10",
-        "VECTORDB_PRELOAD_EMBEDDER": "",
-        "VECTORDB_EMBED_RUNTIME": "numpy",  # the same MiniLM vectors, loaded in ~0.1 s
-        "VECTORDB_EMBED_BATCH_SIZE": "8",
-        "VECTORDB_JOB_HEARTBEAT_S": "0.2",
-        "VECTORDB_JOB_STALE_S": "2",
-    }
+    return s3_env(
+        s3_endpoint, "jobs",
+        VECTORDB_GROUP_COMMIT_MS="10",
+        VECTORDB_EMBED_RUNTIME="numpy",  # the same MiniLM vectors, loaded in ~0.1 s
+        VECTORDB_EMBED_BATCH_SIZE="8",
+        VECTORDB_JOB_HEARTBEAT_S="0.2",
+        VECTORDB_JOB_STALE_S="2",
+    )
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import threading
 import time
-import uuid
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -13,7 +12,8 @@ import pytest
 from minio import Minio
 
 from tests.data import nfcorpus_docs, siftsmall
-from tests.s3server import ACCESS_KEY, SECRET_KEY, TEST_BUCKET
+from tests.s3server import ACCESS_KEY, SECRET_KEY
+from tests.s3server import s3_env as env_of
 from tests.servers import start_server
 
 pytestmark = [pytest.mark.s3, pytest.mark.integration]
@@ -21,14 +21,8 @@ pytestmark = [pytest.mark.s3, pytest.mark.integration]
 
 @pytest.fixture
 def s3_env(s3_endpoint):
-    return {
-        "VECTORDB_STORE_URI": f"s3://{TEST_BUCKET}/it-{uuid.uuid4().hex[:12]}",
-        "VECTORDB_S3_ENDPOINT": s3_endpoint,
-        "VECTORDB_S3_ACCESS_KEY": ACCESS_KEY,
-        "VECTORDB_S3_SECRET_KEY": SECRET_KEY,
-        "VECTORDB_GROUP_COMMIT_MS": "10",
-        "VECTORDB_PRELOAD_EMBEDDER": "",  # most tests send vectors; the model test turns it on
-    }
+    # No model preloaded: most tests send vectors; the model test turns it on.
+    return env_of(s3_endpoint, "it", VECTORDB_GROUP_COMMIT_MS="10")
 
 
 @pytest.fixture

@@ -8,11 +8,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import uuid
 
 import pytest
 
-from tests.s3server import ACCESS_KEY, SECRET_KEY, TEST_BUCKET
+from tests.s3server import s3_env
 from tests.servers import ROOT, start_server
 
 pytestmark = [pytest.mark.s3, pytest.mark.integration]
@@ -22,15 +21,7 @@ DIMS = 4
 
 @pytest.fixture
 def env(s3_endpoint):
-    return {
-        "VECTORDB_STORE_URI": f"s3://{TEST_BUCKET}/lag-{uuid.uuid4().hex[:12]}",
-        "VECTORDB_S3_ENDPOINT": s3_endpoint,
-        "VECTORDB_S3_ACCESS_KEY": ACCESS_KEY,
-        "VECTORDB_S3_SECRET_KEY": SECRET_KEY,
-        "VECTORDB_GROUP_COMMIT_MS": "5",
-        "VECTORDB_PRELOAD_EMBEDDER": "",
-        "VECTORDB_AUTO_INDEX": "false",
-    }
+    return s3_env(s3_endpoint, "lag", VECTORDB_GROUP_COMMIT_MS="5", VECTORDB_AUTO_INDEX="false")
 
 
 @pytest.fixture

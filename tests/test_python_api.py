@@ -6,51 +6,20 @@ layout). Same calls, same typed results, same errors."""
 from __future__ import annotations
 
 import asyncio
-import socket
-import threading
-import time
 
 import pyarrow as pa
 import pytest
-import uvicorn
 
 import vectordb
 from api.app import create_app
 from tests.fakes import unit_settings
+from tests.servers import InProcessServer
 from vectordb import errors
 from vectordb.results import Document, JobInfo, NamespaceInfo, QueryResult, WriteResult
 
 DIMS = 4
 OVERRIDES = dict(group_commit_ms=1, flat_max_rows=50, rows_per_partition=40, auto_index=False, gc_grace_s=0,
                  retain_manifests=2, preload_embedder="")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class _Server:
-    """uvicorn serving ``app`` in a thread of this process, on a free loopback port."""
-
-    def __init__(self, app) -> None:
-        self.port = _free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> str:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.02)
-        return f"http://127.0.0.1:{self.port}"
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(30)
 
 
 @pytest.fixture(params=["embedded", "remote"])
@@ -63,7 +32,7 @@ def uri_and_db(request, tmp_path):
         db.close()
         return
     app = create_app(unit_settings(store, **OVERRIDES), "all")
-    with _Server(app) as url:
+    with InProcessServer(app) as url:
         db = vectordb.connect(url)
         yield url, db
         db.close()
