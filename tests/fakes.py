@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 
 import numpy as np
 
@@ -55,3 +56,28 @@ def unit_settings(store_uri: str = "memory://unit", **overrides) -> Settings:
         allowed_hosts=TEST_HOSTS,
     )
     return Settings(**{**fields, **overrides})
+
+
+class Processes:
+    """Services with their own caches (as separate worker processes have) over one store:
+    ``process()`` starts another; ``close()`` closes them all."""
+
+    def __init__(self, store=None, clock=time.time, **settings) -> None:
+        from storage.memory import MemoryStore
+
+        self.store = store if store is not None else MemoryStore()
+        self.clock = clock
+        self.settings = unit_settings(**settings)
+        self.procs: list = []
+
+    def process(self):
+        from api.service import Service
+        from storage import CachedStore
+
+        proc = Service(self.settings, store=CachedStore(self.store, 1 << 26), clock=self.clock)
+        self.procs.append(proc)
+        return proc
+
+    def close(self) -> None:
+        for proc in self.procs:
+            proc.close()

@@ -8,11 +8,9 @@ import pytest
 
 from api.service import Service
 from ingest import gc
-from storage.cache import CachedStore
 from storage.errors import PreconditionFailed
-from storage.memory import MemoryStore
 from tests.commit_model import FakeClock
-from tests.fakes import unit_settings
+from tests.fakes import Processes
 from vectordb import keys
 from vectordb.errors import Conflict, InvalidArgument, NamespaceNotFound
 from vectordb.manifest import STUB_MAX_BYTES, Manifest, Pruned, decode
@@ -26,23 +24,11 @@ def _doc(doc_id: str, x: float = 1.0) -> dict:
     return {"id": doc_id, "vector": [x, 0.0, 0.0, 1.0]}
 
 
-class World:
-    """Processes (Services with their own caches) over one memory store and one clock."""
+class World(Processes):
+    """Processes over one memory store and one fake clock."""
 
     def __init__(self, **settings) -> None:
-        self.store = MemoryStore()
-        self.clock = FakeClock()
-        self.settings = unit_settings(**{"pruned_manifest_ttl_s": 7200.0, **settings})
-        self.procs: list[Service] = []
-
-    def process(self) -> Service:
-        proc = Service(self.settings, store=CachedStore(self.store, 1 << 26), clock=self.clock)
-        self.procs.append(proc)
-        return proc
-
-    def close(self) -> None:
-        for proc in self.procs:
-            proc.close()
+        super().__init__(clock=FakeClock(), **{"pruned_manifest_ttl_s": 7200.0, **settings})
 
 
 @pytest.fixture

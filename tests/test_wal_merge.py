@@ -21,9 +21,7 @@ from hypothesis import strategies as st
 
 from api.service import Service
 from ingest import gc
-from storage.cache import CachedStore
-from storage.memory import MemoryStore
-from tests.fakes import unit_settings
+from tests.fakes import Processes
 from vectordb import keys, wal
 from vectordb.manifest import Manifest
 from vectordb.rows import RowBatch, WriteBatch
@@ -36,22 +34,11 @@ IDS = [f"id{i}" for i in range(8)]
 WORDS = ["apple", "pear", "plum", "fig", "kiwi", "the", "running"]
 
 
-class World:
-    """Processes (Services with their own caches) over one store."""
+class World(Processes):
+    """Processes over one store, merging only when a test says so."""
 
     def __init__(self, store=None, **overrides) -> None:
-        self.store = store if store is not None else MemoryStore()
-        self.settings = unit_settings(**{"wal_merge_objects": 0, **overrides})
-        self.procs: list[Service] = []
-
-    def process(self) -> Service:
-        proc = Service(self.settings, store=CachedStore(self.store, 1 << 26))
-        self.procs.append(proc)
-        return proc
-
-    def close(self) -> None:
-        for proc in self.procs:
-            proc.close()
+        super().__init__(store, **{"wal_merge_objects": 0, **overrides})
 
 
 @pytest.fixture
