@@ -20,7 +20,8 @@ import vectordb
 from api.app import create_app
 from ingest import bulk
 from tests.fakes import unit_settings
-from tests.test_python_api import OVERRIDES, _Server
+from tests.servers import InProcessServer
+from tests.test_python_api import OVERRIDES
 from vectordb.errors import InvalidArgument, NamespaceNotFound
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -250,7 +251,7 @@ def test_export_as_of_an_older_version(db, tmp_path):
 def test_import_and_export_through_a_running_service(tmp_path):
     store = f"file://{tmp_path}/store"
     path = _write(tmp_path / "data.parquet", _rows(400))
-    with _Server(create_app(unit_settings(store, **OVERRIDES), "all")) as url, vectordb.connect(url) as remote:
+    with InProcessServer(create_app(unit_settings(store, **OVERRIDES), "all")) as url, vectordb.connect(url) as remote:
         ns = remote.create_namespace("ns", embedder="none", dimensions=DIMS)
         assert bulk.import_file(ns, path, None, batch_size=150).rows == 400
         assert bulk.export(ns, tmp_path / "out.parquet", page_size=128).rows == 400
