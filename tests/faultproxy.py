@@ -102,10 +102,13 @@ class FaultProxy:
             return
         try:
             h.send_response(status)
+            length = str(len(payload))
             for name, value in headers:
-                if name.lower() not in ("transfer-encoding", "connection", "content-length"):
+                if name.lower() == "content-length" and h.command == "HEAD":
+                    length = value  # a HEAD's length is the object's, its body is empty
+                elif name.lower() not in ("transfer-encoding", "connection", "content-length"):
                     h.send_header(name, value)
-            h.send_header("Content-Length", str(len(payload)))
+            h.send_header("Content-Length", length)
             h.end_headers()
             if h.command != "HEAD":
                 h.wfile.write(payload)

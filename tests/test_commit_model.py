@@ -8,6 +8,7 @@ store (many seeds) and on a real S3 server (fewer). ``VECTORDB_MODEL_SEEDS`` /
 from __future__ import annotations
 
 import os
+from collections import Counter
 
 import pytest
 
@@ -22,13 +23,15 @@ ROUNDS = int(os.environ.get("VECTORDB_MODEL_ROUNDS", "40"))
 
 @pytest.mark.parametrize("first", range(0, SEEDS, 8))
 def test_protocol_holds_on_the_memory_store(first):
-    merged = 0
+    ran = Counter()
     for seed in range(first, min(first + 8, SEEDS)):
         stats = commit_model.run(seed, MemoryStore(f"memory://model-{seed}"), ROUNDS)
         assert stats.checks > ROUNDS  # the checks ran: every round ends with reads of every namespace
-        assert stats.operations["upsert ok"] and stats.operations["gc ok"]
-        merged += stats.operations["merge folded"]
-    assert merged  # WAL merges ran among the rest, not only on empty tails
+        assert stats.operations["upsert ok"]
+        ran.update(stats.operations)
+    # Collections and WAL merges ran among the rest (a seed's schedule may drop every
+    # namespace a collection picks; eight seeds' do not), and merges not only on empty tails.
+    assert ran["gc ok"] and ran["merge folded"]
 
 
 @pytest.mark.s3

@@ -252,7 +252,8 @@ def test_query_role_scales_to_zero_and_back(namespace, ray_serve):
         assert ray_serve_mod.replica_states(INGEST_APP).get("RUNNING") == 1
         r = client.post("/v1/namespaces/cold/query", json={"vector": new.tolist(), "top_k": 1})
         assert r.json()["results"][0]["id"] == "new"
-        assert client.post("/ingest/v1/namespaces/cold/query", json={"vector": new.tolist()}).status_code in (404, 405)
+        misrouted = client.post("/ingest/v1/namespaces/cold/query", json={"vector": new.tolist()})
+        assert misrouted.status_code == 421 and misrouted.json()["error"]["code"] == "wrong_role"
 
 
 @pytest.mark.ray
