@@ -22,7 +22,7 @@ from ingest.wal_merge import WalMerger
 from query import rag
 from query.engine import QueryEngine, QueryResult
 from query.llm import ChatClient
-from storage import open_store
+from storage import CachedStore, open_store
 from storage.base import ObjectStore
 from vectordb import embedders, versions
 from vectordb.catalog import Catalog
@@ -54,7 +54,9 @@ class Service:
         self.store = store if store is not None else open_store(self.settings)
         self.catalog = Catalog(self.store, self.settings.eventual_ttl_s, self.settings.pruned_manifest_ttl_s, clock)
         self.reader = NamespaceReader(self.store, self.settings.fetch_threads, self.settings.cache_bytes)
-        self.indexer = Indexer(self.catalog, self.store, self.reader, self.settings)
+        # A build's input bypasses the RAM cache (see Indexer).
+        uncached = self.store.inner if isinstance(self.store, CachedStore) else self.store
+        self.indexer = Indexer(self.catalog, self.store, self.reader, self.settings, uncached)
         self.merger = WalMerger(self.catalog, self.store, self.reader, self.settings, self.indexer.lock)
         self.committer = GroupCommitter(
             self.catalog, self.store, self.settings, on_commit=partial(_after_commit, self.indexer, self.merger)

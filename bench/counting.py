@@ -7,6 +7,7 @@ so that it sees what a worker really asks of object storage: cache hits never re
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import Counter
@@ -66,6 +67,10 @@ class CountingStore:
 
     def put(self, key: str, data: bytes) -> None:
         self._timed("PUT", key, lambda: self.inner.put(key, data), lambda _: len(data))
+
+    def put_file(self, key: str, path) -> None:
+        size = os.path.getsize(path)
+        self._timed("PUT", key, lambda: self.inner.put_file(key, path), lambda _: size)
 
     def put_if_absent(self, key: str, data: bytes) -> None:
         self._timed("PUT_IF_ABSENT", key, lambda: self.inner.put_if_absent(key, data), lambda _: len(data))

@@ -3,8 +3,12 @@
 Indexing reads the manifest's WAL objects, replays them (last write wins), builds one
 segment from the live upserts, and records in each older segment which of its ids the
 tail overwrote or deleted (a new tombstone list per touched segment). Compaction also
-rewrites every segment's live rows into one new segment, so dead rows stop taking space
-once garbage collection removes the objects no retained manifest references.
+rewrites some segments' live rows into the new segment (``ingest.compaction`` picks
+which: size tiers, a maximum segment size), so dead rows stop taking space once garbage
+collection removes the objects no retained manifest references. A build streams: rows
+are read in chunks and spilled to a local directory, files are written and uploaded
+from there (``vectordb.segment_writer``, ``ingest.build_input``), so its memory is
+``build_memory_bytes`` whatever the size of the namespace.
 
 The commit is a manifest create like any write. Writers may commit meanwhile: their WAL
 entries come after the ones we indexed, so we rebase by keeping them. If another indexer
@@ -21,6 +25,10 @@ import threading
 import time
 from dataclasses import dataclass, field, replace
 
+import numpy as np
+
+from ingest import compaction
+from ingest.build_input import Chained, SegmentRows, WalTail
 from storage.base import ObjectStore
 from storage.errors import ObjectNotFound, PreconditionFailed
 from vectordb import segment
@@ -28,7 +36,7 @@ from vectordb.catalog import Catalog
 from vectordb.errors import Conflict
 from vectordb.manifest import Manifest, SegmentRef
 from vectordb.reader import NamespaceReader
-from vectordb.rows import RowBatch
+from vectordb.segment_writer import BatchSource, BuiltSegment, RowSource
 from vectordb.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -48,9 +56,9 @@ class _Build:
     """What one index run produced, ready to upload under any key version."""
 
     base: Manifest
-    built: segment.BuiltSegment | None  # the new segment (None: no live rows)
+    built: BuiltSegment | None  # the new segment, its files on local disk (None: no live rows)
     kept: list[SegmentRef]  # the base's segments that stay, before new tombstones
-    dead: dict[str, frozenset[str]] = field(default_factory=dict)  # segment id -> all its dead ids
+    dead: dict[str, segment.Tombstones] = field(default_factory=dict)  # segment id -> all its dead ids, rows
     rows: int = 0
     compacted: bool = False
 
@@ -63,22 +71,31 @@ class _Build:
             dead = self.dead.get(seg.id)
             if dead is not None:
                 key = segment.tombstones_key(ns, seg.id, key_version)
-                store.put(key, segment.encode_tombstones(dead))
-                seg = SegmentRef(seg.id, seg.rows, seg.nlist, seg.bytes, key, len(dead))
+                store.put(key, segment.encode_tombstones(dead.ids, dead.rows))
+                seg = SegmentRef(seg.id, seg.rows, seg.nlist, seg.bytes, key, len(dead.ids))
             if seg.live_rows > 0:
                 segments.append(seg)
         if self.built is not None:
             built = replace(self.built, id=segment.new_segment_id(key_version))
             items = list(built.files.items())
-            list(pool.map(lambda kv: store.put(segment.file_key(ns, built.id, kv[0]), kv[1]), items))
+            list(pool.map(lambda kv: store.put_file(segment.file_key(ns, built.id, kv[0]), kv[1]), items))
             segments.append(SegmentRef(built.id, built.rows, built.nlist, built.bytes))
         return tuple(segments)
 
+    def close(self) -> None:
+        if self.built is not None:
+            self.built.close()
+
 
 class Indexer:
-    def __init__(self, catalog: Catalog, store: ObjectStore, reader: NamespaceReader, settings: Settings) -> None:
+    def __init__(self, catalog: Catalog, store: ObjectStore, reader: NamespaceReader, settings: Settings,
+                 input_store: ObjectStore | None = None) -> None:
+        """``input_store``: where a build reads its input (WAL objects, merged segments'
+        rows), the store without its RAM cache: read once, they would only evict what
+        queries use and add up to ``cache_bytes`` to the build's memory."""
         self.catalog = catalog
         self.store = store
+        self.input_store = input_store if input_store is not None else store
         self.reader = reader
         self.settings = settings
         self._locks: dict[str, threading.Lock] = {}
@@ -92,27 +109,36 @@ class Indexer:
             return self._locks.setdefault(ns, threading.Lock())
 
     def index(self, ns: str, compact: bool = False) -> IndexResult:
-        """Index the tail now (and compact every segment if ``compact``)."""
+        """Index the tail now, merging segments as :mod:`ingest.compaction` plans (with
+        ``compact``: every segment that fits under ``segment_max_rows``)."""
         started = time.perf_counter()
         with self.lock(ns):
             for _ in range(self.settings.commit_retries):
                 base = self.catalog.latest(ns)
-                compact = compact or len(base.segments) >= self.settings.compact_max_segments
-                if not base.wal and not (compact and _worth_compacting(base)):
+                merge = self._plan(base, compact)
+                if not base.wal and not merge:
                     return IndexResult(base.version, 0, len(base.segments), False, time.perf_counter() - started)
                 try:
-                    build = self._build(base, compact)
+                    build = self._build(base, merge)
                 except ObjectNotFound:
                     # Collected under us: a newer version no longer needs what we read.
                     log.info("index of %s read a collected object; redoing from the newest version", ns)
                     continue
-                manifest = self._commit(build)
+                try:
+                    manifest = self._commit(build)
+                finally:
+                    build.close()
                 if manifest is not None:
                     return IndexResult(
-                        manifest.version, build.rows, len(manifest.segments), compact, time.perf_counter() - started
+                        manifest.version, build.rows, len(manifest.segments), bool(merge), time.perf_counter() - started
                     )
                 log.info("index of %s raced with another indexer; redoing", ns)
         raise Conflict(f"indexing {ns!r} kept conflicting with other indexers")
+
+    def _plan(self, base: Manifest, compact: bool) -> list[SegmentRef]:
+        s = self.settings
+        return compaction.plan(base.segments, compact, s.index_threshold_rows, s.compact_max_segments, s.segment_max_rows,
+                               has_tail=bool(base.wal))
 
     def maybe_index(self, manifest: Manifest) -> None:
         """Start a background index build when the tail has grown past the threshold."""
@@ -136,45 +162,54 @@ class Indexer:
         threading.Thread(target=run, name=f"index-{ns}", daemon=True).start()
 
     # --- building ------------------------------------------------------------------------
-    def _build(self, base: Manifest, compact: bool) -> _Build:
+    def _build(self, base: Manifest, merge: list[SegmentRef]) -> _Build:
+        """Build a segment of the tail and the live rows of ``merge``; tombstones for the
+        segments that stay."""
         ns, config = base.namespace, base.config
-        tail = self.reader.tail(base)
-        build = _Build(base, None, [], compacted=compact)
-        if compact:
-            parts = [tail.rows]
-            for seg in base.segments:
-                parts.append(self._live_rows(ns, seg, self.reader.tombstones(ns, seg) | tail.touched))
-            rows = RowBatch.concat(parts, config.dimensions)
+        small = sum(ref.bytes for ref in base.wal) <= self.settings.build_memory_bytes // 8
+        if small or self.reader.has_tail(base):  # a small tail, or one a query folded already
+            held = self.reader.tail(base)
+            tail: RowSource = BatchSource(held.rows)
+            touched = held.touched
         else:
-            rows = tail.rows
-            build.kept = list(base.segments)
-            for seg in base.segments:
-                dead = self._dead_after(ns, seg, tail.touched)
-                if dead is not None:
-                    build.dead[seg.id] = dead
-        if len(rows):
-            build.built = segment.build(
-                rows, config.metric, self.settings.rows_per_partition, self.settings.flat_max_rows,
-                config.vector_dtype,
-            )
-        build.rows = len(rows)
+            tail = WalTail.read(self.input_store, base)
+            touched = tail.touched
+        build = _Build(base, None, [], compacted=bool(merge))
+        sources = [tail]
+        merged = {seg.id for seg in merge}
+        for seg in base.segments:
+            if seg.id in merged:
+                dead = self.reader.tombstones(ns, seg) | touched
+                sources.append(SegmentRows(self.input_store, self.reader, ns, seg, dead))
+                continue
+            build.kept.append(seg)
+            dead = self._dead_after(ns, seg, touched)
+            if dead is not None:
+                build.dead[seg.id] = dead
+        s = self.settings
+        build.built = segment.build(
+            Chained(sources, config.dimensions), config.metric, s.rows_per_partition, s.flat_max_rows,
+            config.vector_dtype, memory_bytes=s.build_memory_bytes, temp_dir=s.build_temp_dir,
+        )
+        build.rows = build.built.rows if build.built is not None else 0
         return build
 
-    def _live_rows(self, ns: str, seg: SegmentRef, dead: frozenset[str]) -> RowBatch:
-        vectors, ids = self.reader.all_rows(ns, seg)
-        docs = self.reader.docs(ns, seg)
-        batch = RowBatch(ids, vectors, docs.column("text").to_pylist(), docs.column("attributes").to_pylist())
-        return batch.take(i for i, doc_id in enumerate(ids) if doc_id not in dead) if dead else batch
-
-    def _dead_after(self, ns: str, seg: SegmentRef, touched: frozenset[str]) -> frozenset[str] | None:
-        """Every dead id of ``seg`` once the tail's ``touched`` ids override it; None if
-        the tail kills none of its rows (its tombstone list stays as it is)."""
+    def _dead_after(self, ns: str, seg: SegmentRef, touched: frozenset[str]) -> segment.Tombstones | None:
+        """Every dead id of ``seg`` once the tail's ``touched`` ids override it, with their
+        rows (so a reader's live mask needs no lookup of them); None if the tail kills none
+        of its rows (its tombstone list stays as it is). By range: one ``ids.bin`` bucket
+        per touched id, not the segment's ids."""
         if not touched:
             return None
         old = self.reader.tombstones(ns, seg)
-        ids = self.reader.docs(ns, seg).column("id").to_pylist()
-        newly_dead = {i for i in ids if i in touched} - old
-        return old | newly_dead if newly_dead else None
+        newly_dead = self.reader.stored_rows(ns, seg, [i for i in touched if i not in old])
+        if not newly_dead:
+            return None
+        old_rows = self.reader.dead_rows(ns, seg) if old else np.zeros(0, np.int64)
+        if old_rows is None:  # a list written without rows: look its ids up once
+            old_rows = np.fromiter(self.reader.stored_rows(ns, seg, old).values(), np.int64)
+        rows = np.concatenate([old_rows, np.fromiter(newly_dead.values(), np.int64)])
+        return segment.Tombstones(old | newly_dead.keys(), rows)
 
     def _commit(self, build: _Build) -> Manifest | None:
         """Upload and commit, rebasing over writes that arrived meanwhile. None = the
@@ -201,7 +236,3 @@ class Indexer:
                 )
             except PreconditionFailed:
                 current = self.catalog.latest(base.namespace)
-
-
-def _worth_compacting(manifest: Manifest) -> bool:
-    return len(manifest.segments) > 1 or any(s.tombstones for s in manifest.segments)

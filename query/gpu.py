@@ -176,8 +176,10 @@ class DeviceIndex:
         k: int,
         nprobe: int,
         exclude: Callable[[np.ndarray], np.ndarray] | None = None,
+        parts: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Top ``k`` rows of each query among its ``nprobe`` closest partitions.
+        """Top ``k`` rows of each query among its ``nprobe`` closest partitions (or, for one
+        query, among the given ``parts``: a share of a budget across segments).
 
         ``exclude``, given the segment rows about to be scanned, returns a boolean mask of
         those never to return (deleted rows). Returns (scores, rows), both ``b × k`` and best
@@ -186,9 +188,13 @@ class DeviceIndex:
         torch = self.torch
         q = torch.tensor(np.asarray(queries, np.float32).reshape(-1, self.dims), device=self.device)
         b = q.shape[0]
-        nprobe = max(1, min(nprobe, self.nlist))
-        probes = self._scores(q, self.centroids, self._centroid_sq).topk(nprobe, dim=1).indices
-        parts = np.unique(probes.cpu().numpy())
+        if parts is None:
+            nprobe = max(1, min(nprobe, self.nlist))
+            probes = self._scores(q, self.centroids, self._centroid_sq).topk(nprobe, dim=1).indices
+            parts = np.unique(probes.cpu().numpy())
+        else:
+            assert b == 1, "given partitions are one query's"
+            parts = np.unique(np.asarray(parts, np.int64))
         parts = parts[self.part_rows[parts + 1] > self.part_rows[parts]]
         out_scores = np.full((b, k), -np.inf, np.float32)
         out_rows = np.full((b, k), -1, np.int64)
@@ -283,12 +289,12 @@ class SegmentTensors:
                 self._held.popitem(last=False)
         return made
 
-    def search(self, index: DeviceIndex, query: np.ndarray, k: int, nprobe: int, exclude=None):
+    def search(self, index: DeviceIndex, query: np.ndarray, k: int, nprobe: int, exclude=None, parts=None):
         """One query on ``index``: (scores, rows) as :meth:`DeviceIndex.search` gives for a
-        batch of one. Queries with ``exclude`` (rows deleted for this caller's view) are not
-        micro-batched: their masks differ."""
-        if self._batcher is None or exclude is not None:
-            scores, rows = index.search(query.reshape(1, -1), k, nprobe, exclude)
+        batch of one. Queries with ``exclude`` (rows deleted for this caller's view) or
+        given ``parts`` are not micro-batched: their masks differ."""
+        if self._batcher is None or exclude is not None or parts is not None:
+            scores, rows = index.search(query.reshape(1, -1), k, nprobe, exclude, parts)
             return scores[0], rows[0]
         return self._batcher((index, np.asarray(query, np.float32).reshape(-1), k, nprobe))
 

@@ -1,6 +1,7 @@
 """Vector search over the segments and the tail of one manifest.
 
-Unfiltered: probe ``nprobe`` partitions per segment and scan them exactly, asking for a
+Unfiltered: probe ``nprobe`` partitions (with several segments, one budget for all of
+them: :func:`_shared_probes`) and scan them exactly, asking for a
 few extra rows wherever rows are dead (tombstoned, or overridden by the tail). Which rows
 are dead comes from the reader's per-partition live masks, derived from the previous tail
 version's with a writer beside us, so a scan never walks a partition's ids in Python.
@@ -49,12 +50,66 @@ def search(
     out = _search_tail(reader, ctx, q, k, metric)
     torch_device = gpu.resolve_device(device) if ctx.filter is None else None
     tensors = gpu.segment_tensors(reader, torch_device, device_bytes) if torch_device else None
-    for seg in ctx.manifest.segments:
+    segments = ctx.manifest.segments
+    shared = _shared_probes(reader, ctx, q, metric, tensors is None) if ctx.filter is None and len(segments) > 1 else None
+    for seg in segments:
         if ctx.filter is None:
-            out += _search_segment(reader, ctx, seg, q, k, metric, tensors)
+            probes = shared.get(seg.id, []) if shared is not None else None
+            out += _search_segment(reader, ctx, seg, q, k, metric, tensors, probes)
         else:
             out += _search_segment_filtered(reader, ctx, seg, q, k, metric, exact_max_rows)
     return out
+
+
+def _shared_probes(reader: NamespaceReader, ctx: Context, q, metric, fetch: bool = True) -> dict[str, list[int]]:
+    """One probe budget for all segments: every segment's centroids ranked together, the
+    best ``nprobe`` partitions of the namespace (``nprobe`` as for one segment of all
+    their partitions) scanned, wherever they are; a one-partition segment always. So a
+    namespace in many segments scans about the rows one compacted segment would, not
+    ``nprobe`` per segment. Layouts and then the picked partitions are fetched in one
+    round of parallel reads each, however many segments there are."""
+    segments = ctx.manifest.segments
+    layouts = _parallel(reader, [(lambda seg=seg: reader.layout(ctx.ns, seg)) for seg in segments],
+                        all(reader.has_layout(ctx.ns, seg) for seg in segments))
+    total = sum(layout.nlist for layout in layouts)
+    budget = min(total, ctx.nprobe or ivf.default_nprobe(total))
+    owner, part, scores = [], [], []
+    picked: dict[str, list[int]] = {}
+    for i, (seg, layout) in enumerate(zip(segments, layouts)):
+        if layout.nlist == 1:
+            picked[seg.id] = [0] if layout.rows_in(0) else []
+            continue
+        owner.append(np.full(layout.nlist, i))
+        part.append(np.arange(layout.nlist))
+        scores.append(ivf.exact_scores(layout.centroids, q.reshape(-1), metric))
+    if scores:
+        order = np.argsort(-np.concatenate(scores), kind="stable")[:budget]
+        owners, parts = np.concatenate(owner)[order], np.concatenate(part)[order]
+        for i, p in zip(owners.tolist(), parts.tolist()):
+            if layouts[i].rows_in(p):
+                picked.setdefault(segments[i].id, []).append(p)
+    if not fetch:  # a torch device holds the segments (query.gpu)
+        return picked
+    missing = []
+    for seg, layout in zip(segments, layouts):
+        parts = picked.get(seg.id)
+        if not parts:
+            continue
+        if ctx.fields:
+            reader.prefetch_fields(ctx.ns, seg, layout, parts)
+        held = reader.held_partitions(ctx.ns, seg, parts)
+        missing += [(lambda seg=seg, layout=layout, p=p: reader.partition(ctx.ns, seg, layout, p))
+                    for p, h in zip(parts, held) if not h]
+    _parallel(reader, missing, len(missing) <= 1)
+    return picked
+
+
+def _parallel(reader: NamespaceReader, calls: list, inline: bool) -> list:
+    """The results of ``calls``: in the reader's pool, or here when ``inline`` (all held
+    already, or one: a hand-off to a thread costs more than it saves)."""
+    if inline:
+        return [call() for call in calls]
+    return list(reader.pool.map(lambda call: call(), calls))
 
 
 def _search_tail(reader, ctx: Context, q, k, metric) -> list[Candidate]:
@@ -74,17 +129,23 @@ def _nprobe(ctx: Context, nlist: int) -> int:
     return ctx.nprobe or ivf.default_nprobe(nlist)
 
 
-def _search_segment(reader: NamespaceReader, ctx: Context, seg: SegmentRef, q, k, metric, tensors=None) -> list[Candidate]:
+def _search_segment(reader: NamespaceReader, ctx: Context, seg: SegmentRef, q, k, metric, tensors=None,
+                    probes: list[int] | None = None) -> list[Candidate]:
+    """Top-k candidates of one segment: from ``probes`` (its share of :func:`_shared_probes`),
+    or its own ``nprobe`` partitions closest to ``q``."""
+    if probes is not None and not probes:
+        return []
     layout = reader.layout(ctx.ns, seg)
     dead = reader.tombstones(ctx.ns, seg)
     touched = ctx.tail.touched
     index = tensors.index(reader, ctx.ns, seg, layout, metric) if tensors is not None else None
     if index is not None:
-        return _search_segment_tensors(tensors, index, seg, q, k, _nprobe(ctx, layout.nlist), dead, touched)
-    probes = ivf.probe(layout.centroids, q.reshape(1, -1), _nprobe(ctx, layout.nlist), metric)[0]
-    probes = [int(p) for p in probes if p >= 0 and layout.rows_in(int(p)) > 0]
-    if ctx.fields:
-        reader.prefetch_fields(ctx.ns, seg, layout, probes)
+        return _search_segment_tensors(tensors, index, seg, q, k, _nprobe(ctx, layout.nlist), dead, touched, probes)
+    if probes is None:
+        probes = ivf.probe(layout.centroids, q.reshape(1, -1), _nprobe(ctx, layout.nlist), metric)[0]
+        probes = [int(p) for p in probes if p >= 0 and layout.rows_in(int(p)) > 0]
+        if ctx.fields:
+            reader.prefetch_fields(ctx.ns, seg, layout, probes)
     parts = reader.partitions(ctx.ns, seg, layout, probes)
     if not dead and not touched:
         scores, which, rows = ivf.scan_many([part.vectors for part in parts], q, k, metric)
@@ -109,7 +170,8 @@ def _search_segment(reader: NamespaceReader, ctx: Context, seg: SegmentRef, q, k
     return out
 
 
-def _search_segment_tensors(tensors, index: gpu.DeviceIndex, seg: SegmentRef, q, k, nprobe, dead, touched) -> list[Candidate]:
+def _search_segment_tensors(tensors, index: gpu.DeviceIndex, seg: SegmentRef, q, k, nprobe, dead, touched,
+                            probes: list[int] | None = None) -> list[Candidate]:
     """The torch twin of :func:`_search_segment`: the same rows, dead ones masked on the device."""
     exclude = None
     if dead or touched:
@@ -118,7 +180,7 @@ def _search_segment_tensors(tensors, index: gpu.DeviceIndex, seg: SegmentRef, q,
             ids = index.ids
             return np.fromiter((ids[r] in dead or ids[r] in touched for r in rows), bool, len(rows))
 
-    scores, rows = tensors.search(index, q, k, nprobe, exclude)
+    scores, rows = tensors.search(index, q, k, nprobe, exclude, probes)
     return [Candidate(float(s), index.ids[r], seg, int(r)) for s, r in zip(scores, rows) if r >= 0]
 
 

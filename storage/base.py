@@ -8,6 +8,7 @@ thread-safe; callers run them off the event loop.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -45,6 +46,10 @@ class ObjectStore(Protocol):
 
     def put(self, key: str, data: bytes) -> None:
         """Write (or overwrite) atomically: readers see the old or the new object, never a part."""
+
+    def put_file(self, key: str, path: str | os.PathLike[str]) -> None:
+        """Write (or overwrite) atomically the contents of a local file, streamed: an index
+        build uploads files of gigabytes without holding them in memory (S3: multipart)."""
 
     def put_if_absent(self, key: str, data: bytes) -> None:
         """Create only if absent; raises PreconditionFailed if it exists, even under a race."""

@@ -107,6 +107,10 @@ class CachedStore:
         self.inner.put(key, data)
         self._invalidate(key)
 
+    def put_file(self, key: str, path: str | os.PathLike[str]) -> None:
+        self.inner.put_file(key, path)
+        self._invalidate(key)
+
     def put_if_absent(self, key: str, data: bytes) -> None:
         self.inner.put_if_absent(key, data)
         self._invalidate(key)

@@ -14,6 +14,7 @@ A key cannot be both an object and a "directory" of other objects here (``a`` an
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import uuid
 from collections.abc import Iterator
@@ -87,6 +88,17 @@ class LocalStore:
         finally:
             tmp.unlink(missing_ok=True)  # gone already, unless the replace failed
         _fsync_dir(path.parent)
+
+    def put_file(self, key: str, path: str | os.PathLike[str]) -> None:
+        target = self._path(key)
+        tmp = self._write_temp(target, None, Path(path))
+        try:
+            os.replace(tmp, target)
+        except IsADirectoryError:
+            raise InvalidKey(f"object key {key!r} is already a prefix of other objects") from None
+        finally:
+            tmp.unlink(missing_ok=True)
+        _fsync_dir(target.parent)
 
     def put_if_absent(self, key: str, data: bytes) -> None:
         path = self._path(key)
@@ -180,8 +192,9 @@ class LocalStore:
             raise InvalidKey(f"object key {key!r} resolves outside the store")
         return path
 
-    def _write_temp(self, path: Path, data: bytes) -> Path:
-        """Write ``data`` to a fsynced temporary file in ``path``'s directory."""
+    def _write_temp(self, path: Path, data: bytes | None, source: Path | None = None) -> Path:
+        """Write ``data`` (or the contents of the file ``source``) to a fsynced temporary
+        file in ``path``'s directory."""
         tmp = path.parent / f"{_TEMP_PREFIX}{uuid.uuid4().hex}"
         # A concurrent delete may remove the (empty) directory between its creation and
         # our open; a few tries settle that race.
@@ -195,7 +208,11 @@ class LocalStore:
                     raise
         try:
             with os.fdopen(fd, "wb") as f:
-                f.write(data)
+                if source is None:
+                    f.write(data)
+                else:
+                    with open(source, "rb") as src:
+                        shutil.copyfileobj(src, f, 8 * 1024**2)
                 f.flush()
                 os.fsync(f.fileno())
         except BaseException:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import ClassVar
 
 from storage.base import (
@@ -55,6 +57,9 @@ class MemoryStore:
     def put(self, key: str, data: bytes) -> None:
         with self._lock:
             self._objects[check_key(key)] = (bytes(data), time.time())
+
+    def put_file(self, key: str, path: str | os.PathLike[str]) -> None:
+        self.put(key, Path(path).read_bytes())
 
     def put_if_absent(self, key: str, data: bytes) -> None:
         with self._lock:

@@ -20,6 +20,7 @@ Things learned from SeaweedFS (4.48) that shape this module:
 from __future__ import annotations
 
 import io
+import os
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -134,6 +135,24 @@ class S3Store:
             return
         # A fresh headers dict per attempt: the SDK adds its signature to the one it gets.
         self._call("PUT", key, lambda: self._client._put_object(self.bucket, name, body, dict(_CONTENT_TYPE)))
+
+    def put_file(self, key: str, path: str | os.PathLike[str]) -> None:
+        size = os.path.getsize(path)
+        if size <= self._part_bytes:
+            with open(path, "rb") as f:
+                self.put(key, f.read())
+            return
+        name = self._name(key)
+
+        def upload() -> None:
+            # Multipart from the file, one part at a time: with parallel uploads the SDK
+            # reads every part into an unbounded queue ahead of its threads (a 1.5 GB file
+            # took 1.5 GB), so memory stays one part here. A retry opens the file afresh.
+            with open(path, "rb") as f:
+                self._client.put_object(self.bucket, name, f, size, content_type=_CONTENT_TYPE["Content-Type"],
+                                        part_size=self._part_bytes, num_parallel_uploads=1)
+
+        self._call("PUT", key, upload)
 
     def put_if_absent(self, key: str, data: bytes) -> None:
         name, body = self._name(key), bytes(data)

@@ -40,6 +40,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from api.service import Service
 from ingest import gc, validate
@@ -184,6 +185,9 @@ class SharedStore:
         self.scheduler.point()
         self.inner.put(key, data)
         self.written[key] = self.clock()
+
+    def put_file(self, key: str, path) -> None:
+        self.put(key, Path(path).read_bytes())
 
     def put_if_absent(self, key: str, data: bytes) -> None:
         self.scheduler.point()

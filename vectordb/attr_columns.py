@@ -34,6 +34,7 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -107,52 +108,105 @@ class ColumnInfo:
         return self.offset + self.size - self.footer, self.footer
 
 
+class ColumnPlan:
+    """Which columns ``attrs.bin`` gets, learnt from the rows as they go by: how often
+    each addressable key occurs and which kinds its values have (small: per key, not
+    per row), so a streamed build decides the columns before writing any."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+        self.kinds: dict[str, set[str]] = {}
+
+    def add(self, parsed: Sequence[dict]) -> None:
+        for attrs in parsed:
+            for key, value in attrs.items():
+                if addressable(key):
+                    self.counts[key] += 1
+                    self.kinds.setdefault(key, set()).add(_kind(value))
+
+    def columns(self) -> tuple[list[tuple[str, str]], set[str]]:
+        """(name, kind) of each own column, sorted by name; the keys that go to ``$rest``."""
+        ranked = sorted(self.counts, key=lambda k: (-self.counts[k], k))
+        own, rest = sorted(ranked[:MAX_COLUMNS]), set(ranked[MAX_COLUMNS:])
+        kinds = [(key, next(iter(self.kinds[key])) if len(self.kinds[key]) == 1 else "json") for key in own]
+        return kinds, rest
+
+
+class ColumnWriter:
+    """Writes ``attrs.bin`` a partition at a time: one Parquet writer per column (in
+    memory, or a file in ``directory``), each partition one row group of every column."""
+
+    def __init__(self, plan: ColumnPlan, directory: Path | None = None) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        own, self.rest = plan.columns()
+        self.columns = [(ID_COLUMN, "id"), *own] + ([(REST_COLUMN, "object")] if self.rest else [])
+        self.sinks: list = []
+        self.writers: list[pq.ParquetWriter] = []
+        for i, (name, kind) in enumerate(self.columns):
+            sink = open(directory / f"attr-{i}", "w+b") if directory is not None else io.BytesIO()  # noqa: SIM115
+            arrow_type = {"number": pa.float64(), "bool": pa.bool_()}.get(kind, pa.string())
+            schema = pa.schema([(name, arrow_type)])
+            self.sinks.append(sink)
+            self.writers.append(pq.ParquetWriter(sink, schema, compression="zstd", write_statistics=kind in TYPED))
+
+    def write(self, ids: Sequence[str], parsed: Sequence[dict]) -> None:
+        """One partition's rows (``parsed``: see :func:`parse`)."""
+        import pyarrow as pa
+
+        for (name, kind), writer in zip(self.columns, self.writers):
+            if kind == "id":
+                array = pa.array(list(ids), pa.string())
+            elif kind == "object":
+                objects = [{k: v for k, v in a.items() if k in self.rest} for a in parsed]
+                array = pa.array([_json(o) if o else None for o in objects], pa.string())
+            else:
+                array = _column(kind, [attrs.get(name, _MISSING) for attrs in parsed])
+            writer.write_table(pa.table({name: array}), row_group_size=max(1, len(array)))
+
+    def finish(self, emit) -> tuple[ColumnInfo, ...]:
+        """Close the column files, hand ``attrs.bin``'s bytes to ``emit`` in order, and
+        say where each column lies."""
+        infos, at = [], 0
+        for (name, kind), writer, sink in zip(self.columns, self.writers, self.sinks):
+            writer.close()
+            size = sink.seek(0, io.SEEK_END)
+            sink.seek(size - 8)
+            footer = int.from_bytes(sink.read(4), "little") + 8
+            sink.seek(0)
+            while chunk := sink.read(8 * 1024**2):
+                emit(chunk)
+            sink.close()
+            infos.append(ColumnInfo(name, kind, at, size, footer))
+            at += size
+        return tuple(infos)
+
+
+def _column(kind: str, values: list) -> Any:
+    import pyarrow as pa
+
+    if kind == "number":
+        return pa.array([None if v is _MISSING else _double(v) for v in values], pa.float64())
+    if kind == "bool":
+        return pa.array([None if v is _MISSING else v for v in values], pa.bool_())
+    if kind == "string":
+        return pa.array([None if v is _MISSING else v for v in values], pa.string())
+    return pa.array([None if v is _MISSING else _json(v) for v in values], pa.string())
+
+
 def build(ids: Sequence[str], parsed: Sequence[dict], part_rows: np.ndarray) -> tuple[bytes, tuple[ColumnInfo, ...]]:
     """``attrs.bin`` of rows in segment order (``parsed``: see :func:`parse`) and where its
     columns are; ``part_rows``: the partitions' row offsets (nlist + 1)."""
-    import pyarrow as pa
-
-    counts = Counter(k for attrs in parsed for k in attrs if addressable(k))
-    ranked = sorted(counts, key=lambda k: (-counts[k], k))
-    own, rest = sorted(ranked[:MAX_COLUMNS]), set(ranked[MAX_COLUMNS:])
-    columns: list[tuple[str, str, pa.Array]] = [(ID_COLUMN, "id", pa.array(list(ids), pa.string()))]
-    for key in own:
-        values = [attrs.get(key, _MISSING) for attrs in parsed]
-        present = {_kind(v) for v in values if v is not _MISSING}
-        kind = present.pop() if len(present) == 1 else "json"
-        if kind == "number":
-            array = pa.array([None if v is _MISSING else _double(v) for v in values], pa.float64())
-        elif kind == "bool":
-            array = pa.array([None if v is _MISSING else v for v in values], pa.bool_())
-        elif kind == "string":
-            array = pa.array([None if v is _MISSING else v for v in values], pa.string())
-        else:
-            array = pa.array([None if v is _MISSING else _json(v) for v in values], pa.string())
-        columns.append((key, kind, array))
-    if rest:
-        objects = [{k: v for k, v in a.items() if k in rest} for a in parsed]
-        columns.append((REST_COLUMN, "object", pa.array([_json(o) if o else None for o in objects], pa.string())))
-    parts, infos, at = [], [], 0
-    for name, kind, array in columns:
-        data = _column_file(name, array, kind in TYPED, part_rows)
-        infos.append(ColumnInfo(name, kind, at, len(data), int.from_bytes(data[-8:-4], "little") + 8))
-        parts.append(data)
-        at += len(data)
-    return b"".join(parts), tuple(infos)
-
-
-def _column_file(name: str, array, statistics: bool, part_rows: np.ndarray) -> bytes:
-    """One column as a Parquet file, row group ``p`` = partition ``p``."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    table = pa.table({name: array})
-    sink = io.BytesIO()
-    with pq.ParquetWriter(sink, table.schema, compression="zstd", write_statistics=statistics) as writer:
-        for p in range(len(part_rows) - 1):
-            lo, hi = int(part_rows[p]), int(part_rows[p + 1])
-            writer.write_table(table.slice(lo, hi - lo), row_group_size=max(1, hi - lo))
-    return sink.getvalue()
+    plan = ColumnPlan()
+    plan.add(parsed)
+    writer = ColumnWriter(plan)
+    for p in range(len(part_rows) - 1):
+        lo, hi = int(part_rows[p]), int(part_rows[p + 1])
+        writer.write(ids[lo:hi], parsed[lo:hi])
+    parts: list[bytes] = []
+    infos = writer.finish(parts.append)
+    return b"".join(parts), infos
 
 
 @dataclass(frozen=True)

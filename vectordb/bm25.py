@@ -133,34 +133,9 @@ class BM25Index:
 
     @classmethod
     def build(cls, texts: Iterable[str], k1: float = DEFAULT_K1, b: float = DEFAULT_B) -> BM25Index:
-        vocabulary: dict[str, int] = {}
-        # Postings in order of arrival, as machine integers (a list would cost 8 bytes an entry).
-        term_ids, rows, tfs, lengths = array("q"), array("q"), array("q"), array("q")
-        for row, text in enumerate(texts):
-            counts = term_counts(text)
-            lengths.append(sum(counts.values()))
-            for term, tf in counts.items():
-                term_ids.append(vocabulary.setdefault(term, len(vocabulary)))
-                rows.append(row)
-                tfs.append(tf)
-        # Sort postings by term (stable, so rows stay ascending within a term); the
-        # vocabulary is sorted too, which makes the serialised form deterministic.
-        terms = sorted(vocabulary)
-        rank = np.empty(len(terms), dtype=np.int64)
-        rank[[vocabulary[t] for t in terms]] = np.arange(len(terms))
-        term_arr = rank[np.frombuffer(term_ids, dtype=np.int64)]
-        order = np.argsort(term_arr, kind="stable")
-        indptr = np.zeros(len(terms) + 1, dtype=np.int64)
-        np.cumsum(np.bincount(term_arr, minlength=len(terms)), out=indptr[1:])
-        return cls(
-            terms,
-            _compact(indptr),
-            _compact(np.frombuffer(rows, dtype=np.int64)[order]),
-            _compact(np.frombuffer(tfs, dtype=np.int64)[order]),
-            _compact(np.frombuffer(lengths, dtype=np.int64)),
-            k1,
-            b,
-        )
+        builder = BM25Builder()
+        builder.add(texts)
+        return builder.finish(k1, b)
 
     def stats(self, terms: Iterable[str] | None = None) -> GlobalStats:
         """This index's statistics, with document frequencies of ``terms`` (analyzed terms,
@@ -299,3 +274,49 @@ def _compact(values: np.ndarray) -> np.ndarray:
     """The same non-negative integers in the smallest unsigned dtype that holds them."""
     top = int(values.max()) if len(values) else 0
     return values.astype(np.min_scalar_type(top))
+
+
+class BM25Builder:
+    """Builds a :class:`BM25Index` from texts added in row order, a batch at a time (a
+    streamed segment build adds each partition's texts as it writes them). Holds the
+    postings as machine integers, 24 bytes a posting, and the vocabulary."""
+
+    def __init__(self) -> None:
+        self.vocabulary: dict[str, int] = {}
+        # Postings in order of arrival (a list would cost 8 bytes an entry more).
+        self.term_ids, self.rows, self.tfs, self.lengths = array("q"), array("q"), array("q"), array("q")
+
+    @property
+    def nbytes(self) -> int:
+        return 8 * (len(self.term_ids) * 3 + len(self.lengths)) + 100 * len(self.vocabulary)
+
+    def add(self, texts: Iterable[str]) -> None:
+        vocabulary, term_ids, rows, tfs, lengths = self.vocabulary, self.term_ids, self.rows, self.tfs, self.lengths
+        for row, text in enumerate(texts, len(lengths)):
+            counts = term_counts(text)
+            lengths.append(sum(counts.values()))
+            for term, tf in counts.items():
+                term_ids.append(vocabulary.setdefault(term, len(vocabulary)))
+                rows.append(row)
+                tfs.append(tf)
+
+    def finish(self, k1: float = DEFAULT_K1, b: float = DEFAULT_B) -> BM25Index:
+        vocabulary = self.vocabulary
+        # Sort postings by term (stable, so rows stay ascending within a term); the
+        # vocabulary is sorted too, which makes the serialised form deterministic.
+        terms = sorted(vocabulary)
+        rank = np.empty(len(terms), dtype=np.int64)
+        rank[[vocabulary[t] for t in terms]] = np.arange(len(terms))
+        term_arr = rank[np.frombuffer(self.term_ids, dtype=np.int64)]
+        order = np.argsort(term_arr, kind="stable")
+        indptr = np.zeros(len(terms) + 1, dtype=np.int64)
+        np.cumsum(np.bincount(term_arr, minlength=len(terms)), out=indptr[1:])
+        return BM25Index(
+            terms,
+            _compact(indptr),
+            _compact(np.frombuffer(self.rows, dtype=np.int64)[order]),
+            _compact(np.frombuffer(self.tfs, dtype=np.int64)[order]),
+            _compact(np.frombuffer(self.lengths, dtype=np.int64)),
+            k1,
+            b,
+        )

@@ -84,9 +84,8 @@ def train_centroids(vectors: np.ndarray, nlist: int, metric: str, seed: int = 12
         return vectors.mean(axis=0, keepdims=True).astype(np.float32)
     faiss = _faiss()
     n, dims = vectors.shape
-    rng = np.random.default_rng(seed)
-    sample_size = min(n, nlist * _TRAIN_POINTS_PER_CENTROID)
-    sample = vectors[np.sort(rng.choice(n, sample_size, replace=False))] if sample_size < n else vectors
+    picked = training_rows(n, nlist, seed)
+    sample = vectors[picked] if picked is not None else vectors
     kmeans = faiss.Kmeans(
         dims,
         nlist,
@@ -98,6 +97,20 @@ def train_centroids(vectors: np.ndarray, nlist: int, metric: str, seed: int = 12
     )
     kmeans.train(np.ascontiguousarray(sample, dtype=np.float32))
     return kmeans.centroids.astype(np.float32)
+
+
+def training_rows(n: int, nlist: int, seed: int = 1234, max_rows: int | None = None) -> np.ndarray | None:
+    """The rows (ascending) k-means trains on, out of ``n``; None: all of them. At most
+    :data:`_TRAIN_POINTS_PER_CENTROID` per centroid, and ``max_rows`` (a streamed build's
+    memory bound; at least ``nlist``). The same rows whether the build holds every vector
+    (:func:`train_centroids`) or gathers these from a spill, so both train the same."""
+    sample_size = min(n, nlist * _TRAIN_POINTS_PER_CENTROID)
+    if max_rows is not None:
+        sample_size = min(sample_size, max(nlist, max_rows))
+    if sample_size >= n:
+        return None
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(n, sample_size, replace=False))
 
 
 def assign(vectors: np.ndarray, centroids: np.ndarray, metric: str) -> np.ndarray:

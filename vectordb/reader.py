@@ -140,8 +140,16 @@ class NamespaceReader:
         return vectors, [i for p in parts for i in p.ids]
 
     def tombstones(self, ns: str, seg: SegmentRef) -> frozenset[str]:
+        """The segment's dead ids."""
+        return self._dead(seg).ids
+
+    def dead_rows(self, ns: str, seg: SegmentRef) -> np.ndarray | None:
+        """The rows of the segment's dead ids where its tombstone list has them, else None."""
+        return self._dead(seg).rows
+
+    def _dead(self, seg: SegmentRef) -> segment.Tombstones:
         if not seg.tombstones_key:
-            return frozenset()
+            return _NO_TOMBSTONES
         key = seg.tombstones_key
         return self._tombstones.get(key, lambda: segment.decode_tombstones(self.store.get(key)))
 
@@ -277,12 +285,17 @@ class NamespaceReader:
     def stored_ids(self, ns: str, seg: SegmentRef, ids) -> frozenset[str]:
         """Those of ``ids`` the segment stores (tombstoned or not): which rows an upsert
         of them overrides. By range: one bucket of ``ids.bin`` per id."""
+        return frozenset(self.stored_rows(ns, seg, ids))
+
+    def stored_rows(self, ns: str, seg: SegmentRef, ids) -> dict[str, int]:
+        """id -> row of those of ``ids`` the segment stores (tombstoned or not). By range:
+        one bucket of ``ids.bin`` per id."""
         layout = self.layout(ns, seg)
         if layout.docs is None:
             ids = set(ids)
-            return frozenset(i for i in self.ids(ns, seg) if i in ids)
+            return {i: row for row, i in enumerate(self.ids(ns, seg)) if i in ids}
         found = self.documents.lookup(segment.file_key(ns, seg.id, ""), "ids.bin", layout.docs.ids, ids)
-        return frozenset(found)
+        return {i: hits[0][0] for i, hits in found.items()}
 
     def chunks(self, ns: str, segs: list[SegmentRef], parents: list[str]) -> list[list[tuple[int, str]]]:
         """Per segment, (row, id) of the rows whose string ``doc_id`` attribute is one of
@@ -357,7 +370,8 @@ class NamespaceReader:
         docs = self.by_range(ns, seg)
         if docs is not None:
             stored = StoredRows(self.documents, segment.file_key(ns, seg.id, ""), docs)
-            return self._live(("live", seg.id, seg.tombstones_key), dead, tail, lambda: stored)
+            return self._live(("live", seg.id, seg.tombstones_key), dead, tail, lambda: stored,
+                              self.dead_rows(ns, seg))
         return self._live(("live", seg.id, seg.tombstones_key), dead, tail,
                           lambda: self._lookups.get(("segment", seg.id), lambda: RowLookup(self.ids(ns, seg))))
 
@@ -371,13 +385,15 @@ class NamespaceReader:
         return self._live(("plive", *key, seg.tombstones_key), dead, tail,
                           lambda: self._lookups.get(("partition", *key), lambda: RowLookup(part.ids)))
 
-    def _live(self, key: tuple, dead: frozenset[str], tail: Tail, lookup) -> np.ndarray:
+    def _live(self, key: tuple, dead: frozenset[str], tail: Tail, lookup, dead_rows: np.ndarray | None = None
+              ) -> np.ndarray:
         """The live mask of rows ``lookup()`` finds, memoised under ``key`` + the tail.
 
         Derived from the mask of the nearest ancestor of ``tail`` that has one, clearing
         the rows of the ids touched since (the usual case beside a writer: cost follows
         the new writes); else made from scratch, a search per row in C and Python only for
-        dead rows."""
+        dead rows. ``dead_rows``: the rows of ``dead``, when the tombstone list has them
+        (then they are not looked up)."""
 
         def make() -> np.ndarray:
             rows = lookup()
@@ -400,7 +416,9 @@ class NamespaceReader:
                     break
                 version = parent
             mask = np.ones(len(rows), bool)
-            if dead:
+            if dead_rows is not None:
+                mask[dead_rows] = False
+            elif dead:
                 mask[_rows_of(rows, dead, lambda: self._masks.get(("dead-hashes", key[-1]), lambda: hash_set(dead)))] = False
             if tail.touched:
                 mask[_rows_of(rows, tail.touched, lambda: tail.touched_hashes)] = False
@@ -408,6 +426,8 @@ class NamespaceReader:
 
         return self._masks.get((*key, tail.serial), make)
 
+
+_NO_TOMBSTONES = segment.Tombstones(frozenset())
 
 def _rows_of(lookup, ids: frozenset[str], hashes) -> np.ndarray:
     """The rows of ``ids`` in ``lookup``: an in-memory :class:`RowLookup` matches every row's

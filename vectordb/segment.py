@@ -63,7 +63,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from vectordb import bm25, bm25_blocks, docs_format, ivf, keys
+from vectordb import docs_format, keys
 from vectordb.docs_format import DocsLayout
 from vectordb.errors import VectorDBError
 from vectordb.namespace import FLOAT16_MAX
@@ -71,6 +71,8 @@ from vectordb.rows import RowBatch
 
 if TYPE_CHECKING:
     import pyarrow as pa
+
+    from vectordb.segment_writer import BuiltSegment, RowSource
 
 # pyarrow (~0.1 s to import) is imported where Parquet is read or written, not here: a query
 # worker answering vector queries needs only ivf.bin and vectors.bin.
@@ -251,88 +253,41 @@ def decode_partition(data: bytes, rows: int, dims: int, vector_dtype: str = "flo
     return Partition(vectors, PartitionIds(data[at + (rows + 1) * 4 :], offsets))
 
 
-@dataclass(frozen=True)
-class BuiltSegment:
-    id: str
-    nlist: int
-    rows: int
-    files: dict[str, bytes]  # file name -> bytes
-
-    @property
-    def bytes(self) -> int:
-        return sum(len(b) for b in self.files.values())
-
-
 def new_segment_id(key_version: int = 0) -> str:
     """A fresh segment id that records the version its build means to commit at (see
     ``vectordb.keys``: garbage collection spares objects newer than its fence)."""
     return keys.versioned_name(key_version, uuid.uuid4().hex)
 
 
+DEFAULT_BUILD_MEMORY = 2 * 1024**3
+
+
 def build(
-    rows: RowBatch,
+    rows: RowBatch | RowSource,
     metric: str,
     rows_per_partition: int,
     flat_max_rows: int,
     vector_dtype: str = "float32",
     key_version: int = 0,
     docs: str = "by_range",
-) -> BuiltSegment:
-    """Cluster ``rows`` into an IVF segment. Vectors must already be normalised for cosine;
-    ``vector_dtype`` is how ``vectors.bin`` stores them (float32, float16 or int8);
-    ``key_version`` the version the build means to commit at (it names the segment);
-    ``docs`` the documents' layout (:mod:`vectordb.docs_format`): ``by_range``, or ``whole``
-    (``docs.parquet``, the layout before issue 12, kept to test that it stays readable)."""
+    memory_bytes: int = DEFAULT_BUILD_MEMORY,
+    temp_dir: str | None = None,
+) -> BuiltSegment | None:
+    """Cluster ``rows`` (in memory, or a :class:`~vectordb.segment_writer.RowSource` read
+    in chunks) into an IVF segment, in about ``memory_bytes`` of memory, its files in a
+    working directory under ``temp_dir`` (see :mod:`vectordb.segment_writer`). Vectors must
+    already be normalised for cosine; ``vector_dtype`` is how ``vectors.bin`` stores them
+    (float32, float16 or int8); ``key_version`` the version the build means to commit at
+    (it names the segment); ``docs`` the documents' layout (:mod:`vectordb.docs_format`):
+    ``by_range``, or ``whole`` (``docs.parquet``, the layout before issue 12, kept to test
+    that it stays readable). None when there are no rows. The caller closes the result."""
+    from vectordb import segment_writer
+
     if docs not in ("by_range", "whole"):
         raise ValueError(f"unknown docs layout {docs!r}")
-    n, dims = rows.vectors.shape
-    nlist = ivf.choose_nlist(n, rows_per_partition, flat_max_rows)
-    centroids = ivf.train_centroids(rows.vectors, nlist, metric)
-    # Rows go to the centroids as stored, the ones queries will probe.
-    centroids = centroids.astype(centroid_type(centroids, vector_dtype)).astype(np.float32)
-    labels = ivf.assign(rows.vectors, centroids, metric)
-    order = np.argsort(labels, kind="stable")
-    counts = np.bincount(labels, minlength=nlist)
-    part_rows = np.zeros(nlist + 1, np.int64)
-    np.cumsum(counts, out=part_rows[1:])
-    sorted_rows = rows.take(order.tolist())
-
-    blobs = []
-    for p in range(nlist):
-        lo, hi = int(part_rows[p]), int(part_rows[p + 1])
-        blobs.append(encode_partition(sorted_rows.vectors[lo:hi], sorted_rows.ids[lo:hi], vector_dtype))
-    part_bytes = np.zeros(nlist + 1, np.int64)
-    np.cumsum([len(b) for b in blobs], out=part_bytes[1:])
-    lexical = bm25.BM25Index.build(t or "" for t in sorted_rows.texts)
-    if docs == "whole":
-        layout = Layout(centroids, part_bytes, part_rows, vector_dtype)
-        doc_files = {"docs.parquet": _whole_docs(sorted_rows, part_rows)}
-    else:
-        doc_files, described = docs_format.build(sorted_rows.ids, sorted_rows.texts, sorted_rows.attributes, part_rows)
-        layout = Layout(centroids, part_bytes, part_rows, vector_dtype, described)
-    files = {
-        "ivf.bin": layout.to_bytes() + (layout.docs.to_bytes() if layout.docs is not None else b""),
-        "vectors.bin": b"".join(blobs),
-        **doc_files,
-        "bm25.bin": bm25_blocks.encode(lexical),
-    }
-    return BuiltSegment(new_segment_id(key_version), nlist, n, files)
-
-
-def _whole_docs(sorted_rows: RowBatch, part_rows: np.ndarray) -> bytes:
-    """``docs.parquet``: id, text, attributes; one row group per partition."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    schema = pa.schema([("id", pa.string()), ("text", pa.string()), ("attributes", pa.string())])
-    sink = io.BytesIO()
-    with pq.ParquetWriter(sink, schema, compression="zstd") as writer:
-        for p in range(len(part_rows) - 1):
-            lo, hi = int(part_rows[p]), int(part_rows[p + 1])
-            columns = {"id": sorted_rows.ids[lo:hi], "text": sorted_rows.texts[lo:hi],
-                       "attributes": sorted_rows.attributes[lo:hi]}
-            writer.write_table(pa.table(columns, schema=schema))
-    return sink.getvalue()
+    source = segment_writer.BatchSource(rows) if isinstance(rows, RowBatch) else rows
+    return segment_writer.build(source, metric, rows_per_partition, flat_max_rows, vector_dtype,
+                                new_segment_id(key_version), docs, memory_bytes, temp_dir)
 
 
 def file_key(ns: str, segment_id: str, name: str) -> str:
@@ -360,9 +315,26 @@ def tombstones_key(ns: str, segment_id: str, version: int) -> str:
     return keys.segment_own_prefix(ns, segment_id) + name
 
 
-def encode_tombstones(ids: set[str] | frozenset[str]) -> bytes:
-    return json.dumps(sorted(ids)).encode()
+@dataclass(frozen=True)
+class Tombstones:
+    """A segment's dead ids and, where the indexer wrote them, their rows: a reader's live
+    mask then clears those rows without looking the ids up (``rows`` None: a list written
+    before rows were, or by a writer that did not know them)."""
+
+    ids: frozenset[str]
+    rows: np.ndarray | None = None
 
 
-def decode_tombstones(data: bytes) -> frozenset[str]:
-    return frozenset(json.loads(data))
+def encode_tombstones(ids: set[str] | frozenset[str], rows: np.ndarray | None = None) -> bytes:
+    """JSON: the sorted ids; with ``rows`` (those ids' rows, any order) an object
+    ``{"ids": [...], "rows": [...]}``."""
+    if rows is None:
+        return json.dumps(sorted(ids)).encode()
+    return json.dumps({"ids": sorted(ids), "rows": sorted(int(r) for r in rows)}).encode()
+
+
+def decode_tombstones(data: bytes) -> Tombstones:
+    value = json.loads(data)
+    if isinstance(value, list):
+        return Tombstones(frozenset(value))
+    return Tombstones(frozenset(value["ids"]), np.asarray(value["rows"], np.int64))

@@ -156,7 +156,22 @@ class Settings(BaseSettings):
         20_000, description="Unindexed WAL rows that trigger a background index build."
     )
     auto_index: bool = Field(True, description="Build indexes in the background when the tail passes the threshold.")
-    compact_max_segments: int = Field(8, description="Segments beyond which indexing also compacts.")
+    compact_max_segments: int = Field(
+        8, ge=2, description="Fan-in of tiered compaction: when this many segments of one size tier exist, an "
+        "index build merges them into one (see ingest.compaction).",
+    )
+    segment_max_rows: int = Field(
+        5_000_000, ge=1, description="No merge makes a segment of more live rows than this (a build of the tail "
+        "alone may); bigger namespaces keep several segments.",
+    )
+    build_memory_bytes: int = Field(
+        2 * 1024**3, ge=16 * 1024**2, description="Memory an index build or compaction may use (about): it "
+        "spills rows to build_temp_dir and streams files out, whatever the size of the namespace.",
+    )
+    build_temp_dir: str | None = Field(
+        None, description="Directory for an index build's spill and output files (removed after each build); "
+        "default: the system's temporary directory. Needs about twice the rows' bytes free.",
+    )
     wal_merge_objects: int = Field(
         64, ge=0, description="WAL objects a manifest may list before the ingest worker that committed it folds "
         "them into one in the background (every strong reader decodes the list at each commit); 0: never.",
@@ -197,7 +212,8 @@ class Settings(BaseSettings):
     rows_per_partition: int = Field(
         1000, description="Target rows per IVF partition (nlist = rows / this, at least 1)."
     )
-    nprobe: int = Field(0, description="Partitions searched per segment; 0 chooses from nlist.")
+    nprobe: int = Field(0, description="Partitions searched per query, one budget across all segments; 0 chooses from "
+                        "their total nlist.")
 
     # --- read path ------------------------------------------------------------------------
     filter_exact_max_rows: int = Field(

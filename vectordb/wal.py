@@ -25,6 +25,7 @@ import numpy as np
 from vectordb.rows import RowBatch, WriteBatch
 
 UPSERT, DELETE = 0, 1
+ROW_GROUP_ROWS = 65_536
 
 _MERGED = re.compile(r"-m(\d+)-([0-9a-f]{32})\.parquet$")
 
@@ -95,6 +96,9 @@ def encode(batches: list[WriteBatch], dims: int) -> bytes:
         compression={"op": "zstd", "id": "zstd", "vector": "none", "text": "zstd", "attributes": "zstd"},
         use_dictionary=["op", "id", "text", "attributes"],
         write_statistics=["op"],
+        # Row groups of a bounded size: a WAL merge's object can hold a whole tail, and an
+        # index build reads it a row group at a time (ingest.build_input).
+        row_group_size=ROW_GROUP_ROWS,
     )
     return sink.getvalue()
 

@@ -1,0 +1,219 @@
+"""What an index build reads, in chunks: the WAL tail and segments' live rows.
+
+A build must not hold the namespace in memory (:mod:`vectordb.segment_writer`), so its
+input is a :class:`~vectordb.segment_writer.RowSource`:
+
+* :class:`WalTail` folds the manifest's WAL objects without holding their rows: a first
+  pass reads each object's ``id`` and ``op`` columns only (by range, :class:`RangedFile`)
+  and keeps, per id, where its last operation is (an int); a second pass reads each object
+  again a row group at a time and yields its rows whose last operation is that upsert. Rows come in the order :func:`vectordb.tail.fold` gives
+  (by the position of the id's last operation), so the segment is the one an in-memory
+  build of the folded tail makes. Memory: ~100 bytes per distinct id, plus one object.
+* :class:`SegmentRows` reads a segment's partitions a few at a time by range (vectors,
+  then the rows' records from ``rows.bin``/``fields.bin``), dropping dead rows.
+* :class:`Chained` reads several sources one after the other.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from storage.base import ObjectStore
+from storage.errors import ObjectNotFound
+from vectordb import doc_fields, segment, wal
+from vectordb.manifest import Manifest, SegmentRef
+from vectordb.reader import NamespaceReader
+from vectordb.rows import RowBatch
+from vectordb.segment_writer import RowSource
+
+
+@dataclass
+class WalTail:
+    """The live rows of a manifest's WAL tail, folded (last write wins) while streaming."""
+
+    store: ObjectStore
+    manifest: Manifest
+    touched: frozenset[str] = frozenset()  # every id the tail upserts or deletes
+    _keep: list[np.ndarray] = field(default_factory=list)  # per WAL object, its rows that stay
+    rows: int = 0
+
+    @property
+    def dims(self) -> int:
+        return self.manifest.config.dimensions
+
+    @classmethod
+    def read(cls, store: ObjectStore, manifest: Manifest) -> WalTail:
+        """The first pass: which row of which object holds each live id's last upsert
+        (reading only the objects' ``id`` and ``op`` columns)."""
+        last: dict[str, int] = {}
+        deletes = []
+        for b, ref in enumerate(manifest.wal):
+            table = _parquet(store, ref.key).read(columns=["id", "op"])
+            ids = table.column("id").to_pylist()
+            last.update(zip(ids, range(b << 32, (b << 32) + len(ids))))
+            deletes.append(table.column("op").to_numpy() == wal.DELETE)
+            del table, ids
+        keep: list[list[int]] = [[] for _ in manifest.wal]
+        for where in last.values():
+            b, r = where >> 32, where & 0xFFFFFFFF
+            if not deletes[b][r]:
+                keep[b].append(r)
+        tail = cls(store, manifest, frozenset(last))
+        tail._keep = [np.sort(np.array(k, np.int64)) for k in keep]
+        tail.rows = sum(len(k) for k in keep)
+        return tail
+
+    def chunks(self, rows: int) -> Iterator[RowBatch]:
+        pending: list[RowBatch] = []
+        held = 0
+        for ref, keep in zip(self.manifest.wal, self._keep):
+            if not len(keep):
+                continue
+            start = 0
+            for record in _parquet(self.store, ref.key).iter_batches(batch_size=8192):
+                end = start + record.num_rows
+                lo, hi = np.searchsorted(keep, [start, end])
+                if hi > lo:
+                    pending.append(_rows(record, self.dims).take((keep[lo:hi] - start).tolist()))
+                    held += int(hi - lo)
+                start = end
+                while held >= rows:
+                    merged = RowBatch.concat(pending, self.dims)
+                    yield merged.take(range(rows))
+                    rest = merged.take(range(rows, len(merged)))
+                    pending, held = [rest], len(rest)
+            while held >= rows:
+                merged = RowBatch.concat(pending, self.dims)
+                yield merged.take(range(rows))
+                rest = merged.take(range(rows, len(merged)))
+                pending, held = [rest], len(rest)
+        if held:
+            yield RowBatch.concat(pending, self.dims)
+
+
+@dataclass
+class SegmentRows:
+    """A segment's rows but ``dead`` ones, partitions in order, a few at a time."""
+
+    store: ObjectStore
+    reader: NamespaceReader
+    ns: str
+    seg: SegmentRef
+    dead: frozenset[str]
+
+    @property
+    def dims(self) -> int:
+        return self.reader.layout(self.ns, self.seg).dims
+
+    def chunks(self, rows: int) -> Iterator[RowBatch]:
+        layout = self.reader.layout(self.ns, self.seg)
+        lo = 0
+        while lo < layout.nlist:
+            hi = lo + 1
+            while hi < layout.nlist and int(layout.part_rows[hi + 1] - layout.part_rows[lo]) <= rows:
+                hi += 1
+            batch = self._partitions(layout, lo, hi)
+            lo = hi
+            if self.dead:
+                batch = batch.take(i for i, doc_id in enumerate(batch.ids) if doc_id not in self.dead)
+            if len(batch):
+                yield batch
+
+    def _partitions(self, layout: segment.Layout, lo: int, hi: int) -> RowBatch:
+        """Partitions ``lo`` to ``hi`` (exclusive): two or three ranged reads."""
+        key = segment.file_key(self.ns, self.seg.id, "")
+        first_row, end_row = int(layout.part_rows[lo]), int(layout.part_rows[hi])
+        start, end = int(layout.part_bytes[lo]), int(layout.part_bytes[hi])
+        data = self.store.get_range(key + "vectors.bin", start, end - start) if end > start else b""
+        vectors, ids = [], []
+        for p in range(lo, hi):
+            a, b = int(layout.part_bytes[p]) - start, int(layout.part_bytes[p + 1]) - start
+            part = segment.decode_partition(data[a:b], layout.rows_in(p), layout.dims, layout.vector_dtype)
+            vectors.append(part.vectors)
+            ids.extend(part.ids)
+        del data
+        stacked = np.concatenate(vectors) if vectors else np.zeros((0, layout.dims), np.float32)
+        if layout.docs is None:  # docs.parquet (segments before the by-range layout): read whole
+            docs = self.reader.docs(self.ns, self.seg)
+            texts = docs.column("text").to_pylist()[first_row:end_row]
+            attrs = docs.column("attributes").to_pylist()[first_row:end_row]
+            return RowBatch(ids, stacked, texts, attrs)
+        size = doc_fields.ENTRY.itemsize
+        if end_row == first_row:
+            return RowBatch(ids, stacked, [], [])
+        entries = doc_fields.decode_entries(self.store.get_range(key + "rows.bin", first_row * size, (end_row - first_row) * size))
+        f_start = int(entries["offset"][0])
+        f_end = int(entries["offset"][-1]) + int(entries["stored"][-1])
+        fields = self.store.get_range(key + "fields.bin", f_start, f_end - f_start)
+        texts, attrs = [], []
+        for entry in entries:
+            at, length = doc_fields.span(entry)
+            record = doc_fields.decode_record(fields[at - f_start : at - f_start + length], entry)
+            texts.append(record.text)
+            attrs.append(record.attributes)
+        return RowBatch(ids, stacked, texts, attrs)
+
+
+@dataclass
+class Chained:
+    """Several sources' rows, one source after the other."""
+
+    sources: list[RowSource]
+    dims: int
+
+    def chunks(self, rows: int) -> Iterator[RowBatch]:
+        for source in self.sources:
+            yield from source.chunks(rows)
+
+
+class RangedFile(io.RawIOBase):
+    """An object read by ranges as a seekable file: Parquet reads its footer, then only the
+    column chunks asked for, never the whole object (a WAL merge's can hold a whole tail)."""
+
+    def __init__(self, store: ObjectStore, key: str) -> None:
+        info = store.head(key)
+        if info is None:
+            raise ObjectNotFound(f"no object {key!r}")
+        self.store, self.key, self.size, self.at = store, key, info.size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.at
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        self.at = {io.SEEK_SET: 0, io.SEEK_CUR: self.at, io.SEEK_END: self.size}[whence] + offset
+        return self.at
+
+    def read(self, n: int = -1) -> bytes:
+        n = self.size - self.at if n is None or n < 0 else min(n, self.size - self.at)
+        data = self.store.get_range(self.key, self.at, n) if n > 0 else b""
+        self.at += len(data)
+        return data
+
+    def readinto(self, buffer) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def _parquet(store: ObjectStore, key: str):
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(RangedFile(store, key))
+
+
+def _rows(record, dims: int) -> RowBatch:
+    """A WAL record batch's rows (as :func:`vectordb.wal.decode` makes them)."""
+    flat = record.column("vector").flatten().to_numpy(zero_copy_only=False)
+    vectors = np.ascontiguousarray(flat, dtype=np.float32).reshape(record.num_rows, dims)
+    return RowBatch(record.column("id").to_pylist(), vectors, record.column("text").to_pylist(),
+                    record.column("attributes").to_pylist())

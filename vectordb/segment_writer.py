@@ -1,0 +1,366 @@
+"""Building a segment in bounded memory: rows stream in, the segment's files stream out.
+
+The format is :mod:`vectordb.segment`'s; this is how its bytes are produced when a
+namespace does not fit in memory. Rows arrive as chunks of a :class:`RowSource` and go
+through a working directory in four passes:
+
+1. **spill**: each chunk is appended (pickled) to ``input.spill`` in arrival order, while
+   what a later pass needs of all rows is kept small: their count, which attribute
+   columns they make (:class:`vectordb.attr_columns.ColumnPlan`).
+2. **train**: the number of partitions follows from the count; k-means trains on the
+   rows :func:`vectordb.ivf.training_rows` picks, gathered in one read of the spill (the
+   rows an in-memory build would pick, unless the memory bound asks for fewer).
+3. **runs**: each spilled chunk is assigned to the centroids, its rows ordered by
+   partition (stably) and written to ``runs.spill``: one run per chunk, each partition's
+   rows of the run one contiguous piece.
+4. **write**: partitions in order, a group of them at a time: for each run, the group's
+   pieces are one contiguous read. A partition's rows are its pieces in run order, which
+   is arrival order: the order of a stable sort of all rows by partition, as the
+   in-memory build made. Every file is appended to as its partitions come (vectors,
+   fields and row entries, attribute columns' row groups, the whole layout's
+   ``docs.parquet``); what needs every row before it can be written keeps only small
+   things per row until the end: ids and their hashes and record entries (``ids.bin``),
+   chunks' ``doc_id``\\s (``doc_ids.bin``), BM25 postings (24 bytes a posting).
+
+Peak memory is about ``memory_bytes``: an eighth for an input chunk, a quarter for the
+k-means sample, a quarter for a group of partitions, and the per-row state above (~60
+bytes plus the id a row, plus postings). The result is the same bytes whatever
+``memory_bytes`` (unless a bound so small that it shrinks the k-means sample), and the same
+as the in-memory build's before this module existed.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+import numpy as np
+
+from vectordb import attr_columns, bm25, bm25_blocks, doc_fields, ivf, key_table
+from vectordb.docs_format import DOC_ID, DocsLayout
+from vectordb.rows import RowBatch
+
+log = logging.getLogger(__name__)
+
+_ROW_OVERHEAD = 400  # bytes a row costs in Python objects (strings, lists) beside its vector
+_UNPICKLED = 3  # a group's rows take about this many times their pickled bytes once loaded
+_CHUNK_ALIGN = 4096  # FAISS assigns in blocks of this many queries: chunks keep them aligned
+
+
+class RowSource(Protocol):
+    """Rows to build a segment from, read in chunks (once)."""
+
+    dims: int
+
+    def chunks(self, rows: int) -> Iterator[RowBatch]:
+        """The rows, in order, in batches of about ``rows`` rows (the last may be smaller)."""
+
+
+@dataclass
+class BatchSource:
+    """A :class:`RowSource` over rows already in memory."""
+
+    rows: RowBatch
+
+    @property
+    def dims(self) -> int:
+        return self.rows.vectors.shape[1]
+
+    def chunks(self, rows: int) -> Iterator[RowBatch]:
+        for lo in range(0, len(self.rows), rows):
+            yield self.rows.take(range(lo, min(lo + rows, len(self.rows))))
+
+
+@dataclass
+class BuiltSegment:
+    """A built segment's files, in a working directory until :meth:`close`."""
+
+    id: str
+    nlist: int
+    rows: int
+    files: dict[str, Path]  # file name -> its local file
+    workdir: Path | None = field(default=None, repr=False)
+
+    @property
+    def bytes(self) -> int:
+        return sum(path.stat().st_size for path in self.files.values())
+
+    def read(self, name: str) -> bytes:
+        return self.files[name].read_bytes()
+
+    def close(self) -> None:
+        """Remove the working directory (the files are gone after this)."""
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.workdir = None
+
+
+def build(source: RowSource, metric: str, rows_per_partition: int, flat_max_rows: int,
+          vector_dtype: str, segment_id: str, docs: str, memory_bytes: int,
+          temp_dir: str | None = None) -> BuiltSegment | None:
+    """Build a segment of ``source``'s rows in a fresh working directory under ``temp_dir``
+    (the system's default: None), in about ``memory_bytes`` of memory. None if the source
+    has no rows. Callers :meth:`~BuiltSegment.close` it once uploaded; an exception
+    removes the directory."""
+    workdir = Path(tempfile.mkdtemp(prefix="vectordb-build-", dir=temp_dir))
+    try:
+        built = _Builder(source, metric, vector_dtype, docs, memory_bytes, workdir).run(
+            rows_per_partition, flat_max_rows, segment_id)
+    except BaseException:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    if built is None:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return built
+
+
+class _Builder:
+    def __init__(self, source: RowSource, metric: str, vector_dtype: str, docs: str, memory_bytes: int,
+                 workdir: Path) -> None:
+        self.source, self.metric, self.vector_dtype, self.docs = source, metric, vector_dtype, docs
+        self.memory_bytes, self.workdir = memory_bytes, workdir
+        self.dims = source.dims
+
+    def run(self, rows_per_partition: int, flat_max_rows: int, segment_id: str) -> BuiltSegment | None:
+        from vectordb import segment
+
+        chunks, plan, mean = self._spill()
+        n = sum(rows for _, rows in chunks)
+        if n == 0:
+            return None
+        nlist = ivf.choose_nlist(n, rows_per_partition, flat_max_rows)
+        centroids = self._train(chunks, n, nlist, mean)
+        # Rows go to the centroids as stored, the ones queries will probe.
+        centroids = centroids.astype(segment.centroid_type(centroids, self.vector_dtype)).astype(np.float32)
+        runs, part_rows = self._runs(chunks, centroids, nlist)
+        (self.workdir / "input.spill").unlink()
+        files, part_bytes, described = self._write(runs, part_rows, plan)
+        (self.workdir / "runs.spill").unlink()
+        layout = segment.Layout(centroids, part_bytes, part_rows, self.vector_dtype, described)
+        ivf_path = self.workdir / "ivf.bin"
+        ivf_path.write_bytes(layout.to_bytes() + (described.to_bytes() if described is not None else b""))
+        return BuiltSegment(segment_id, nlist, n, {"ivf.bin": ivf_path, **files}, self.workdir)
+
+    # --- pass 1: spill ---------------------------------------------------------------------
+    def _spill(self) -> tuple[list[tuple[int, int]], attr_columns.ColumnPlan, np.ndarray]:
+        """Pickle the source's chunks to ``input.spill``: (byte offset, rows) of each, the
+        attribute columns' plan, and the rows' vector sum (a flat segment's centroid)."""
+        budget_rows = self.memory_bytes // 8 // (self.dims * 4 + _ROW_OVERHEAD)
+        chunk_rows = max(_CHUNK_ALIGN, budget_rows // _CHUNK_ALIGN * _CHUNK_ALIGN)
+        plan = attr_columns.ColumnPlan()
+        total = np.zeros(self.dims, np.float64)
+        chunks = []
+        with open(self.workdir / "input.spill", "wb") as out:
+            for batch in self.source.chunks(chunk_rows):
+                if not len(batch):
+                    continue
+                plan.add(attr_columns.parse(batch.attributes))
+                total += batch.vectors.sum(axis=0, dtype=np.float64)
+                chunks.append((out.tell(), len(batch)))
+                pickle.dump(_columns(batch), out, protocol=5)
+        return chunks, plan, total
+
+    def _chunks(self, chunks: list[tuple[int, int]]) -> Iterator[RowBatch]:
+        with open(self.workdir / "input.spill", "rb") as f:
+            for _ in chunks:
+                yield RowBatch(*pickle.load(f))
+
+    # --- pass 2: train -----------------------------------------------------------------------
+    def _train(self, chunks: list[tuple[int, int]], n: int, nlist: int, total: np.ndarray) -> np.ndarray:
+        sample_cap = max(1, self.memory_bytes // 4 // (2 * self.dims * 4))
+        if nlist == 1 and n > sample_cap:
+            return (total / n).astype(np.float32)[None, :]
+        picked = ivf.training_rows(n, nlist, max_rows=sample_cap) if nlist > 1 else None
+        if picked is not None and len(picked) < min(n, nlist * ivf._TRAIN_POINTS_PER_CENTROID):
+            log.info("k-means trains on %d rows (memory bound), not %d", len(picked), nlist * ivf._TRAIN_POINTS_PER_CENTROID)
+        sample = np.empty((n if picked is None else len(picked), self.dims), np.float32)
+        at = start = 0
+        for batch in self._chunks(chunks):
+            end = start + len(batch)
+            if picked is None:
+                sample[start:end] = batch.vectors
+            else:
+                lo, hi = np.searchsorted(picked, [start, end])
+                sample[at : at + hi - lo] = batch.vectors[picked[lo:hi] - start]
+                at += hi - lo
+            start = end
+        return ivf.train_centroids(sample, nlist, self.metric)
+
+    # --- pass 3: runs ------------------------------------------------------------------------
+    def _runs(self, chunks: list[tuple[int, int]], centroids: np.ndarray, nlist: int) -> tuple[np.ndarray, np.ndarray]:
+        """Write each chunk's rows ordered by partition to ``runs.spill``: per run, the byte
+        offsets of its partitions' pieces (runs × nlist + 1); the partitions' row offsets."""
+        offsets = np.zeros((len(chunks), nlist + 1), np.int64)
+        counts = np.zeros(nlist, np.int64)
+        with open(self.workdir / "runs.spill", "wb") as out:
+            for r, batch in enumerate(self._chunks(chunks)):
+                labels = ivf.assign(batch.vectors, centroids, self.metric)
+                order = np.argsort(labels, kind="stable")
+                bounds = np.searchsorted(labels[order], np.arange(nlist + 1))
+                counts += np.diff(bounds)
+                offsets[r, 0] = out.tell()
+                for p in range(nlist):
+                    lo, hi = int(bounds[p]), int(bounds[p + 1])
+                    if hi > lo:
+                        pickle.dump(_columns(batch.take(order[lo:hi].tolist())), out, protocol=5)
+                    offsets[r, p + 1] = out.tell()
+        part_rows = np.zeros(nlist + 1, np.int64)
+        np.cumsum(counts, out=part_rows[1:])
+        return offsets, part_rows
+
+    # --- pass 4: write -----------------------------------------------------------------------
+    def _groups(self, runs: np.ndarray) -> Iterator[tuple[int, int]]:
+        """Consecutive partition ranges whose pieces take about a quarter of the budget."""
+        sizes = (runs[:, 1:] - runs[:, :-1]).sum(axis=0) * _UNPICKLED
+        budget, nlist, lo = self.memory_bytes // 4, runs.shape[1] - 1, 0
+        while lo < nlist:
+            hi, used = lo + 1, int(sizes[lo])
+            while hi < nlist and used + int(sizes[hi]) <= budget:
+                used += int(sizes[hi])
+                hi += 1
+            yield lo, hi
+            lo = hi
+
+    def _partitions(self, runs: np.ndarray, part_rows: np.ndarray) -> Iterator[RowBatch]:
+        """Every partition's rows, in order."""
+        with open(self.workdir / "runs.spill", "rb") as f:
+            for lo, hi in self._groups(runs):
+                pieces: list[list[RowBatch]] = [[] for _ in range(lo, hi)]
+                for run in runs:
+                    f.seek(int(run[lo]))
+                    data = f.read(int(run[hi] - run[lo]))
+                    for p in range(lo, hi):
+                        a, b = int(run[p] - run[lo]), int(run[p + 1] - run[lo])
+                        if b > a:
+                            pieces[p - lo].append(RowBatch(*pickle.loads(data[a:b])))
+                    del data
+                for parts in pieces:
+                    yield RowBatch.concat(parts, self.dims)
+                del pieces
+
+    def _write(self, runs: np.ndarray, part_rows: np.ndarray, plan: attr_columns.ColumnPlan):
+        from vectordb import segment
+
+        nlist = len(part_rows) - 1
+        by_range = self.docs == "by_range"
+        files = {name: self.workdir / name for name in
+                 (("vectors.bin", "fields.bin", "rows.bin", "attrs.bin") if by_range
+                  else ("vectors.bin", "docs.parquet"))}
+        part_bytes = np.zeros(nlist + 1, np.int64)
+        lexical = bm25.BM25Builder()
+        keys = _Keys()
+        with open(files["vectors.bin"], "wb") as vectors:
+            writer = _DocsWriter(self.workdir, plan) if by_range else _WholeDocsWriter(files["docs.parquet"])
+            for p, rows in enumerate(self._partitions(runs, part_rows)):
+                vectors.write(segment.encode_partition(rows.vectors, rows.ids, self.vector_dtype))
+                part_bytes[p + 1] = vectors.tell()
+                lexical.add(t or "" for t in rows.texts)
+                writer.write(rows, int(part_rows[p]), keys)
+        described = writer.finish(files, keys, int(part_rows[-1]))
+        with open(self.workdir / "bm25.bin", "wb") as out:
+            out.write(bm25_blocks.encode(lexical.finish()))
+        files["bm25.bin"] = self.workdir / "bm25.bin"
+        return files, part_bytes, described
+
+
+class _Keys:
+    """What the key tables need of every row, packed: ids, their hashes, the rows' record
+    entries; and (row, doc_id, id) of the chunks."""
+
+    def __init__(self) -> None:
+        self.ids: list[key_table.Packed] = []
+        self.hashes: list[np.ndarray] = []
+        self.entries: list[bytes] = []
+        self.doc_rows: list[int] = []
+        self.doc_keys: list[bytes] = []
+        self.doc_ids: list[bytes] = []
+
+    def add(self, ids: list[str], entries: bytes, parsed: list[dict], first_row: int) -> None:
+        self.ids.append(key_table.Packed.of([i.encode() for i in ids]))
+        self.hashes.append(key_table.blake2b64(ids))
+        self.entries.append(entries)
+        # What a {"doc_id": {"$in": [...]}} filter finds: rows whose doc_id is a string.
+        for row, attrs in enumerate(parsed, first_row):
+            parent = attrs.get(DOC_ID)
+            if isinstance(parent, str):
+                self.doc_rows.append(row)
+                self.doc_keys.append(parent.encode())
+                self.doc_ids.append(ids[row - first_row].encode())
+
+    def write_tables(self, ids_out: BinaryIO, doc_ids_out: BinaryIO, n: int):
+        size = doc_fields.ENTRY.itemsize
+        entries = b"".join(self.entries)
+        self.entries = []
+        payloads = key_table.Packed(entries, np.arange(n + 1, dtype=np.int64) * size)
+        hashes = np.concatenate(self.hashes) if self.hashes else np.zeros(0, np.uint64)
+        ids_info = key_table.write(key_table.Packed.concat(self.ids), hashes, np.arange(n), payloads, ids_out.write)
+        del payloads, entries, hashes
+        self.ids = self.hashes = []
+        doc_keys = key_table.Packed.of(self.doc_keys)
+        doc_hashes = key_table.blake2b64([k.decode() for k in self.doc_keys])
+        doc_info = key_table.write(doc_keys, doc_hashes, np.array(self.doc_rows, np.int64),
+                                   key_table.Packed.of(self.doc_ids), doc_ids_out.write)
+        return ids_info, doc_info
+
+
+class _DocsWriter:
+    """The by-range documents (:mod:`vectordb.docs_format`), a partition at a time."""
+
+    def __init__(self, workdir: Path, plan: attr_columns.ColumnPlan) -> None:
+        self.workdir = workdir
+        self.fields = open(workdir / "fields.bin", "wb")  # noqa: SIM115
+        self.entries = open(workdir / "rows.bin", "wb")  # noqa: SIM115
+        self.columns = attr_columns.ColumnWriter(plan, workdir)
+
+    def write(self, rows: RowBatch, first_row: int, keys: _Keys) -> None:
+        fields, entries = doc_fields.encode(rows.ids, rows.texts, rows.attributes)
+        if len(rows):
+            table = np.frombuffer(entries, doc_fields.ENTRY).copy()
+            table["offset"] += self.fields.tell()
+            entries = table.tobytes()
+        self.fields.write(fields)
+        self.entries.write(entries)
+        parsed = attr_columns.parse(rows.attributes)
+        self.columns.write(rows.ids, parsed)
+        keys.add(rows.ids, entries, parsed, first_row)
+
+    def finish(self, files: dict[str, Path], keys: _Keys, n: int) -> DocsLayout:
+        self.fields.close()
+        self.entries.close()
+        with open(files["attrs.bin"], "wb") as out:
+            columns = self.columns.finish(out.write)
+        files["ids.bin"], files["doc_ids.bin"] = self.workdir / "ids.bin", self.workdir / "doc_ids.bin"
+        with open(files["ids.bin"], "wb") as ids_out, open(files["doc_ids.bin"], "wb") as doc_ids_out:
+            ids_info, doc_info = keys.write_tables(ids_out, doc_ids_out, n)
+        return DocsLayout(n, ids_info, doc_info, columns)
+
+
+class _WholeDocsWriter:
+    """``docs.parquet`` (the layout before issue 12): one row group per partition."""
+
+    def __init__(self, path: Path) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        self.schema = pa.schema([("id", pa.string()), ("text", pa.string()), ("attributes", pa.string())])
+        self.writer = pq.ParquetWriter(str(path), self.schema, compression="zstd")
+
+    def write(self, rows: RowBatch, first_row: int, keys: _Keys) -> None:
+        import pyarrow as pa
+
+        columns = {"id": rows.ids, "text": rows.texts, "attributes": rows.attributes}
+        self.writer.write_table(pa.table(columns, schema=self.schema))
+
+    def finish(self, files: dict[str, Path], keys: _Keys, n: int) -> None:
+        self.writer.close()
+        return None
+
+
+def _columns(batch: RowBatch) -> tuple:
+    return batch.ids, np.ascontiguousarray(batch.vectors, np.float32), batch.texts, batch.attributes
