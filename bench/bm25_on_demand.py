@@ -34,7 +34,6 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -46,15 +45,14 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(BENCH))
 
-import s3  # noqa: E402
+import docs_on_demand  # noqa: E402
 from beir import read_queries  # noqa: E402
 from counting import CountingStore, describe_requests  # noqa: E402
 
-from storage import CachedStore, open_raw_store  # noqa: E402
+from storage import CachedStore  # noqa: E402
 from vectordb import bm25, bm25_blocks  # noqa: E402
 from vectordb.bm25 import BM25Index, analyze, combine_stats  # noqa: E402
 from vectordb.bm25_reader import BM25Reader  # noqa: E402
-from vectordb.settings import Settings  # noqa: E402
 
 COLD_QUERY = "vitamin cancer risk"
 POOL = ThreadPoolExecutor(16, thread_name_prefix="fetch")  # as a worker's reader has
@@ -117,42 +115,11 @@ def synthetic_index(n_docs: int, words: list[str], p: np.ndarray, seed: int) -> 
 # --------------------------------------------------------------------------- stores
 
 
-class Delayed:
-    """``inner`` with ``seconds`` added to every read (a stand-in for object-store latency)."""
-
-    def __init__(self, inner, seconds: float) -> None:
-        self.inner, self.seconds, self.uri = inner, seconds, inner.uri
-
-    def get(self, key: str) -> bytes:
-        time.sleep(self.seconds)
-        return self.inner.get(key)
-
-    def get_range(self, key: str, start: int, length: int) -> bytes:
-        time.sleep(self.seconds)
-        return self.inner.get_range(key, start, length)
-
-    def __getattr__(self, name: str):
-        return getattr(self.inner, name)
-
-
 @contextlib.contextmanager
 def raw_store(args: argparse.Namespace, tmp: Path):
-    if args.store == "file":
-        inner = open_raw_store(Settings(store_uri=f"file://{tmp}/store"))
-        yield Delayed(inner, args.latency_ms / 1000) if args.latency_ms else inner
-        return
-    # Our own SeaweedFS unless told otherwise: a shared one on :8333 may be stopped by its
-    # owner in the middle of a run.
-    own = contextlib.nullcontext(args.endpoint) if args.endpoint else s3.seaweedfs(tmp / "seaweedfs", s3.weed_binary(), log)
-    with own as ep:
-        prefix = f"bm25-{uuid.uuid4().hex[:8]}"
-        settings = Settings(store_uri=f"s3://{s3.BUCKET}/{prefix}", s3_endpoint=ep, s3_access_key=s3.ACCESS_KEY,
-                            s3_secret_key=s3.SECRET_KEY)
-        try:
-            yield open_raw_store(settings)
-        finally:
-            with contextlib.suppress(Exception):
-                s3.remove_prefixes(ep, [prefix], log)
+    """The store the index is written to and read through (``docs_on_demand.raw_store``'s)."""
+    with docs_on_demand.raw_store(args, tmp) as (_, read):
+        yield read
 
 
 # --------------------------------------------------------------------------- measuring
