@@ -86,8 +86,13 @@ class QueryEngine:
         req = QueryRequest(**kwargs)
         self._validate(req)
         filt = parse_filter(req.filter) if req.filter is not None else None
-        if filt is not None and self._first_time(ns, req.filter):
+        if filt is not None and self._first_time((ns, filter_key(req.filter))):
             self._hint(ns, lambda seg: self.reader.prefetch_filter(ns, seg, filt))
+        if req.mode in ("bm25", "hybrid") and self._first_time((ns, "bm25")):
+            # Each segment's bm25.bin head, and what the hits' ids need first, read while the
+            # newest-manifest probe is in flight.
+            self._hint(ns, lambda seg: self.reader.prefetch_bm25(ns, seg))
+            self._hint(ns, lambda seg: self.reader.prefetch_ids(ns, seg))
         manifest = self._manifest(ns, req.consistency, req.as_of)
         q = self._query_vector(manifest, req) if req.mode in ("vector", "hybrid") else None
         try:
@@ -133,10 +138,10 @@ class QueryEngine:
         if manifest.wal and not self.reader.has_tail(manifest):
             self.reader.pool.submit(self.reader.tail, manifest)
 
-    def _first_time(self, ns: str, raw_filter) -> bool:
-        """Whether this engine meets this filter on ``ns`` for the first time (what it reads
-        first is held after that: prefetching it again would only wake threads)."""
-        key = (ns, filter_key(raw_filter))
+    def _first_time(self, key: tuple) -> bool:
+        """Whether this engine meets ``key`` (a namespace and a filter, or a kind of
+        query) for the first time: what it reads first is held after that, so prefetching
+        it again would only wake threads."""
         with self._hints_lock:
             if key in self._filters_seen:
                 return False

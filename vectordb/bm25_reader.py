@@ -80,6 +80,10 @@ class BM25Reader:
             out.append(TermPostings(head, doc_freq, {t: lists[key, t] for t in terms if (key, t) in lists}))
         return out
 
+    def prefetch_head(self, key: str) -> None:
+        """Load the head of ``key`` (what a query of any terms reads first), memoised."""
+        self._heads.get(key, lambda: self._load_head(key))
+
     @staticmethod
     def _each(pool: Executor | None, memo: Memo, keys: list[K], load: Callable[[K], V]) -> list[V]:
         """``memo``'s values of ``keys``; those missing are loaded in parallel (one round)."""

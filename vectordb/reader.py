@@ -253,6 +253,18 @@ class NamespaceReader:
         for name in [*columns(filt, layout.docs.kinds), ID_COLUMN]:
             self.pool.submit(self.documents.footers, base, layout.docs, [name])
 
+    def prefetch_bm25(self, ns: str, seg: SegmentRef) -> None:
+        """Load the head of the segment's ``bm25.bin`` ahead of a BM25 query."""
+        self.lexicon.prefetch_head(segment.file_key(ns, seg.id, "bm25.bin"))
+
+    def prefetch_ids(self, ns: str, seg: SegmentRef) -> None:
+        """Load what the ids of hits found without their partitions need first (the ``$id``
+        column's footer, or the column whole when it is small): a BM25 query's last read
+        then waits for no footer. By-range segments only; loads the layout first."""
+        layout = self.layout(ns, seg)
+        if layout.docs is not None:
+            self.documents.footers(segment.file_key(ns, seg.id, ""), layout.docs, [ID_COLUMN])
+
     def prefetch_id(self, ns: str, seg: SegmentRef, doc_id: str) -> None:
         """Look ``doc_id`` up ahead of a ``GET`` (its bucket, then its record): what
         :meth:`find` will read. Loads the layout first."""
