@@ -9,6 +9,7 @@ closes them with ``/openapi.json`` (:mod:`api.access`).
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -27,8 +28,9 @@ ASSETS = {
 }
 
 
+@functools.cache
 def _bundle_dir() -> Path:
-    import swagger_ui_bundle
+    import swagger_ui_bundle  # on the first asset asked for, not at a worker's start
 
     return Path(swagger_ui_bundle.swagger_ui_path)
 
@@ -36,7 +38,6 @@ def _bundle_dir() -> Path:
 def install_docs(app: FastAPI) -> None:
     """Serve ``/docs`` from local files. ``app`` must be made with ``docs_url=None`` and
     ``redoc_url=None``; ``app.docs_url`` is set afterwards so access control knows it."""
-    bundle = _bundle_dir()
     base = DOCS_PATH + "/assets/"
 
     @app.get(DOCS_PATH, include_in_schema=False)
@@ -54,6 +55,6 @@ def install_docs(app: FastAPI) -> None:
         media = ASSETS.get(name)
         if media is None:
             raise NotFound(f"no docs asset {name!r}")
-        return FileResponse(bundle / name, media_type=media, headers={"cache-control": "public, max-age=86400"})
+        return FileResponse(_bundle_dir() / name, media_type=media, headers={"cache-control": "public, max-age=86400"})
 
     app.docs_url = DOCS_PATH
