@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from ingest import compaction
+from ingest.background import OnePerNamespace
 from ingest.build_input import Chained, SegmentRows, WalTail
 from storage.base import ObjectStore
 from storage.errors import ObjectNotFound, PreconditionFailed
@@ -100,7 +101,7 @@ class Indexer:
         self.settings = settings
         self._locks: dict[str, threading.Lock] = {}
         self._locks_lock = threading.Lock()
-        self._running: set[str] = set()
+        self._background = OnePerNamespace("index")
 
     def lock(self, ns: str) -> threading.Lock:
         """Held while this process builds an index of ``ns``; a WAL merge holds it too
@@ -145,21 +146,14 @@ class Indexer:
         if not self.settings.auto_index or manifest.unindexed_rows < self.settings.index_threshold_rows:
             return
         ns = manifest.namespace
-        with self._locks_lock:
-            if ns in self._running:
-                return
-            self._running.add(ns)
 
         def run() -> None:
             try:
                 self.index(ns)
             except Exception:
                 log.exception("background index of %s failed", ns)
-            finally:
-                with self._locks_lock:
-                    self._running.discard(ns)
 
-        threading.Thread(target=run, name=f"index-{ns}", daemon=True).start()
+        self._background.start(ns, run)
 
     # --- building ------------------------------------------------------------------------
     def _build(self, base: Manifest, merge: list[SegmentRef]) -> _Build:

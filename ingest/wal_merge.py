@@ -42,6 +42,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ingest.background import OnePerNamespace
 from storage.base import ObjectStore
 from storage.errors import PreconditionFailed
 from vectordb import keys, wal
@@ -91,8 +92,7 @@ class WalMerger:
         self.settings = settings
         self.stats = MergeStats()
         self._lock = lock
-        self._running: set[str] = set()
-        self._running_lock = threading.Lock()
+        self._background = OnePerNamespace("merge")
 
     def maybe_merge(self, manifest: Manifest) -> None:
         """Start a background merge of ``manifest``'s namespace when its WAL list is longer
@@ -101,10 +101,6 @@ class WalMerger:
         if limit <= 0 or len(manifest.wal) <= limit or self._index_due(manifest):
             return
         ns = manifest.namespace
-        with self._running_lock:
-            if ns in self._running:
-                return
-            self._running.add(ns)
 
         def run() -> None:
             try:
@@ -118,11 +114,8 @@ class WalMerger:
                 pass  # dropped meanwhile: nothing left to merge
             except Exception:
                 log.exception("background WAL merge of %s failed", ns)
-            finally:
-                with self._running_lock:
-                    self._running.discard(ns)
 
-        threading.Thread(target=run, name=f"merge-{ns}", daemon=True).start()
+        self._background.start(ns, run)
 
     def merge(self, ns: str, min_objects: int = 2) -> MergeResult:
         """Fold the newest version's WAL objects into one and commit that, if it lists at
