@@ -241,8 +241,24 @@ def cold_then_warm(read_store, ns: str, run, warm_count: int, trace: bool = Fals
         "round_trips": requests["round_trips"],
         "warm_p50_ms": round(statistics.median(times), 2) if times else None,
         "warm_p99_ms": round(times[int(0.99 * (len(times) - 1))], 2) if times else None,
-        **({"trace": requests["trace"]} if trace else {}),
+        **(compact_trace(requests["trace"]) if trace else {}),
     }, answers
+
+
+TRACE_KEPT = 200  # requests of a cold query kept whole in a result; the rest are counted
+
+
+def compact_trace(trace: list[dict]) -> dict:
+    """A cold query's requests for a result file: the first ``TRACE_KEPT`` as they were,
+    and the count and bytes of every (operation, file) (thousands of ranged GETs made a
+    1M-chunk result 4 MB)."""
+    by_file: dict[str, dict] = {}
+    for r in trace:
+        name = f"{r['op']} {r['key'].rsplit('/', 1)[-1]}"
+        entry = by_file.setdefault(name, {"requests": 0, "bytes": 0})
+        entry["requests"] += 1
+        entry["bytes"] += r.get("bytes", 0)
+    return {"trace": trace[:TRACE_KEPT], "trace_requests": len(trace), "trace_by_file": by_file}
 
 
 def measure(read_store, n: int, warm_count: int, trace: bool = False) -> tuple[dict, list[str]]:
