@@ -23,11 +23,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
+from starlette.routing import Route
 
 from api import access, errors
 from api import openapi as api_openapi
 from api.access import readable, visible, within_row_limit
 from api.docs_page import install_docs
+from api.embedded import EmbeddedDatabase
 from api.limits import BodyLimit
 from api.metrics import install_metrics
 from api.models import (
@@ -69,6 +71,7 @@ from api.openapi import error_responses, request_body
 from api.service import Service
 from api.warm import install_warm
 from vectordb.errors import InvalidArgument, WrongRole
+from vectordb.results import WriteResult
 from vectordb.settings import Settings
 from vectordb.settings import load as load_settings
 
@@ -84,8 +87,9 @@ _BODY = (413, 415, 421)
 _TYPED = {"response_model_exclude_unset": True}
 
 
-def _write_routes(service: Service) -> APIRouter:
-    r = APIRouter()
+def _write_routes(r: APIRouter, db: EmbeddedDatabase) -> APIRouter:
+    """The ingest role's routes, added to ``r``: each parses, calls the interface
+    (:mod:`api.embedded` over this server's Service) and renders its typed result."""
 
     @r.put("/v1/namespaces/{ns}", status_code=200, response_model=NamespaceCreated, **_TYPED,
            responses=error_responses(400, 404, 409, 410, *_BODY, *_KEYED))
@@ -94,36 +98,31 @@ def _write_routes(service: Service) -> APIRouter:
             if body.model_fields_set - {"from_"}:
                 raise InvalidArgument("a branch takes its source's configuration: send only 'from'")
             source = readable(request, body.from_.namespace)
-            manifest = service.branch(ns, source, body.from_.resolve())
-            return {"name": ns, "created": True, "version": manifest.version, **manifest.config.to_json(),
-                    "origin": manifest.origin}
+            return _created(db.branch(ns, source, as_of=body.from_.resolve()).info)
         chunking = body.chunking.model_dump() if isinstance(body.chunking, BaseModel) else body.chunking
-        manifest, created = service.create_namespace(
-            ns, body.embedder, body.dimensions, body.metric, chunking, body.vector_dtype
-        )
-        return {"name": ns, "created": created, "version": manifest.version, **manifest.config.to_json()}
+        kb = db.create_namespace(ns, body.embedder, body.dimensions, body.metric, chunking, body.vector_dtype)
+        return _created(kb.info)
 
     @r.put("/v1/namespaces/{ns}/tags/{name}", response_model=TagResponse,
            responses=error_responses(400, 404, 409, 410, *_BODY, *_KEYED))
     def put_tag(ns: Namespace, name: TagName, body: VersionRef) -> Any:
-        ref = service.tag(ns, name, body.resolve())
-        return {"tag": _tag_json(ref)}
+        return {"tag": db.open(ns).tag(name, as_of=body.resolve()).to_json()}
 
     @r.delete("/v1/namespaces/{ns}/tags/{name}", response_model=Deleted,
               responses=error_responses(400, 404, 409, 421, *_KEYED))
     def delete_tag(ns: Namespace, name: TagName) -> Any:
-        return {"name": name, "deleted": True, "version": service.untag(ns, name)}
+        return {"name": name, "deleted": True, "version": db.open(ns).untag(name)}
 
     @r.post("/v1/namespaces/{ns}/restore", response_model=RestoreResponse,
             responses=error_responses(400, 404, 409, 410, *_BODY, *_KEYED))
     def restore(ns: Namespace, body: VersionRef) -> Any:
-        manifest = service.restore(ns, body.resolve())
-        return {"version": manifest.version, "restored": manifest.change["version"]}
+        result = db.open(ns).restore(as_of=body.resolve())
+        return {"version": result.version, "restored": result.restored}
 
     @r.delete("/v1/namespaces/{ns}", response_model=Deleted,
               responses=error_responses(400, 404, 409, 421, *_KEYED))
     def drop_namespace(ns: Namespace) -> Any:
-        return {"name": ns, "deleted": True, "version": service.drop_namespace(ns)}
+        return {"name": ns, "deleted": True, "version": db.drop_namespace(ns)}
 
     @r.post("/v1/namespaces/{ns}/documents", response_model=UpsertResponse,
             responses=error_responses(400, 404, 409, *_BODY, *_KEYED), openapi_extra=_UPSERT_BODY)
@@ -131,22 +130,22 @@ def _write_routes(service: Service) -> APIRouter:
         # Parsed by hand, not by the pydantic model: a batch of 10,000 vectors is
         # millions of floats, and validate.prepare_upserts checks them in numpy.
         raw = await request.body()
-        def write() -> tuple[int, int, int]:
-            if request.headers.get("content-type", "").startswith(ARROW_STREAM):
-                table = within_row_limit(request, _arrow_table(raw))
-                return *service.upsert_table(ns, table), table.num_rows
-            docs = within_row_limit(request, _documents(raw))
-            return *service.upsert(ns, docs), len(docs) if isinstance(docs, list) else 0
 
-        version, count, sent = await run_in_threadpool(write)
+        def write() -> WriteResult:
+            if request.headers.get("content-type", "").startswith(ARROW_STREAM):
+                return db.open(ns).upsert(within_row_limit(request, _arrow_table(raw)))
+            return db.open(ns).upsert(within_row_limit(request, _documents(raw)))
+
+        result = await run_in_threadpool(write)
         # Every document sent is one or more rows (a long text's chunks); all or none are written.
-        return {"version": version, "upserted": count, "documents": sent, "chunks": count}
+        return {"version": result.version, "upserted": result.upserted, "documents": result.documents,
+                "chunks": result.upserted}
 
     @r.post("/v1/namespaces/{ns}/documents/delete", response_model=DeleteResponse,
             responses=error_responses(400, 404, 409, *_BODY, *_KEYED))
     def delete(ns: Namespace, body: DeleteRequest, request: Request) -> Any:
-        version, count = service.delete(ns, within_row_limit(request, body.ids), body.filter)
-        return {"version": version, "deleted": count}
+        result = db.open(ns).delete(within_row_limit(request, body.ids), body.filter)
+        return {"version": result.version, "deleted": result.deleted}
 
     @r.post("/v1/namespaces/{ns}/files", status_code=202, response_model=JobAccepted,
             response_description="The job started: poll status_url (GET) for its progress.",
@@ -164,12 +163,15 @@ def _write_routes(service: Service) -> APIRouter:
         attrs = _json_object(attributes, "attributes") if attributes else None
         # The key the job counts against (max_jobs_per_key); None on an open server.
         owner = getattr(getattr(request.state, "principal", None), "key_id", None)
+        kb = db.open(ns)
         job = await run_in_threadpool(
-            service.ingest_file, ns, file.filename or "upload", data, file.content_type, document_id, attrs, owner
+            functools.partial(kb.upload, data, filename=file.filename or "upload", document_id=document_id,
+                              attributes=attrs, content_type=file.content_type, owner=owner)
         )
         if wait:
-            while job.finished_at is None:
+            while not job.finished:  # followed here, not in a thread that blocks while it runs
                 await asyncio.sleep(0.05)
+                job = await run_in_threadpool(kb.job, job.id)
             if job.status == "done":
                 return JSONResponse({"job": job.to_json()})
             # A failure answers as the synchronous route would (its status and the error
@@ -177,57 +179,64 @@ def _write_routes(service: Service) -> APIRouter:
             error = job.error or {"code": "cancelled", "message": f"job {job.id} was cancelled; nothing was written"}
             body = {"error": {"code": error["code"], "message": error["message"], "request_id": errors.request_id(request)},
                     "job": job.to_json()}
-            return JSONResponse(body, status_code=job.http_status or 500)
+            return JSONResponse(body, status_code=job.http_status)
         return {"job": job.to_json(), "status_url": f"/v1/jobs/{job.id}"}
+
+    # A job's id names it whatever its namespace: these take no namespace.
+    jobs = db.open("")
 
     @r.get("/v1/jobs/{job_id}", response_model=JobResponse, responses=error_responses(404, 421, *_KEYED))
     def job_status(job_id: JobId) -> Any:
-        return {"job": service.job(job_id).to_json()}
+        return {"job": jobs.job(job_id).to_json()}
 
     @r.delete("/v1/jobs/{job_id}", response_model=JobResponse, description="200: the job had already finished.",
               responses={202: {"model": JobResponse, "description": "The job stops at its next checkpoint."},
                          **error_responses(404, 421, *_KEYED)})
     def cancel_job(job_id: JobId) -> JSONResponse:
         # 202: the job stops at its next checkpoint; 200: it had already finished.
-        job = service.cancel_job(job_id)
+        job = jobs.cancel_job(job_id)
         return JSONResponse({"job": job.to_json()}, status_code=200 if job.finished else 202)
 
     @r.post("/v1/namespaces/{ns}/index", response_model=IndexResponse, **_TYPED,
             responses=error_responses(400, 404, 409, *_BODY, *_KEYED))
     def index(ns: Namespace, body: IndexRequest | None = None) -> Any:
         body = body or IndexRequest()
-        result = service.index(ns, compact=body.compact)
-        out = {
-            "version": result.version,
-            "indexed_rows": result.indexed_rows,
-            "segments": result.segments,
-            "compacted": result.compacted,
-            "seconds": round(result.seconds, 3),
-        }
-        if body.gc:
-            out["gc"] = service.collect_garbage(ns)
-        return out
+        return _present(db.open(ns).index(compact=body.compact, gc=body.gc).to_json())
 
     return r
 
 
-def _metadata_routes(service: Service) -> APIRouter:
-    r = APIRouter()
+def _created(info) -> dict:
+    """A create or branch answer: the namespace's configuration, version and ``created``
+    (and a branch's ``origin``)."""
+    out = info.to_json()
+    for counted in ("rows", "segments", "wal_objects", "bytes"):  # a description's, not a creation's
+        del out[counted]
+    if out["origin"] is None:
+        del out["origin"]
+    return out
 
+
+def _present(json: dict) -> dict:
+    """``json`` without its None fields: the routes leave out what does not apply."""
+    return {k: v for k, v in json.items() if v is not None}
+
+
+def _metadata_routes(r: APIRouter, db: EmbeddedDatabase) -> APIRouter:
     @r.get("/v1/namespaces", response_model=NamespaceList, responses=error_responses(*_KEYED))
     def list_namespaces(request: Request) -> Any:
-        return {"namespaces": visible(request, service.list_namespaces())}
+        return {"namespaces": visible(request, db.list_namespaces())}
 
     @r.get("/v1/namespaces/{ns}", response_model=NamespaceDescription, responses=error_responses(400, 404, *_KEYED))
     def describe(ns: Namespace) -> Any:
-        return service.describe(ns)
+        return db.open(ns).describe().to_json()
 
     @r.get("/v1/namespaces/{ns}/documents/{doc_id:path}", response_model=DocumentOut, **_TYPED,
            responses=error_responses(400, 404, 410, *_KEYED))
     def get_document(
         ns: Namespace, doc_id: DocId, as_of: str | None = Query(None, description=AS_OF + " A number is a version.")
     ) -> Any:
-        return service.get_document(ns, doc_id, as_of=_as_of_param(as_of))
+        return _document(db.open(ns).get(doc_id, as_of=_as_of_param(as_of)))
 
     @r.get("/v1/namespaces/{ns}/documents", response_model=DocumentPage,
            responses=error_responses(400, 404, 410, *_KEYED))
@@ -239,12 +248,14 @@ def _metadata_routes(service: Service) -> APIRouter:
         as_of: str | None = Query(None, description=AS_OF + " A number is a version. Not with a cursor."),
         include_vectors: bool = Query(False, description="Also return each document's vector (as stored)."),
     ) -> Any:
-        return service.list_documents(ns, limit, cursor, _as_of_param(as_of), include_vectors)
+        page = db.open(ns).list(limit, cursor, _as_of_param(as_of), include_vectors)
+        return {"documents": [_document(d) for d in page.documents], "cursor": page.cursor, "version": page.version}
 
     @r.post("/v1/namespaces/{ns}/documents/get", response_model=GetManyResponse,
             responses=error_responses(400, 404, 410, 413, 415, *_KEYED))
     def get_documents(ns: Namespace, body: GetManyRequest) -> Any:
-        return {"documents": service.get_documents(ns, body.ids, as_of=body.as_of)}
+        found = db.open(ns).get_many(body.ids, as_of=body.as_of)
+        return {"documents": [_document(d) for d in found.values()]}
 
     @r.get("/v1/namespaces/{ns}/versions", response_model=VersionList, responses=error_responses(400, 404, *_KEYED))
     def list_versions(
@@ -253,17 +264,18 @@ def _metadata_routes(service: Service) -> APIRouter:
                            json_schema_extra={"minimum": 1, "maximum": 1000}),
         before: int | None = Query(None, description="Only versions older than this one (paging)."),
     ) -> Any:
-        return {"versions": [v.to_json() for v in service.versions(ns, limit, before)]}
+        return {"versions": [v.to_json() for v in db.open(ns).versions(limit, before)]}
 
     @r.get("/v1/namespaces/{ns}/tags", response_model=TagList, responses=error_responses(400, 404, *_KEYED))
     def list_tags(ns: Namespace) -> Any:
-        return {"tags": [_tag_json(t) for t in service.tags(ns)]}
+        return {"tags": [t.to_json() for t in db.open(ns).tags()]}
 
     return r
 
 
-def _tag_json(ref) -> dict:
-    return {"name": ref.name, "version": ref.version, "created_at": ref.created_at}
+def _document(doc) -> dict:
+    """A document as the routes answer it: no ``vector`` or ``chunks`` where it has none."""
+    return _present(doc.to_json())
 
 
 def _as_of_param(text: str | None):
@@ -273,9 +285,8 @@ def _as_of_param(text: str | None):
     return int(text) if text.isdigit() else text
 
 
-def _query_routes(service: Service) -> APIRouter:
-    r = APIRouter()
-    gate = InlineGate(enabled=service.settings.query_inline)
+def _query_routes(r: APIRouter, db: EmbeddedDatabase) -> APIRouter:
+    gate = InlineGate(enabled=db.service.settings.query_inline)
 
     @r.post(
         "/v1/namespaces/{ns}/query",
@@ -295,12 +306,11 @@ def _query_routes(service: Service) -> APIRouter:
         except ValidationError as exc:
             raise RequestValidationError(exc.errors(include_url=False)) from None
         search = functools.partial(
-            service.query,
-            ns,
+            db.open(ns).query,
             vector=body.vector,
             text=body.text,
             top_k=body.top_k,
-            include=tuple(body.include),
+            include=body.include,
             consistency=body.consistency,
             nprobe=body.nprobe,
             mode=body.mode,
@@ -314,13 +324,12 @@ def _query_routes(service: Service) -> APIRouter:
         kind = (ns, body.mode, body.text is not None, tuple(sorted(body.include)), body.filter is not None,
                 body.as_of)
         result = await gate.run(kind, search)
-        hits = [{k: v for k, v in h.__dict__.items() if v is not None} for h in result.hits]
-        return Response(orjson.dumps({"results": hits, "version": result.version}), media_type="application/json")
+        return Response(orjson.dumps(result.to_json()), media_type="application/json")
 
     @r.post("/v1/namespaces/{ns}/rag", response_model=RagResponse, **_TYPED,
             responses=error_responses(400, 404, 410, *_BODY, 502, *_KEYED))
     def rag_answer(ns: Namespace, body: RagRequest) -> Any:
-        return service.rag(ns, body.question, **body.model_dump(exclude={"question"}))
+        return db.open(ns).rag(body.question, **body.model_dump(exclude={"question"})).to_json()
 
     return r
 
@@ -389,24 +398,24 @@ QUERY_ROUTES = (
 )
 
 
-def _refusals(routes, role: str, serves: str) -> APIRouter:
+def _add_refusals(app: FastAPI, routes, role: str, serves: str) -> None:
     """``routes`` (another role's (method, path)), each answering 421 ``wrong_role``.
 
     Without them a write sent to a query worker met the router's slash redirect (307) and
     then a 405 naming nothing; now the client hears which role it reached and which it
-    needs. Same paths and methods, so access control applies its rules first.
+    needs. Same paths and methods, so access control applies its rules first. Plain
+    Starlette routes: nothing to validate, so no request or response models to build at
+    a worker's start.
     """
-    out = APIRouter()
 
-    def refuse(request: Request) -> None:
+    async def refuse(request: Request) -> None:
         raise WrongRole(
             f"{request.method} {request.url.path} is served by workers with role {serves!r} or 'all'; "
             f"this worker runs role {role!r} (VECTORDB_ROLE)"
         )
 
     for method, path in routes:
-        out.add_api_route(path, refuse, methods=[method], include_in_schema=False)
-    return out
+        app.router.routes.append(Route(path, refuse, methods=[method], include_in_schema=False))
 
 
 def _json_object(text: str, name: str) -> dict:
@@ -490,17 +499,20 @@ def create_app(
         return {"status": "ok", "role": role, "stats": service.stats()}
 
     # Both roles answer namespace metadata; only the ingest role writes, only the query
-    # role searches.
-    app.include_router(_metadata_routes(service))
-    if role in ("ingest", "all"):
-        app.include_router(_write_routes(service))
-    else:
-        app.include_router(_refusals(INGEST_ROUTES, role, "ingest"))
+    # role searches. The routes go on the app's own router, not through include_router:
+    # FastAPI builds an included router's request and response models a second time when
+    # a request first walks past it (tens of ms of a query worker's first answer).
+    db = EmbeddedDatabase(service=service)
     if role in ("query", "all"):
-        app.include_router(_query_routes(service))
+        _query_routes(app.router, db)
         install_warm(app, service)
     else:
-        app.include_router(_refusals(QUERY_ROUTES, role, "query"))
+        _add_refusals(app, QUERY_ROUTES, role, "query")
+    _metadata_routes(app.router, db)
+    if role in ("ingest", "all"):
+        _write_routes(app.router, db)
+    else:
+        _add_refusals(app, INGEST_ROUTES, role, "ingest")
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     access.install(app, service, settings)  # keys, scopes, hosts, media types, CORS (api/access.py)
     app.add_middleware(errors.RequestId)

@@ -2,9 +2,12 @@
 on a store given by URI (``file://``, ``s3://``, ``memory://``), no server.
 
 ``vectordb.connect(uri)`` reaches it by name (the core package never imports the server
-side). Every method is a thin translation of :class:`api.service.Service` into the typed
-results of :mod:`vectordb.results`, so the embedded and the remote client answer alike;
-the async variant runs the same methods in worker threads.
+side). Every method is a thin translation of :class:`api.service.Service` (the application
+rules: validation, chunk replacement, jobs) into the typed results of
+:mod:`vectordb.results`, so the embedded and the remote client answer alike; the async
+variant runs the same methods in worker threads. The HTTP routes (``api.app``) call this
+same interface over the server's own Service and render its results, so what a remote
+client reads back is what the embedded one returns.
 """
 
 from __future__ import annotations
@@ -40,8 +43,9 @@ _JOB_POLL_S = 0.05
 
 
 class EmbeddedNamespace:
-    def __init__(self, service: Service, name: str) -> None:
-        self._service, self.name = service, name
+    def __init__(self, service: Service, name: str, info: NamespaceInfo | None = None) -> None:
+        """``info``: what creating it answered (``create_namespace``, ``branch``)."""
+        self._service, self.name, self.info = service, name, info
 
     def describe(self) -> NamespaceInfo:
         return NamespaceInfo.from_json(self._service.describe(self.name))
@@ -90,7 +94,10 @@ class EmbeddedNamespace:
         return RagResult.from_json(self._service.rag(self.name, question, **options))
 
     def upload(self, file: Any, *, filename: str | None = None, document_id: str | None = None,
-               attributes: dict | None = None, wait: bool = False) -> JobInfo:
+               attributes: dict | None = None, wait: bool = False, content_type: str | None = None,
+               owner: str | None = None) -> JobInfo:
+        """``content_type``: the file's media type (default: guessed from its name);
+        ``owner``: the API key the job counts against (``max_jobs_per_key``)."""
         if isinstance(file, (str, Path)):
             path = Path(file)
             filename, data = filename or path.name, path.read_bytes()
@@ -98,8 +105,8 @@ class EmbeddedNamespace:
             data = bytes(file)
             if not filename:
                 raise InvalidArgument("upload of bytes needs a filename (its extension says how to parse it)")
-        ctype = mimetypes.guess_type(filename)[0]
-        job = self._service.ingest_file(self.name, filename, data, ctype, document_id, attributes)
+        ctype = content_type or mimetypes.guess_type(filename)[0]
+        job = self._service.ingest_file(self.name, filename, data, ctype, document_id, attributes, owner)
         while wait and not job.finished:
             time.sleep(_JOB_POLL_S)
             job = self._service.job(job.id)
@@ -116,10 +123,13 @@ class EmbeddedNamespace:
         return IndexInfo(result.version, result.indexed_rows, result.segments, result.compacted,
                          round(result.seconds, 3), self._service.collect_garbage(self.name) if gc else None)
 
-    def warm(self) -> dict:
+    def warm(self, budget_bytes: int | None = None, include_docs: bool = False, load_embedder: bool = True) -> dict:
+        """Prefetch what queries need (:func:`query.warm.warm`); what was fetched."""
         from query import warm as warming
 
-        return warming.warm(self._service, self.name)
+        budget = warming.DEFAULT_BUDGET_BYTES if budget_bytes is None else budget_bytes
+        return warming.warm(self._service, self.name, budget_bytes=budget, include_docs=include_docs,
+                            load_embedder=load_embedder)
 
     def versions(self, limit: int = 100, before: int | None = None) -> list[VersionEntry]:
         return [VersionEntry.from_json(v.to_json()) for v in self._service.versions(self.name, limit, before)]
@@ -137,28 +147,42 @@ class EmbeddedNamespace:
     def untag(self, name: str) -> int:
         return self._service.untag(self.name, name)
 
-    def restore(self, version: int | None = None, tag: str | None = None) -> WriteResult:
-        named = as_of_of(version, tag, None)
+    def restore(self, version: int | None = None, tag: str | None = None, as_of: AsOf | None = None) -> WriteResult:
+        named = as_of_of(version, tag, as_of)
         if named is None:
-            raise InvalidArgument("give the version or tag to restore")
-        return WriteResult(self._service.restore(self.name, named).version)
+            raise InvalidArgument("give the version, tag or as_of to restore")
+        manifest = self._service.restore(self.name, named)
+        return WriteResult(manifest.version, restored=manifest.change["version"])
 
 
 class EmbeddedDatabase:
     """``vectordb.connect("file://DIR" | "s3://BUCKET/PREFIX" | "memory://NAME", **settings)``:
     ``settings`` are :class:`vectordb.settings.Settings` fields (``s3_endpoint=...``)."""
 
-    def __init__(self, uri: str, **settings: Any) -> None:
-        self.service = Service(Settings(store_uri=uri, **settings))
+    def __init__(self, uri: str | None = None, *, service: Service | None = None, **settings: Any) -> None:
+        """``service``: the application layer to wrap (the HTTP server passes its own);
+        otherwise one is opened on ``uri``."""
+        if service is None:
+            if uri is None:
+                raise InvalidArgument("connect needs a store URI")
+            service = Service(Settings(store_uri=uri, **settings))
+        self.service = service
 
     def create_namespace(self, name: str, embedder: str = "minilm", dimensions: int | None = None,
                          metric: str = "cosine", chunking: dict | bool | None = None,
                          vector_dtype: str = "float32") -> EmbeddedNamespace:
-        self.service.create_namespace(name, embedder, dimensions, metric, chunking, vector_dtype)
-        return EmbeddedNamespace(self.service, name)
+        manifest, created = self.service.create_namespace(name, embedder, dimensions, metric, chunking, vector_dtype)
+        info = NamespaceInfo.from_json({"name": name, "version": manifest.version, **manifest.config.to_json(),
+                                        "created": created})
+        return EmbeddedNamespace(self.service, name, info)
 
     def namespace(self, name: str) -> EmbeddedNamespace:
         self.service.describe(name)  # NamespaceNotFound now rather than at first use
+        return EmbeddedNamespace(self.service, name)
+
+    def open(self, name: str) -> EmbeddedNamespace:
+        """``name`` without looking it up first: each call reports NamespaceNotFound itself
+        (what a server's routes use, saving a manifest read per request)."""
         return EmbeddedNamespace(self.service, name)
 
     def list_namespaces(self) -> list[str]:
@@ -167,9 +191,12 @@ class EmbeddedDatabase:
     def drop_namespace(self, name: str) -> int:
         return self.service.drop_namespace(name)
 
-    def branch(self, name: str, source: str, version: int | None = None, tag: str | None = None) -> EmbeddedNamespace:
-        self.service.branch(name, source, as_of_of(version, tag, None))
-        return EmbeddedNamespace(self.service, name)
+    def branch(self, name: str, source: str, version: int | None = None, tag: str | None = None,
+               as_of: AsOf | None = None) -> EmbeddedNamespace:
+        manifest = self.service.branch(name, source, as_of_of(version, tag, as_of))
+        info = NamespaceInfo.from_json({"name": name, "version": manifest.version, **manifest.config.to_json(),
+                                        "created": True, "origin": manifest.origin})
+        return EmbeddedNamespace(self.service, name, info)
 
     def close(self) -> None:
         self.service.close()
@@ -225,4 +252,6 @@ def _arrow_table(data: Any):
 
     if isinstance(data, pa.Table):
         return data
-    return pa.Table.from_pandas(data, preserve_index=False)
+    if type(data).__name__ == "DataFrame" and type(data).__module__.startswith("pandas"):
+        return pa.Table.from_pandas(data, preserve_index=False)
+    raise InvalidArgument("documents must be a non-empty list, a pyarrow Table or a pandas DataFrame")

@@ -27,23 +27,24 @@ class WarmRequest(BaseModel):
     load_embedder: bool = Field(True, description="Also load the namespace's embedding model.")
 
 
-def warm_routes(service) -> APIRouter:
-    r = APIRouter()
+def warm_routes(r: APIRouter, db) -> APIRouter:
+    """The warm route, added to ``r``, over ``db`` (an ``api.embedded.EmbeddedDatabase``)."""
 
     @r.post("/v1/namespaces/{ns}/warm", response_model=WarmResponse,
             responses=error_responses(400, 404, 413, 415, 421, 401, 403, 429, 503))
     def warm_namespace(ns: Namespace, body: WarmRequest | None = None) -> Any:
         body = body or WarmRequest()
-        return warming.warm(
-            service, ns, budget_bytes=body.budget_bytes, include_docs=body.include_docs, load_embedder=body.load_embedder
-        )
+        return db.open(ns).warm(budget_bytes=body.budget_bytes, include_docs=body.include_docs,
+                                load_embedder=body.load_embedder)
 
     return r
 
 
 def install_warm(app: FastAPI, service) -> None:
-    """Add the warm route to ``app`` (idempotent)."""
+    """Add the warm route to ``app`` over ``service`` (an ``api.service.Service``; idempotent)."""
     if getattr(app.state, "warm_installed", False):
         return
-    app.include_router(warm_routes(service))
+    from api.embedded import EmbeddedDatabase
+
+    warm_routes(app.router, EmbeddedDatabase(service=service))
     app.state.warm_installed = True

@@ -219,15 +219,19 @@ def test_generate_without_an_llm_is_a_400_not_an_upstream_failure(client):
 
 
 def test_the_role_route_lists_match_the_routers():
+    from fastapi import APIRouter
+
     from api.app import INGEST_ROUTES, QUERY_ROUTES, _query_routes, _write_routes
+    from api.embedded import EmbeddedDatabase
     from api.warm import warm_routes
 
     svc = Service(Settings(store_uri="memory://roles", preload_embedder=""))
+    db = EmbeddedDatabase(service=svc)
     try:
         def table(*routers):
             return sorted((m, r.path) for router in routers for r in router.routes for m in r.methods)
 
-        assert table(_write_routes(svc)) == sorted(INGEST_ROUTES)
-        assert table(_query_routes(svc), warm_routes(svc)) == sorted(QUERY_ROUTES)
+        assert table(_write_routes(APIRouter(), db)) == sorted(INGEST_ROUTES)
+        assert table(_query_routes(APIRouter(), db), warm_routes(APIRouter(), db)) == sorted(QUERY_ROUTES)
     finally:
         svc.close()

@@ -38,6 +38,7 @@ AsOf = int | float | str  # a version, a tag name, or a time (ISO 8601 with a zo
 
 class Namespace(Protocol):
     name: str
+    info: NamespaceInfo | None  # what create_namespace or branch answered (its ``created``); else None
 
     def describe(self) -> NamespaceInfo: ...
 
@@ -99,7 +100,9 @@ class Namespace(Protocol):
 
     def index(self, compact: bool = False, gc: bool = False) -> IndexInfo: ...
 
-    def warm(self) -> dict: ...
+    def warm(self, budget_bytes: int | None = None, include_docs: bool = False, load_embedder: bool = True) -> dict:
+        """Prefetch what queries need (centroids, the biggest partitions within
+        ``budget_bytes``, documents too with ``include_docs``); what was fetched."""
 
     def versions(self, limit: int = 100, before: int | None = None) -> list[VersionEntry]: ...
 
@@ -109,7 +112,8 @@ class Namespace(Protocol):
 
     def untag(self, name: str) -> int: ...
 
-    def restore(self, version: int | None = None, tag: str | None = None) -> WriteResult: ...
+    def restore(self, version: int | None = None, tag: str | None = None, as_of: AsOf | None = None) -> WriteResult:
+        """A new version with the content of the one named; ``restored`` says which."""
 
 
 class Database(Protocol):
@@ -131,7 +135,8 @@ class Database(Protocol):
 
     def drop_namespace(self, name: str) -> int: ...
 
-    def branch(self, name: str, source: str, version: int | None = None, tag: str | None = None) -> Namespace:
+    def branch(self, name: str, source: str, version: int | None = None, tag: str | None = None,
+               as_of: AsOf | None = None) -> Namespace:
         """A new namespace from ``source``'s version (default its newest), in O(1)."""
 
     def close(self) -> None: ...

@@ -262,8 +262,11 @@ class _NamespaceCalls:
             _Call("POST", f"{self._base}/index", IndexInfo.from_json, json={"compact": compact, "gc": gc})
         )
 
-    def warm(self):
-        return self._exec(_Call("POST", f"{self._base}/warm", json={}))
+    def warm(self, budget_bytes: int | None = None, include_docs: bool = False, load_embedder: bool = True):
+        body = {"include_docs": include_docs, "load_embedder": load_embedder}
+        if budget_bytes is not None:
+            body["budget_bytes"] = budget_bytes
+        return self._exec(_Call("POST", f"{self._base}/warm", json=body))
 
     def versions(self, limit: int = 100, before: int | None = None):
         return self._exec(
@@ -287,9 +290,9 @@ class _NamespaceCalls:
     def untag(self, name: str):
         return self._exec(_Call("DELETE", f"{self._base}/tags/{_path(name)}", lambda b: b["version"]))
 
-    def restore(self, version: int | None = None, tag: str | None = None):
-        body = {k: v for k, v in {"version": version, "tag": tag}.items() if v is not None}
-        return self._exec(_Call("POST", f"{self._base}/restore", lambda b: WriteResult(b["version"]), json=body))
+    def restore(self, version: int | None = None, tag: str | None = None, as_of: AsOf | None = None):
+        body = {k: v for k, v in {"version": version, "tag": tag, "as_of": as_of}.items() if v is not None}
+        return self._exec(_Call("POST", f"{self._base}/restore", WriteResult.from_json, json=body))
 
 
 class _DatabaseCalls:
@@ -304,10 +307,10 @@ class _DatabaseCalls:
             body["chunking"] = chunking
         return _Call("PUT", f"/v1/namespaces/{_path(name)}", NamespaceInfo.from_json, json=body)
 
-    def _branch_call(self, name, source, version, tag) -> _Call:
+    def _branch_call(self, name, source, version, tag, as_of) -> _Call:
         source_ref = {
             "namespace": source,
-            **{k: v for k, v in {"version": version, "tag": tag}.items() if v is not None},
+            **{k: v for k, v in {"version": version, "tag": tag, "as_of": as_of}.items() if v is not None},
         }
         return _Call("PUT", f"/v1/namespaces/{_path(name)}", NamespaceInfo.from_json, json={"from": source_ref})
 
@@ -328,8 +331,9 @@ def _client_headers(api_key: str | None) -> dict:
 
 
 class RemoteNamespace(_NamespaceCalls):
-    def __init__(self, db: RemoteDatabase, name: str) -> None:
-        self._db, self.name = db, name
+    def __init__(self, db: RemoteDatabase, name: str, info: NamespaceInfo | None = None) -> None:
+        """``info``: what creating it answered (``create_namespace``, ``branch``)."""
+        self._db, self.name, self.info = db, name, info
 
     def _exec(self, call: _Call) -> Any:
         return self._db._exec(call)
@@ -368,18 +372,19 @@ class RemoteDatabase(_DatabaseCalls):
         chunking: dict | bool | None = None,
         vector_dtype: str = "float32",
     ) -> RemoteNamespace:
-        self._exec(self._create_call(name, embedder, dimensions, metric, chunking, vector_dtype))
-        return RemoteNamespace(self, name)
+        info = self._exec(self._create_call(name, embedder, dimensions, metric, chunking, vector_dtype))
+        return RemoteNamespace(self, name, info)
 
     def namespace(self, name: str) -> RemoteNamespace:
         found = RemoteNamespace(self, name)
         found.describe()  # NamespaceNotFound now rather than at first use
         return found
 
-    def branch(self, name: str, source: str, version: int | None = None, tag: str | None = None) -> RemoteNamespace:
-        as_of_of(version, tag, None)
-        self._exec(self._branch_call(name, source, version, tag))
-        return RemoteNamespace(self, name)
+    def branch(self, name: str, source: str, version: int | None = None, tag: str | None = None,
+               as_of: AsOf | None = None) -> RemoteNamespace:
+        as_of_of(version, tag, as_of)
+        info = self._exec(self._branch_call(name, source, version, tag, as_of))
+        return RemoteNamespace(self, name, info)
 
     def close(self) -> None:
         self._http.close()
@@ -394,8 +399,8 @@ class RemoteDatabase(_DatabaseCalls):
 class AsyncRemoteNamespace(_NamespaceCalls):
     """The same methods as :class:`RemoteNamespace`, as coroutines."""
 
-    def __init__(self, db: AsyncRemoteDatabase, name: str) -> None:
-        self._db, self.name = db, name
+    def __init__(self, db: AsyncRemoteDatabase, name: str, info: NamespaceInfo | None = None) -> None:
+        self._db, self.name, self.info = db, name, info
 
     def _exec(self, call: _Call) -> Any:
         return self._db._exec(call)
@@ -435,8 +440,8 @@ class AsyncRemoteDatabase(_DatabaseCalls):
         chunking: dict | bool | None = None,
         vector_dtype: str = "float32",
     ) -> AsyncRemoteNamespace:
-        await self._exec(self._create_call(name, embedder, dimensions, metric, chunking, vector_dtype))
-        return AsyncRemoteNamespace(self, name)
+        info = await self._exec(self._create_call(name, embedder, dimensions, metric, chunking, vector_dtype))
+        return AsyncRemoteNamespace(self, name, info)
 
     async def namespace(self, name: str) -> AsyncRemoteNamespace:
         found = AsyncRemoteNamespace(self, name)
@@ -444,11 +449,11 @@ class AsyncRemoteDatabase(_DatabaseCalls):
         return found
 
     async def branch(
-        self, name: str, source: str, version: int | None = None, tag: str | None = None
+        self, name: str, source: str, version: int | None = None, tag: str | None = None, as_of: AsOf | None = None
     ) -> AsyncRemoteNamespace:
-        as_of_of(version, tag, None)
-        await self._exec(self._branch_call(name, source, version, tag))
-        return AsyncRemoteNamespace(self, name)
+        as_of_of(version, tag, as_of)
+        info = await self._exec(self._branch_call(name, source, version, tag, as_of))
+        return AsyncRemoteNamespace(self, name, info)
 
     async def close(self) -> None:
         await self._http.aclose()

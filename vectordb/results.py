@@ -43,12 +43,14 @@ class NamespaceInfo(_Json):
 @dataclass(frozen=True)
 class WriteResult(_Json):
     """An acknowledged write: durable at ``version``. ``upserted``/``deleted`` count rows
-    (chunks); ``documents`` the documents they came from."""
+    (chunks); ``documents`` the documents they came from; ``restored`` the version a
+    restore brought back."""
 
     version: int
     upserted: int = 0
     deleted: int = 0
     documents: int = 0
+    restored: int | None = None  # restore: the version whose content the new one has
 
 
 @dataclass(frozen=True)
@@ -67,7 +69,8 @@ class QueryResult(_Json):
     version: int
 
     def to_json(self) -> dict:
-        return {"results": [{k: v for k, v in asdict(h).items() if v is not None} for h in self.hits],
+        # Each hit's fields as they are (not asdict's deep copy: a hit may carry its vector).
+        return {"results": [{k: v for k, v in h.__dict__.items() if v is not None} for h in self.hits],
                 "version": self.version}
 
     @classmethod
@@ -121,12 +124,25 @@ class JobInfo(_Json):
     chunks_done: int = 0
     documents: int = 0
     version: int | None = None
-    error: dict | None = None
+    error: dict | None = None  # {"code", "message", "status"}: a failed job
     description: str = ""
+    created_at: float | None = None
+    finished_at: float | None = None
+    owner: str | None = None  # the id of the API key that started it
+    heartbeat_at: float | None = None
+    cancel_requested: bool = False
 
     @property
     def finished(self) -> bool:
         return self.status in ("done", "failed", "cancelled")
+
+    @property
+    def http_status(self) -> int:
+        """What the synchronous call would have answered: 200, 409 (cancelled) or the
+        failure's own status."""
+        if self.status == "cancelled":
+            return 409
+        return self.error.get("status", 500) if self.error is not None else 200
 
 
 @dataclass(frozen=True)
