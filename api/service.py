@@ -12,13 +12,9 @@ from collections.abc import Callable
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ingest import gc, validate
-from ingest.commit import GroupCommitter
-from ingest.indexer import Indexer, IndexResult
-from ingest.jobs import Job, JobRun, Jobs
-from ingest.parse_pool import ParsePool
-from ingest.wal_merge import WalMerger
 from query import rag
 from query.engine import QueryEngine, QueryResult
 from query.llm import ChatClient
@@ -33,11 +29,18 @@ from vectordb.reader import NamespaceReader
 from vectordb.rows import RowBatch, WriteBatch
 from vectordb.settings import Settings
 
+if TYPE_CHECKING:
+    from ingest.commit import GroupCommitter
+    from ingest.indexer import Indexer, IndexResult
+    from ingest.jobs import Job, JobRun, Jobs
+    from ingest.parse_pool import ParsePool
+    from ingest.wal_merge import WalMerger
+
 # How long the embedder preload waits after the first query is answered (see ``preload``).
 _AFTER_ANSWER_S = 0.1
 
 
-def _after_commit(indexer: Indexer, merger: WalMerger, manifest: Manifest) -> None:
+def _after_commit(indexer, merger, manifest: Manifest) -> None:
     """After each write commit: an index build or a WAL merge in the background, if due.
     (A function of the two, not a method: a committer thread that outlives ``close()`` a
     moment must not keep the whole Service alive.)"""
@@ -54,18 +57,39 @@ class Service:
         self.store = store if store is not None else open_store(self.settings)
         self.catalog = Catalog(self.store, self.settings.eventual_ttl_s, self.settings.pruned_manifest_ttl_s, clock)
         self.reader = NamespaceReader(self.store, self.settings.fetch_threads, self.settings.cache_bytes)
-        # A build's input bypasses the RAM cache (see Indexer).
-        uncached = self.store.inner if isinstance(self.store, CachedStore) else self.store
-        self.indexer = Indexer(self.catalog, self.store, self.reader, self.settings, uncached)
-        self.merger = WalMerger(self.catalog, self.store, self.reader, self.settings, self.indexer.lock)
-        self.committer = GroupCommitter(
-            self.catalog, self.store, self.settings, on_commit=partial(_after_commit, self.indexer, self.merger)
-        )
         self.engine = QueryEngine(self.catalog, self.reader, self.settings)
-        self.jobs = Jobs(self.store, self.settings)
-        self.parse_pool = ParsePool(self.settings.max_jobs_per_worker)
         self._counter = None
         self.llm = ChatClient.from_settings(self.settings)
+        # The write side (group commit, indexer, WAL merges, upload jobs and their parsers)
+        # is made at its first use: a query worker never writes, and never imports it.
+        self._write_side: _WriteSide | None = None
+        self._write_side_lock = threading.Lock()
+
+    def _writes(self) -> _WriteSide:
+        with self._write_side_lock:
+            if self._write_side is None:
+                self._write_side = _WriteSide(self)
+            return self._write_side
+
+    @property
+    def indexer(self) -> Indexer:
+        return self._writes().indexer
+
+    @property
+    def merger(self) -> WalMerger:
+        return self._writes().merger
+
+    @property
+    def committer(self) -> GroupCommitter:
+        return self._writes().committer
+
+    @property
+    def jobs(self) -> Jobs:
+        return self._writes().jobs
+
+    @property
+    def parse_pool(self) -> ParsePool:
+        return self._writes().parse_pool
 
     def preload(self, documents: bool = False) -> None:
         """Load the configured embedder in a background thread (cold-start work off the query
@@ -97,8 +121,10 @@ class Service:
         threading.Thread(target=load, name="preload-embedder", daemon=True).start()
 
     def close(self) -> None:
-        self.committer.close()
-        self.parse_pool.close()
+        with self._write_side_lock:
+            if self._write_side is not None:
+                self._write_side.committer.close()
+                self._write_side.parse_pool.close()
         if self.llm is not None:
             self.llm.close()
 
@@ -417,9 +443,33 @@ class Service:
         return asdict(result)
 
     def stats(self) -> dict:
-        out = {"commits": asdict(self.committer.stats), "wal_merges": asdict(self.merger.stats),
+        writes = self._write_side
+        out = {"commits": asdict(writes.committer.stats) if writes else {},
+               "wal_merges": asdict(writes.merger.stats) if writes else {},
                "tail_folds": asdict(self.reader.tails.stats)}
         cache_stats = getattr(self.store, "stats", None)
         if callable(cache_stats):
             out["cache"] = cache_stats()
         return out
+
+
+class _WriteSide:
+    """What only writes need, made for a Service at its first write (or index, job, ...)."""
+
+    def __init__(self, service: Service) -> None:
+        from ingest.commit import GroupCommitter
+        from ingest.indexer import Indexer
+        from ingest.jobs import Jobs
+        from ingest.parse_pool import ParsePool
+        from ingest.wal_merge import WalMerger
+
+        s = service
+        # A build's input bypasses the RAM cache (see Indexer).
+        uncached = s.store.inner if isinstance(s.store, CachedStore) else s.store
+        self.indexer = Indexer(s.catalog, s.store, s.reader, s.settings, uncached)
+        self.merger = WalMerger(s.catalog, s.store, s.reader, s.settings, self.indexer.lock)
+        self.committer = GroupCommitter(
+            s.catalog, s.store, s.settings, on_commit=partial(_after_commit, self.indexer, self.merger)
+        )
+        self.jobs = Jobs(s.store, s.settings)
+        self.parse_pool = ParsePool(s.settings.max_jobs_per_worker)
