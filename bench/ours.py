@@ -133,7 +133,8 @@ def upsert_body(base: np.ndarray, lo: int, hi: int, encoding: str = "base64") ->
 class Worker:
     """A ``vectordb serve`` subprocess on 127.0.0.1 (ended by PID when done)."""
 
-    def __init__(self, env: dict[str, str], role: str, log_path: Path) -> None:
+    def __init__(self, env: dict[str, str], role: str, log_path: Path, root: Path = ROOT) -> None:
+        """``root``: the source tree the worker runs (another commit's, for a baseline)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
@@ -143,7 +144,7 @@ class Worker:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "api.cli", "serve", "--role", role, "--host", "127.0.0.1",
                  "--port", str(self.port), "--log-level", "warning"],
-                cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT,
+                cwd=root, env=full_env, stdout=log, stderr=subprocess.STDOUT,
             )
 
     def wait_ready(self, timeout: float = 60.0) -> float:
