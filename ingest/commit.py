@@ -1,8 +1,10 @@
 """Group commit: concurrent writes to a namespace become one WAL object and one manifest.
 
 Each namespace has a queue drained by one committer thread. The thread waits a short
-window (``group_commit_ms``) to gather what arrives, writes the gathered batches as one
-WAL object, then commits manifest ``v+1`` with a conditional create. Losing that race to
+window (``group_commit_ms``) to gather what arrives, unless what is queued already fills a
+WAL object worth writing (``_GATHERED_ROWS``: a bulk load's batch gains nothing from the
+wait), writes the gathered batches as one WAL object, then commits manifest ``v+1`` with
+a conditional create. Losing that race to
 another process means re-reading the newest manifest and retrying with the same WAL
 object: the WAL object itself never conflicts because its key is unique. Callers are
 acknowledged only after their manifest commit succeeded.
@@ -38,6 +40,9 @@ log = logging.getLogger(__name__)
 
 # One WAL object gathers at most this many rows; the rest wait for the next round.
 _MAX_ROWS_PER_COMMIT = 100_000
+# Queued rows that make a commit start without the gathering window: the window is there to
+# turn many small concurrent writes into one object, and this many rows are one already.
+_GATHERED_ROWS = 1_000
 
 
 @dataclass
@@ -117,7 +122,9 @@ class GroupCommitter:
                     self._cond.wait(remaining)
                 if self._closed and not self._queues.get(ns):
                     return
-            time.sleep(self.settings.group_commit_ms / 1000.0)
+                gathered = sum(p.rows for p in self._queues.get(ns, ()))
+            if gathered < _GATHERED_ROWS:
+                time.sleep(self.settings.group_commit_ms / 1000.0)
             with self._cond:
                 queue = self._queues.get(ns, [])
                 taken = [queue.pop(0)]

@@ -194,3 +194,19 @@ def test_drop_and_recreate_never_reuses_versions(svc):
     manifest, created = svc.create_namespace("ns", "none", 3, "l2")
     assert created and manifest.version > dropped
     assert svc.query("ns", vector=[1, 2, 3]).hits == []
+
+
+def test_id_check_refuses_exactly_the_control_and_surrogate_characters():
+    """check_id's one regex stands for a Unicode category lookup per character (Cc, Cs):
+    the same verdict for every code point."""
+    import unicodedata
+
+    from ingest.validate import check_id
+
+    refused = []
+    for code in range(0x110000):
+        try:
+            check_id(f"a{chr(code)}b", "id")
+        except InvalidArgument:
+            refused.append(code)
+    assert refused == [c for c in range(0x110000) if unicodedata.category(chr(c)) in ("Cc", "Cs")]
