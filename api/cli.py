@@ -56,7 +56,9 @@ def _serve(args) -> int:
     settings = check_bind(settings, host, KeyStore(open_raw_store(settings)), args.insecure)
     app = create_app(settings, role)
     logging.getLogger("vectordb").info("%s", startup_line(settings, role, host, port))
-    uvicorn.run(app, host=host, port=port, log_level=args.log_level, access_log=False)
+    # ws="none": the API has no websocket routes, and loading a websocket protocol is a few ms
+    # of every worker's start.
+    uvicorn.run(app, host=host, port=port, log_level=args.log_level, access_log=False, ws="none")
     return 0
 
 

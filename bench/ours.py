@@ -130,6 +130,18 @@ def upsert_body(base: np.ndarray, lo: int, hi: int, encoding: str = "base64") ->
     return ('{"documents":[' + docs + "]}").encode()
 
 
+PACKAGES = ("api", "ingest", "query", "storage", "vectordb", "deploy")
+
+
+def compile_sources(root: Path) -> None:
+    """Compile the project's modules as the Dockerfile does (``compileall``): a deployed
+    worker loads bytecode, while a checkout run with ``PYTHONDONTWRITEBYTECODE=1`` would
+    compile every project module at each start (tens of ms of the start measured)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    subprocess.run([sys.executable, "-m", "compileall", "-q", *[p for p in PACKAGES if (root / p).is_dir()]],
+                   cwd=root, env=env, check=True, stdout=subprocess.DEVNULL)
+
+
 class Worker:
     """A ``vectordb serve`` subprocess on 127.0.0.1 (ended by PID when done)."""
 
@@ -371,6 +383,7 @@ def over_http(data: ds_mod.Dataset, env: dict, workdir: Path, preload: bool, sta
     """``starts`` fresh query workers: process start -> first answer (median); the last one
     then runs the warm passes and reports its RSS."""
     worker_env = dict(env) if preload else {**env, "VECTORDB_PRELOAD_EMBEDDER": ""}
+    compile_sources(ROOT)
     samples: list[dict] = []
     out: dict = {}
     first_body = orjson.dumps({"vector": data.queries[0].tolist(), "top_k": ds_mod.K, "consistency": "eventual"})

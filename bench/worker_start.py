@@ -39,11 +39,10 @@ sys.path.insert(0, str(BENCH))
 import numpy as np  # noqa: E402
 import orjson  # noqa: E402
 import s3  # noqa: E402
-from ours import NAMESPACE, Worker  # noqa: E402
+from ours import NAMESPACE, Worker, compile_sources  # noqa: E402
 
 from tests.s3server import ACCESS_KEY, SECRET_KEY  # noqa: E402
 
-PACKAGES = ("api", "ingest", "query", "storage", "vectordb", "deploy")
 DIMS = 384
 
 # Run by each tree's own interpreter in its own directory: the rows, written and indexed by
@@ -53,16 +52,16 @@ import sys
 import numpy as np
 from api.service import Service
 from vectordb.settings import Settings
-rows, seed = int(sys.argv[1]), int(sys.argv[2])
+rows, seed, ns, dims = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
 svc = Service(Settings(auto_index=False, preload_embedder=""))
-svc.create_namespace(sys.argv[3], "none", %d, "cosine", None, "int8")
+svc.create_namespace(ns, "none", dims, "cosine", None, "int8")
 rng = np.random.default_rng(seed)
 for lo in range(0, rows, 5000):
-    block = rng.normal(size=(min(5000, rows - lo), %d)).astype(np.float32)
-    svc.upsert(sys.argv[3], [{"id": f"d{lo + i}", "vector": v.tolist()} for i, v in enumerate(block)])
-svc.index(sys.argv[3])
+    block = rng.normal(size=(min(5000, rows - lo), dims)).astype(np.float32)
+    svc.upsert(ns, [{"id": f"d{lo + i}", "vector": v.tolist()} for i, v in enumerate(block)])
+svc.index(ns)
 svc.close()
-""" % (DIMS, DIMS)
+"""
 
 
 def log(message: str) -> None:
@@ -85,9 +84,7 @@ def export_tree(rev: str | None, into: Path) -> Path:
         archive = subprocess.run(["git", "archive", rev], cwd=ROOT, check=True, capture_output=True).stdout
         subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
     (into / ".venv").symlink_to(ROOT / ".venv")
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    subprocess.run([sys.executable, "-m", "compileall", "-q", *[p for p in PACKAGES if (into / p).is_dir()]],
-                   cwd=into, env=env, check=True, stdout=subprocess.DEVNULL)
+    compile_sources(into)
     return into
 
 
@@ -117,7 +114,7 @@ def main() -> None:
                 else:
                     env = {"VECTORDB_STORE_URI": f"file://{workdir}/{tree.name}-store"}
                 log(f"{name}: writing {args.rows:,} rows with its own code")
-                subprocess.run([str(tree / ".venv" / "bin" / "python"), "-c", WRITE, str(args.rows), "7", NAMESPACE],
+                subprocess.run([str(tree / ".venv" / "bin" / "python"), "-c", WRITE, str(args.rows), "7", NAMESPACE, str(DIMS)],
                                cwd=tree, env={**os.environ, **env}, check=True)
                 envs[name] = env
             body = orjson.dumps({"vector": np.random.default_rng(3).normal(size=DIMS).tolist(), "top_k": 10,
