@@ -226,16 +226,19 @@ _KILLED_CHILD = textwrap.dedent("""
             print("uploaded", key, flush=True)
             time.sleep(30)  # killed here, after the first file of the segment
 
-    settings = unit_settings("file://{root_store}").model_copy(update={{"auto_index": False}})
+    settings = unit_settings("file://{root_store}").model_copy(
+        update={{"auto_index": False, "build_temp_dir": {build_dir!r}}})
     svc = Service(settings, store=Slow({root_store!r}))
     svc.index("ns", compact=True)
 """)
 
 
 def test_a_killed_build_changes_nothing_and_gc_removes_its_objects(tmp_path):
-    root = tmp_path / "store"
+    root, build_dir = tmp_path / "store", tmp_path / "builds"
+    build_dir.mkdir()
     settings = unit_settings(f"file://{root}").model_copy(update={"auto_index": False, "gc_grace_s": 0,
-                                                                   "retain_manifests": 1})
+                                                                   "retain_manifests": 1,
+                                                                   "build_temp_dir": str(build_dir)})
     svc = Service(settings)
     svc.create_namespace("ns", "none", 16, "cosine")
     rows = _rows(400)
@@ -245,7 +248,7 @@ def test_a_killed_build_changes_nothing_and_gc_removes_its_objects(tmp_path):
     before = svc.catalog.latest("ns").version
     objects = {o.key for o in svc.store.list("ns/segments/")}
     script = tmp_path / "child.py"
-    script.write_text(_KILLED_CHILD.format(root=str(ROOT), root_store=str(root)))
+    script.write_text(_KILLED_CHILD.format(root=str(ROOT), root_store=str(root), build_dir=str(build_dir)))
     child = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
     try:
         line = child.stdout.readline()
@@ -261,8 +264,28 @@ def test_a_killed_build_changes_nothing_and_gc_removes_its_objects(tmp_path):
     assert fresh.query("ns", vector=rows.vectors[300].tolist(), top_k=1).hits[0].id == rows.ids[300]
     fresh.collect_garbage("ns")
     assert not partial & {o.key for o in fresh.store.list("ns/segments/")}
-    fresh.index("ns", compact=True)  # and a later build goes through
+    left = list(build_dir.iterdir())
+    assert [p.name for p in left] and all(str(child.pid) in p.name for p in left)  # its spill, killed with it
+    fresh.index("ns", compact=True)  # and a later build goes through, removing what the killed one left
     assert fresh.query("ns", vector=rows.vectors[300].tolist(), top_k=1).hits[0].id == rows.ids[300]
+    assert list(build_dir.iterdir()) == []
+
+
+def test_a_build_leaves_the_working_directories_of_live_processes_and_other_hosts(tmp_path):
+    from vectordb import segment_writer
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = segment_writer._host()
+    mine = tmp_path / f"vectordb-build-{host}-{os.getpid()}-abc"
+    live = tmp_path / f"vectordb-build-{host}-1-abc"  # pid 1 is alive
+    other_host = tmp_path / f"vectordb-build-{host}x-{dead.pid}-abc"
+    killed = tmp_path / f"vectordb-build-{host}-{dead.pid}-abc"
+    unrelated = tmp_path / "vectordb-build-abc"
+    for d in (mine, live, other_host, killed, unrelated):
+        (d / "sub").mkdir(parents=True)
+    segment_writer._sweep_killed_builds(str(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(d.name for d in (mine, live, other_host, unrelated))
 
 
 # --- one probe budget across segments -----------------------------------------------------------

@@ -27,13 +27,20 @@ k-means sample, a quarter for a group of partitions, and the per-row state above
 bytes plus the id a row, plus postings). The result is the same bytes whatever
 ``memory_bytes`` (unless a bound so small that it shrinks the k-means sample), and the same
 as the in-memory build's before this module existed.
+
+The working directory is named after the host and the process (``vectordb-build-<host>-
+<pid>-...``); each build first removes those its host's killed builds left behind (a
+SIGKILL or the OOM killer runs no cleanup), never one of a live process or another host.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import pickle
+import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -108,7 +115,8 @@ def build(source: RowSource, metric: str, rows_per_partition: int, flat_max_rows
     (the system's default: None), in about ``memory_bytes`` of memory. None if the source
     has no rows. Callers :meth:`~BuiltSegment.close` it once uploaded; an exception
     removes the directory."""
-    workdir = Path(tempfile.mkdtemp(prefix="vectordb-build-", dir=temp_dir))
+    _sweep_killed_builds(temp_dir)
+    workdir = Path(tempfile.mkdtemp(prefix=f"{_WORKDIR_PREFIX}{_host()}-{os.getpid()}-", dir=temp_dir))
     try:
         built = _Builder(source, metric, vector_dtype, docs, memory_bytes, workdir).run(
             rows_per_partition, flat_max_rows, segment_id)
@@ -118,6 +126,43 @@ def build(source: RowSource, metric: str, rows_per_partition: int, flat_max_rows
     if built is None:
         shutil.rmtree(workdir, ignore_errors=True)
     return built
+
+
+_WORKDIR_PREFIX = "vectordb-build-"
+_WORKDIR = re.compile(re.escape(_WORKDIR_PREFIX) + r"(?P<host>[A-Za-z0-9.-]+)-(?P<pid>[0-9]+)-[^/]+\Z")
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname()) or "host"
+
+
+def _sweep_killed_builds(temp_dir: str | None) -> None:
+    """Remove the working directories of builds on this host whose process is gone: a
+    build killed (SIGKILL, OOM) leaves its spill files behind, up to the size of its input.
+    A directory is another process's while that process lives, and another host's (a
+    shared temporary directory, a container's PID namespace) always."""
+    root = Path(temp_dir or tempfile.gettempdir())
+    try:
+        entries = list(root.iterdir())
+    except OSError:
+        return
+    host = _host()
+    for entry in entries:
+        m = _WORKDIR.match(entry.name)
+        if m is None or m["host"] != host or int(m["pid"]) == os.getpid() or _alive(int(m["pid"])):
+            continue
+        log.info("removing %s, left by a build whose process is gone", entry)
+        shutil.rmtree(entry, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 class _Builder:
