@@ -51,6 +51,9 @@ def _docs(n: int, start: int = 0, rev: int = 0) -> list[dict]:
 def test_namespaces(db):
     kb = db.create_namespace("kb", embedder="none", dimensions=DIMS, metric="l2")
     assert kb.name == "kb" and db.list_namespaces() == ["kb"]
+    assert kb.info.created and kb.info.version == 0 and kb.info.dimensions == DIMS and kb.info.origin is None
+    assert db.create_namespace("kb", embedder="none", dimensions=DIMS, metric="l2").info.created is False
+    assert db.namespace("kb").info is None  # opened, not created
     info = db.namespace("kb").describe()
     assert isinstance(info, NamespaceInfo) and info.dimensions == DIMS and info.embedder == "none"
     with pytest.raises(errors.NamespaceNotFound):
@@ -132,11 +135,15 @@ def test_uploads_jobs_index_versions_tags_branches(db, tmp_path):
     assert kb.get("x").text == "second text"
     assert kb.get("x", as_of="before").text == "first text"
     restored = kb.restore(tag="before")
-    assert kb.get("x").text == "first text" and restored.version > v1
+    assert kb.get("x").text == "first text" and restored.version > v1 and restored.restored == v1
     # a restore commits under a protection first (vectordb.versions), then the restore
     assert [v.change["op"] for v in kb.versions(limit=3)] == ["restore", "protect", "write"]
     branch = db.branch("kb2", "kb", tag="before")
+    assert branch.info.created and branch.info.origin == {"namespace": "kb", "version": v1}
     branch.upsert([{"id": "y", "text": "only in the branch"}])
+    at_restore = db.branch("kb3", "kb", as_of=restored.version)  # a version given as as_of
+    assert at_restore.info.origin["version"] == restored.version and at_restore.get("x").text == "first text"
+    assert kb.restore(as_of=v1).restored == v1
     assert branch.get("y").id == "y"
     with pytest.raises(errors.DocumentNotFound):
         kb.get("y")
