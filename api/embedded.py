@@ -51,11 +51,11 @@ class EmbeddedNamespace:
         return NamespaceInfo.from_json(self._service.describe(self.name))
 
     def upsert(self, documents: Any) -> WriteResult:
-        if isinstance(documents, list):
+        table = _arrow_table(documents)
+        if table is None:  # documents, or what the write refuses ("documents must be a non-empty list")
             version, count = self._service.upsert(self.name, documents)
             sent = len(documents)
         else:
-            table = _arrow_table(documents)
             version, count = self._service.upsert_table(self.name, table)
             sent = table.num_rows
         return WriteResult(version, upserted=count, documents=sent)
@@ -248,10 +248,13 @@ def connect_async(uri: str, **settings: Any) -> _Async:
 
 
 def _arrow_table(data: Any):
+    """``data`` as an Arrow table if it is one (or a pandas frame); None otherwise."""
+    if isinstance(data, list) or not type(data).__module__.startswith(("pyarrow", "pandas")):
+        return None
     import pyarrow as pa
 
     if isinstance(data, pa.Table):
         return data
-    if type(data).__name__ == "DataFrame" and type(data).__module__.startswith("pandas"):
+    if type(data).__name__ == "DataFrame":
         return pa.Table.from_pandas(data, preserve_index=False)
-    raise InvalidArgument("documents must be a non-empty list, a pyarrow Table or a pandas DataFrame")
+    return None
