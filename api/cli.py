@@ -3,7 +3,7 @@
     vectordb serve [--role all|ingest|query] [--host 127.0.0.1] [--port 8080] [--store URI] [--insecure]
     vectordb keys create --prefix P --rights read|write|admin [--name N] [--rate R ...]   (prints the token once)
     vectordb keys list | keys revoke KEY_ID
-    vectordb index NS [--compact] [--gc]
+    vectordb index NS [--compact] [--gc] [--ray ADDRESS]
     vectordb gc NS
     vectordb namespaces
     vectordb versions | tag | untag | rollback | branch | backup | restore ...   (see api/cli_versions.py)
@@ -69,7 +69,12 @@ def _service(args):
 
 
 def _index(args) -> int:
-    service = _service(args)
+    from api.service import Service
+
+    settings = _settings(args)
+    if args.ray:  # build on a Ray cluster (ingest.ray_build), as VECTORDB_RAY_ADDRESS would
+        settings = settings.model_copy(update={"ray_address": args.ray})
+    service = Service(settings)
     result = service.index(args.namespace, compact=args.compact)
     out = {"version": result.version, "indexed_rows": result.indexed_rows, "segments": result.segments,
            "compacted": result.compacted, "seconds": round(result.seconds, 3)}
@@ -202,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     index.add_argument("namespace")
     index.add_argument("--compact", action="store_true", help="also merge all segments, dropping deleted rows")
     index.add_argument("--gc", action="store_true", help="then delete objects no retained manifest needs")
+    index.add_argument("--ray", metavar="ADDRESS", help="build on the Ray cluster at ADDRESS (host:port of its head), "
+                       "one task per shard (overrides VECTORDB_RAY_ADDRESS)")
     index.set_defaults(func=_index)
 
     gc = sub.add_parser("gc", help="delete objects no retained manifest needs")

@@ -9,8 +9,11 @@ input is a :class:`~vectordb.segment_writer.RowSource`:
   again a row group at a time and yields its rows whose last operation is that upsert. Rows come in the order :func:`vectordb.tail.fold` gives
   (by the position of the id's last operation), so the segment is the one an in-memory
   build of the folded tail makes. Memory: ~100 bytes per distinct id, plus one object.
-* :class:`SegmentRows` reads a segment's partitions a few at a time by range (vectors,
-  then the rows' records from ``rows.bin``/``fields.bin``), dropping dead rows.
+* :class:`WalRows` reads given rows of given WAL objects: a part of a folded tail (a Ray
+  build's shard, :mod:`ingest.ray_build`, reads one without folding again).
+* :class:`SegmentRows` reads a segment's partitions (all, or a range of them) a few at a
+  time by range (vectors, then the rows' records from ``rows.bin``/``fields.bin``),
+  dropping dead rows.
 * :class:`Chained` reads several sources one after the other.
 """
 
@@ -67,14 +70,30 @@ class WalTail:
         tail.rows = sum(len(k) for k in keep)
         return tail
 
+    def objects(self) -> list[tuple[str, np.ndarray]]:
+        """Each WAL object's key and its rows that stay (ascending), in fold order."""
+        return [(ref.key, keep) for ref, keep in zip(self.manifest.wal, self._keep)]
+
+    def chunks(self, rows: int) -> Iterator[RowBatch]:
+        return WalRows(self.store, self.objects(), self.dims).chunks(rows)
+
+
+@dataclass
+class WalRows:
+    """Given rows of WAL objects: ``objects`` is (key, rows of it, ascending) in order."""
+
+    store: ObjectStore
+    objects: list[tuple[str, np.ndarray]]
+    dims: int
+
     def chunks(self, rows: int) -> Iterator[RowBatch]:
         pending: list[RowBatch] = []
         held = 0
-        for ref, keep in zip(self.manifest.wal, self._keep):
+        for key, keep in self.objects:
             if not len(keep):
                 continue
             start = 0
-            for record in _parquet(self.store, ref.key).iter_batches(batch_size=8192):
+            for record in _parquet(self.store, key).iter_batches(batch_size=8192):
                 end = start + record.num_rows
                 lo, hi = np.searchsorted(keep, [start, end])
                 if hi > lo:
@@ -104,6 +123,7 @@ class SegmentRows:
     ns: str
     seg: SegmentRef
     dead: frozenset[str]
+    parts: tuple[int, int] | None = None  # partitions lo..hi (exclusive); None: all
 
     @property
     def dims(self) -> int:
@@ -111,10 +131,10 @@ class SegmentRows:
 
     def chunks(self, rows: int) -> Iterator[RowBatch]:
         layout = self.reader.layout(self.ns, self.seg)
-        lo = 0
-        while lo < layout.nlist:
+        lo, end = self.parts if self.parts is not None else (0, layout.nlist)
+        while lo < end:
             hi = lo + 1
-            while hi < layout.nlist and int(layout.part_rows[hi + 1] - layout.part_rows[lo]) <= rows:
+            while hi < end and int(layout.part_rows[hi + 1] - layout.part_rows[lo]) <= rows:
                 hi += 1
             batch = self._partitions(layout, lo, hi)
             lo = hi

@@ -8,7 +8,9 @@ which: size tiers, a maximum segment size), so dead rows stop taking space once 
 collection removes the objects no retained manifest references. A build streams: rows
 are read in chunks and spilled to a local directory, files are written and uploaded
 from there (``vectordb.segment_writer``, ``ingest.build_input``), so its memory is
-``build_memory_bytes`` whatever the size of the namespace.
+``build_memory_bytes`` whatever the size of the namespace. With ``ray_address`` set, the
+rows are built as several segments by Ray tasks across a cluster (``ingest.ray_build``)
+and committed here the same way.
 
 The commit is a manifest create like any write. Writers may commit meanwhile: their WAL
 entries come after the ones we indexed, so we rebase by keeping them. If another indexer
@@ -24,6 +26,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -39,6 +42,9 @@ from vectordb.manifest import Manifest, SegmentRef
 from vectordb.reader import NamespaceReader
 from vectordb.segment_writer import BatchSource, BuiltSegment, RowSource
 from vectordb.settings import Settings
+
+if TYPE_CHECKING:
+    from ingest.ray_build import RayBuilt
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +68,7 @@ class _Build:
     dead: dict[str, segment.Tombstones] = field(default_factory=dict)  # segment id -> all its dead ids, rows
     rows: int = 0
     compacted: bool = False
+    remote: RayBuilt | None = None  # segments a Ray build uploaded already (ingest.ray_build)
 
     def publish(self, store: ObjectStore, pool, key_version: int) -> tuple[SegmentRef, ...]:
         """Upload the new segment and tombstone lists under ``key_version``; the segments of
@@ -81,6 +88,8 @@ class _Build:
             items = list(built.files.items())
             list(pool.map(lambda kv: store.put_file(segment.file_key(ns, built.id, kv[0]), kv[1]), items))
             segments.append(SegmentRef(built.id, built.rows, built.nlist, built.bytes))
+        if self.remote is not None:
+            segments.extend(self.remote.under(store, key_version))
         return tuple(segments)
 
     def close(self) -> None:
@@ -160,8 +169,9 @@ class Indexer:
         """Build a segment of the tail and the live rows of ``merge``; tombstones for the
         segments that stay."""
         ns, config = base.namespace, base.config
+        on_ray = self.settings.ray_address is not None
         small = sum(ref.bytes for ref in base.wal) <= self.settings.build_memory_bytes // 8
-        if small or self.reader.has_tail(base):  # a small tail, or one a query folded already
+        if not on_ray and (small or self.reader.has_tail(base)):  # a small tail, or one a query folded already
             held = self.reader.tail(base)
             tail: RowSource = BatchSource(held.rows)
             touched = held.touched
@@ -181,6 +191,13 @@ class Indexer:
             if dead is not None:
                 build.dead[seg.id] = dead
         s = self.settings
+        if on_ray:  # Ray tasks read the WAL objects and merged segments from the store themselves
+            from ingest import ray_build
+
+            merging = [seg for seg in base.segments if seg.id in merged]
+            build.remote = ray_build.build(s, self.reader, base, tail, merging, touched, base.version + 1)
+            build.rows = build.remote.rows
+            return build
         build.built = segment.build(
             Chained(sources, config.dimensions), config.metric, s.rows_per_partition, s.flat_max_rows,
             config.vector_dtype, memory_bytes=s.build_memory_bytes, temp_dir=s.build_temp_dir,

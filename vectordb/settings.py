@@ -172,6 +172,11 @@ class Settings(BaseSettings):
         None, description="Directory for an index build's spill and output files (removed after each build); "
         "default: the system's temporary directory. Needs about twice the rows' bytes free.",
     )
+    ray_address: str | None = Field(
+        None, description="Ray cluster (host:port of its head) on which index builds and compactions run as "
+        "Ray tasks, up to one segment per CPU (see ingest.ray_build); None: in the ingest process. The store must be one "
+        "every node reaches (file:// on shared disk, or s3://).",
+    )
     wal_merge_objects: int = Field(
         64, ge=0, description="WAL objects a manifest may list before the ingest worker that committed it folds "
         "them into one in the background (every strong reader decodes the list at each commit); 0: never.",
