@@ -415,6 +415,8 @@ class WarmResponse(BaseModel):
     partitions_total: int
     partition_bytes: int
     docs_bytes: int
+    bm25_bytes: int = Field(0, description="BM25 files (bm25.bin) fetched whole.")
+    column_bytes: int = Field(0, description="Attribute column files (attrs.bin) fetched whole.")
     embedder: str | None
     seconds: float
     skipped: list[str] = Field(description="What was not fetched, and why.")

@@ -20,10 +20,13 @@ class WarmRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     budget_bytes: int = Field(
-        warming.DEFAULT_BUDGET_BYTES, ge=0, description="Most partition (and docs) bytes to prefetch."
+        warming.DEFAULT_BUDGET_BYTES, ge=0,
+        description="Most bytes to prefetch, most useful first: attribute columns, partitions (at their decoded "
+        "size), BM25 files, record offsets, then with include_docs the documents.",
     )
-    include_docs: bool = Field(False, description="Also fetch each segment's documents (attribute columns and "
-                               "fields, or an older segment's docs.parquet): for queries that include text or filter.")
+    include_docs: bool = Field(False, description="Also fetch each segment's id table and records (ids.bin, "
+                               "fields.bin; an older segment's docs.parquet): for GET by id and for queries that "
+                               "include text or attributes.")
     load_embedder: bool = Field(True, description="Also load the namespace's embedding model.")
 
 

@@ -7,12 +7,10 @@ are dead comes from the reader's per-partition live masks, derived from the prev
 version's with a writer beside us, so a scan never walks a partition's ids in Python.
 
 Filtered: the filter is evaluated over the segment's attributes (DuckDB) first. When it
-keeps few rows they are searched exactly, so a selective filter never loses recall: in a
-partition where it keeps many rows the partition is scanned, elsewhere just the kept rows'
-vectors are fetched (a selective filter's rows are scattered over most partitions). When
-it keeps many, more partitions are probed in proportion to what it drops, and the scan
-skips rows the filter rejects. Dead rows are dropped per partition from its ids (in
-memory), and among rows fetched alone by the ids of their partitions (``$id``, memoised).
+keeps few rows they are searched exactly (:mod:`query.exact_filter`), so a selective
+filter never loses recall. When it keeps many, more partitions are probed in proportion
+to what it drops, and the scan skips rows the filter rejects. Dead rows are dropped per
+partition from its ids (in memory).
 
 With ``search_device`` set to a torch device (:mod:`query.gpu`), unfiltered segment search
 runs on tensors that device holds; filtered search and the tail stay on this FAISS path.
@@ -24,17 +22,13 @@ import math
 
 import numpy as np
 
-from query import gpu
-from query.plan import TAIL, Candidate, Context, partition_of
+from query import exact_filter, gpu
+from query.plan import TAIL, Candidate, Context
 from vectordb import ivf
 from vectordb.manifest import SegmentRef
 from vectordb.reader import NamespaceReader
 
-# In the exact path, a partition is scanned whole when the filter keeps at least one row in
-# this many of it (or it is held already); below that its kept rows are fetched alone.
-_WHOLE_PARTITION_SHARE = 8
-# Rows asked beyond k where ties at the k-th score must be kept.
-_TIE_ROOM = 16
+_TIE_ROOM = exact_filter.TIE_ROOM
 
 
 def search(
@@ -206,29 +200,24 @@ def _search_segment_filtered(reader, ctx: Context, seg: SegmentRef, q, k, metric
     n_allowed = int(allowed.sum())
     if n_allowed == 0:
         return []
-    single: np.ndarray = np.zeros(0, np.int64)
     if n_allowed <= exact_max_rows:
-        rows = np.flatnonzero(allowed)
-        part_of_row = partition_of(layout.part_rows, rows)
-        parts, counts = np.unique(part_of_row, return_counts=True)
-        held = reader.held_partitions(ctx.ns, seg, parts)
-        whole = np.array([h or c * _WHOLE_PARTITION_SHARE >= layout.rows_in(int(p))
-                          for p, c, h in zip(parts.tolist(), counts.tolist(), held)], bool)
-        single = rows[np.isin(part_of_row, parts[~whole])]
-        parts = parts[whole]
-    else:
-        # Probe more partitions the more the filter drops, so about as many allowed rows
-        # are scanned as an unfiltered query would scan.
-        base_nprobe = _nprobe(ctx, layout.nlist)
-        wanted = min(layout.nlist, math.ceil(base_nprobe * seg.rows / n_allowed))
-        parts = ivf.probe(layout.centroids, q.reshape(1, -1), wanted, metric)[0]
-        parts = np.array([p for p in parts if p >= 0 and layout.rows_in(int(p)) > 0], np.int64)
+        # Memoised per filter (and, where the whole docs folded the tail's overrides into
+        # ``allowed``, per tail version): a later query with another vector reads nothing.
+        key = (seg.id, seg.tombstones_key, ctx.filter_key, ctx.tail.serial if layout.docs is None else None)
+        return exact_filter.search(reader, ctx, seg, layout, allowed, q, k, metric, key)
+    # Probe more partitions the more the filter drops, so about as many allowed rows
+    # are scanned as an unfiltered query would scan.
+    base_nprobe = _nprobe(ctx, layout.nlist)
+    wanted = min(layout.nlist, math.ceil(base_nprobe * seg.rows / n_allowed))
+    parts = ivf.probe(layout.centroids, q.reshape(1, -1), wanted, metric)[0]
+    parts = np.array([p for p in parts if p >= 0 and layout.rows_in(int(p)) > 0], np.int64)
     if ctx.fields:
         reader.prefetch_fields(ctx.ns, seg, layout, parts)
-    # The kept rows of every partition scanned as one matrix (one kernel call, not one per
-    # partition), and only the winners' ids decoded.
+    # Each partition's kept rows scanned on their own (no copy of them all into one
+    # matrix: at a broad filter that copy cost more than the scans), the best merged, and
+    # only the winners' ids decoded.
     held = reader.partitions(ctx.ns, seg, layout, parts)
-    vectors, owner, kept = [], [], []
+    found_scores, found_parts, found_rows = [], [], []
     for w, (p, part) in enumerate(zip(parts, held)):
         lo = int(layout.part_rows[p])
         keep = allowed[lo : lo + len(part.ids)]
@@ -237,35 +226,15 @@ def _search_segment_filtered(reader, ctx: Context, seg: SegmentRef, q, k, metric
             keep = keep & live
         keep = np.flatnonzero(keep)
         if len(keep):
-            vectors.append(part.vectors[keep])
-            owner.append(np.full(len(keep), w))
-            kept.append(keep)
-    out = []
-    if vectors:
-        owner, kept = np.concatenate(owner), np.concatenate(kept)
-        scores, sub = ivf.scan(np.concatenate(vectors), q, k + _TIE_ROOM, metric)
-        if len(sub) > k:  # the top k, and rows tied with the k-th (the engine breaks ties by id)
-            tied = scores >= scores[k - 1]
-            scores, sub = scores[tied], sub[tied]
-        for s, i in zip(scores.tolist(), sub.tolist()):
-            part, p = held[owner[i]], int(parts[owner[i]])
-            out.append(Candidate(float(s), part.ids[kept[i]], seg, int(layout.part_rows[p]) + int(kept[i])))
-    if len(single):
-        out += _search_rows(reader, ctx, seg, layout, single, q, k, metric)
-    return out
-
-
-def _search_rows(reader, ctx: Context, seg: SegmentRef, layout, rows: np.ndarray, q, k, metric) -> list[Candidate]:
-    """Exact top-k among segment ``rows``, fetching only their vectors and their
-    partitions' ids (and, for a query that includes fields, their ``rows.bin`` entries,
-    so the records of the best take one more round trip, not two)."""
-    vectors, ids, entries = reader.rows_for_search(ctx.ns, seg, layout, rows, with_entries=ctx.fields)
-    dead, touched = reader.tombstones(ctx.ns, seg), ctx.tail.touched
-    if dead or touched:
-        live = np.fromiter((i not in dead and i not in touched for i in ids), bool, len(ids))
-        rows, vectors, ids = rows[live], vectors[live], [i for i, ok in zip(ids, live.tolist()) if ok]
-        entries = entries[live] if entries is not None else None
-    scores, idx = ivf.scan(vectors, q, k, metric)
-    if entries is not None and len(idx):
-        reader.records(ctx.ns, seg, rows[idx], entries[idx])  # memoised for the hits' fields
-    return [Candidate(float(s), ids[i], seg, int(rows[i])) for s, i in zip(scores, idx.tolist())]
+            scores, rows = ivf.scan(part.vectors[keep], q, k + _TIE_ROOM, metric)
+            found_scores.append(scores)
+            found_parts.append(np.full(len(rows), w))
+            found_rows.append(keep[rows])
+    if not found_scores:
+        return []
+    scores, which, rows = np.concatenate(found_scores), np.concatenate(found_parts), np.concatenate(found_rows)
+    best = np.lexsort((rows, which, -scores))[: k + _TIE_ROOM]
+    if len(best) > k:  # the top k, and rows tied with the k-th (the engine breaks ties by id)
+        best = best[scores[best] >= scores[best[k - 1]]]
+    return [Candidate(float(scores[i]), held[which[i]].ids[rows[i]], seg, int(layout.part_rows[parts[which[i]]]) + int(rows[i]))
+            for i in best.tolist()]

@@ -7,15 +7,21 @@ A worker that has just started (or a router that expects traffic for a namespace
 2. the namespace's embedder (the model) in the background, since it needs no I/O;
 3. every segment's ``ivf.bin`` (centroids and partition offsets) and tombstones, and
    the write-ahead-log tail;
-4. partitions, biggest first (a partition with more rows answers more queries: k-means
-   cells hold the data's dense regions), until ``budget_bytes`` is spent;
-5. optionally each segment's documents (``docs.parquet``, or a by-range segment's
-   attribute columns, fields and their index: needed by queries that ``include`` text or
-   attributes, and by filters), within the same budget.
+4. within ``budget_bytes``, most useful per byte first, each taken where it still fits:
+   a by-range segment's attribute columns (``attrs.bin``: every filter, and the ids of
+   hits found without their partitions), then partitions, biggest first (a partition
+   with more rows answers more queries: k-means cells hold the data's dense regions;
+   counted at their decoded size, which is what the reader holds), then ``bm25.bin``
+   (every BM25 and hybrid query's dictionary blocks and postings), then ``rows.bin``
+   (where each row's record is: fields of hits);
+5. optionally (``include_docs``) the rest of each segment's documents, within the same
+   budget: ``ids.bin`` (``GET`` by id) and ``fields.bin`` (texts and attributes of hits),
+   or an older segment's ``docs.parquet``.
 
-Everything goes through the same reader calls as queries, so both the store's byte cache
-(and its disk tier) and the reader's decoded objects are filled. Warming is only a hint:
-it never changes what a query answers.
+Partitions go through the same reader calls as queries (decoded and memoised); whole files
+into the store's byte cache (and its disk tier), from which every ranged read of them is
+then served. So a warmed worker whose budget held it all reads nothing but the newest
+manifest's probe. Warming is only a hint: it never changes what a query answers.
 """
 
 from __future__ import annotations
@@ -41,6 +47,8 @@ class WarmResult:
     partitions_total: int = 0
     partition_bytes: int = 0
     docs_bytes: int = 0
+    bm25_bytes: int = 0
+    column_bytes: int = 0
     embedder: str | None = None
     seconds: float = 0.0
     skipped: list[str] = field(default_factory=list)
@@ -87,34 +95,23 @@ def warm(
     result.wal_objects = len(manifest.wal)
     result.centroid_bytes = sum(layout.stored_bytes() for _, layout in metas)
 
-    # Biggest partitions first, across all segments.
-    wanted = sorted(
-        ((layout.rows_in(p), seg, layout, p) for seg, layout in metas for p in range(layout.nlist)),
-        key=lambda t: -t[0],
-    )
-    result.partitions_total = sum(1 for rows, *_ in wanted if rows > 0)
     budget = budget_bytes
-    chosen: dict[str, tuple[Any, Any, list[int]]] = {}
-    for rows, seg, layout, p in wanted:
-        size = layout.byte_range(p)[1]
-        if rows == 0 or size > budget:
-            continue
-        budget -= size
-        result.partitions += 1
-        result.partition_bytes += size
-        chosen.setdefault(seg.id, (seg, layout, []))[2].append(p)
-    for seg, layout, parts in chosen.values():
-        reader.partitions(ns, seg, layout, parts)
-
+    # Attribute columns first: small, and every filter reads them.
+    budget = _take_files(reader, ns, metas, ("attrs.bin",), budget, result, "column_bytes")
+    budget = _take_partitions(reader, ns, metas, budget, result)
+    budget = _take_files(reader, ns, metas, ("bm25.bin",), budget, result, "bm25_bytes")
+    budget = _take_files(reader, ns, metas, ("rows.bin",), budget, result)
     if include_docs:
-        for seg, _ in metas:
-            size = _docs_bytes(reader, ns, seg)
+        whole = [(seg, layout) for seg, layout in metas if layout.docs is None]
+        for seg, _ in whole:
+            size = _size(reader, ns, seg, "docs.parquet")
             if size is None or size > budget:
                 result.skipped.append(f"docs of segment {seg.id} (over budget)")
                 continue
             budget -= size
-            _fetch_docs(reader, ns, seg)
+            reader.docs(ns, seg)
             result.docs_bytes += size
+        budget = _take_files(reader, ns, metas, ("ids.bin", "fields.bin"), budget, result)
 
     if loader is not None:
         loader.join()
@@ -130,18 +127,56 @@ def _load_embedder(name: str, settings, result: WarmResult) -> None:
         result.skipped.append(f"embedder {name}: {exc}")
 
 
-_BY_RANGE = ("attrs.bin", "rows.bin", "fields.bin")
+def _decoded_bytes(layout, p: int) -> int:
+    """What partition ``p`` takes once decoded: its stored bytes with the vectors widened
+    to float32, since the reader holds it so (an int8 partition's vectors take 4x)."""
+    itemsize = segment._STORED[layout.vector_dtype].itemsize
+    return layout.byte_range(p)[1] + layout.rows_in(p) * layout.dims * (4 - itemsize)
 
 
-def _docs_bytes(reader, ns: str, seg) -> int | None:
-    names = _BY_RANGE if reader.by_range(ns, seg) is not None else ("docs.parquet",)
-    infos = [reader.store.head(segment.file_key(ns, seg.id, name)) for name in names]
-    return None if None in infos else sum(info.size for info in infos)
+def _take_partitions(reader, ns: str, metas, budget: int, result: WarmResult) -> int:
+    """Partitions, biggest first across all segments, each where it still fits."""
+    wanted = sorted(
+        ((layout.rows_in(p), seg, layout, p) for seg, layout in metas for p in range(layout.nlist)),
+        key=lambda t: -t[0],
+    )
+    result.partitions_total = sum(1 for rows, *_ in wanted if rows > 0)
+    chosen: dict[str, tuple[Any, Any, list[int]]] = {}
+    for rows, seg, layout, p in wanted:
+        size = _decoded_bytes(layout, p)
+        if rows == 0 or size > budget:
+            continue
+        budget -= size
+        result.partitions += 1
+        result.partition_bytes += layout.byte_range(p)[1]
+        chosen.setdefault(seg.id, (seg, layout, []))[2].append(p)
+    for seg, layout, parts in chosen.values():
+        reader.partitions(ns, seg, layout, parts)
+    return budget
 
 
-def _fetch_docs(reader, ns: str, seg) -> None:
-    """Into the byte cache: a by-range segment's ranged reads are then served from it."""
-    if reader.by_range(ns, seg) is None:
-        reader.docs(ns, seg)
-        return
-    list(reader.pool.map(lambda name: reader.store.get(segment.file_key(ns, seg.id, name)), _BY_RANGE))
+def _size(reader, ns: str, seg, name: str) -> int | None:
+    info = reader.store.head(segment.file_key(ns, seg.id, name))
+    return None if info is None else info.size
+
+
+def _take_files(reader, ns: str, metas, names: tuple[str, ...], budget: int, result: WarmResult,
+                counter: str = "docs_bytes") -> int:
+    """Whole files ``names`` of each by-range segment into the byte cache (in parallel),
+    each where it still fits in ``budget``; returns what is left of it."""
+    wanted = []
+    for seg, layout in metas:
+        if layout.docs is None and names != ("bm25.bin",):  # an older segment has no by-range files
+            continue
+        for name in names:
+            size = _size(reader, ns, seg, name)
+            if size is None:
+                continue
+            if size > budget:
+                result.skipped.append(f"{name} of segment {seg.id} (over budget)")
+                continue
+            budget -= size
+            setattr(result, counter, getattr(result, counter) + size)
+            wanted.append(segment.file_key(ns, seg.id, name))
+    list(reader.pool.map(reader.store.get, wanted))
+    return budget

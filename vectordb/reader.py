@@ -79,6 +79,8 @@ class NamespaceReader:
         self.tails = TailReader(store, fetch_threads, memo_bytes)
         self.documents = DocsReader(store, self._pool, memo_bytes)  # by-range segments' documents
         self.tail_doc_ids = TailDocIds(memo_bytes // 8)
+        # The vectors and ids of the rows a selective filter keeps (query.exact_filter).
+        self._matched = Memo(1 << 12, memo_bytes // 2, lambda matched: matched.nbytes)
 
     @property
     def pool(self) -> Executor:
@@ -217,29 +219,37 @@ class NamespaceReader:
         if layout.docs is not None:
             self.documents.prefetch_entries(segment.file_key(ns, seg.id, ""), layout.part_rows, parts)
 
-    def rows_for_search(self, ns: str, seg: SegmentRef, layout: Layout, rows, with_entries: bool = False
-                        ) -> tuple[np.ndarray, list[str], np.ndarray | None]:
-        """The vectors and ids of segment ``rows`` without their partitions (and, by range
-        with ``with_entries``, their ``rows.bin`` entries), fetched in one round of parallel
-        GETs: each row's vector, and the ids of the partitions that hold them (memoised)."""
+    def rows_for_search(self, ns: str, seg: SegmentRef, layout: Layout, rows, with_entries: bool = False,
+                        with_ids: bool = True) -> tuple[np.ndarray, list[str] | None, np.ndarray | None]:
+        """The vectors of segment ``rows`` without their partitions, and (``with_ids``) their
+        ids (by range: from the ``$id`` column of the partitions that hold them, memoised),
+        and (by range, ``with_entries``) their ``rows.bin`` entries: one round of parallel
+        GETs."""
         rows = np.asarray(rows, np.int64)
         vkey = segment.file_key(ns, seg.id, "vectors.bin")
         if layout.docs is None:
-            ids = self.ids(ns, seg)
+            ids = self.ids(ns, seg) if with_ids else None
             vectors = row_vectors.fetch(self.store, self.pool, vkey, layout, rows)
-            return vectors, [ids[r] for r in rows.tolist()], None
+            return vectors, [ids[r] for r in rows.tolist()] if ids is not None else None, None
         base, docs = segment.file_key(ns, seg.id, ""), layout.docs
-        groups = np.unique(np.searchsorted(layout.part_rows, rows, side="right") - 1).tolist()
         akey, ekey = segment.file_key(ns, seg.id, "attrs.bin"), segment.file_key(ns, seg.id, "rows.bin")
-        wanted = {vkey: (row_vectors.ranges(layout, rows), row_vectors.gap(layout)),
-                  akey: (self.documents.id_ranges(base, docs, groups), -1)}
+        wanted = {vkey: (row_vectors.plan(layout, rows), -1)}
+        if with_ids:
+            groups = np.unique(np.searchsorted(layout.part_rows, rows, side="right") - 1).tolist()
+            wanted[akey] = (self.documents.id_ranges(base, docs, groups), -1)
         if with_entries:
             wanted[ekey] = (self.documents.entry_ranges(rows), ENTRY_GAP)
         spans = ranged_reads.fetch_many(self.store, self.pool, wanted)
         vectors = row_vectors.decode(spans[vkey], layout, rows)
-        ids = self.documents.ids_of_rows(base, docs, layout.part_rows, rows, spans[akey])
+        ids = self.documents.ids_of_rows(base, docs, layout.part_rows, rows, spans[akey]) if with_ids else None
         entries = self.documents.entries(base, layout.part_rows, rows, spans[ekey]) if with_entries else None
         return vectors, ids, entries
+
+    def matched_rows(self, key: tuple, make):
+        """The rows a selective filter keeps, with their vectors (query.exact_filter),
+        memoised under ``key`` (a segment, its tombstones, the filter): ``make()`` when not
+        held."""
+        return self._matched.get(key, make)
 
     def prefetch_filter(self, ns: str, seg: SegmentRef, filt: Filter) -> None:
         """Start fetching the footers of the columns ``filt`` names (a by-range segment's
@@ -389,26 +399,42 @@ class NamespaceReader:
 
     def partition_live(self, ns: str, seg: SegmentRef, p: int, part: Partition, tail: Tail) -> np.ndarray | None:
         """Rows of partition ``p`` that are neither tombstoned nor overridden by ``tail``;
-        None: all of them. Reads nothing beyond the partition itself."""
+        None: all of them. Reads nothing beyond the partition itself; where the tombstone
+        list has the dead rows and the tail overrides none of the segment's, it decodes
+        none of the partition's ids either (~1 ms a partition, which a warm query paid
+        for every partition it met first)."""
         dead = self.tombstones(ns, seg)
         if not dead and not tail.touched:
             return None
         key = (segment.file_key(ns, seg.id, "vectors.bin"), p)
+        dead_rows = self.dead_rows(ns, seg)
+        if dead_rows is not None:
+            layout = self.layout(ns, seg)
+            lo, n = int(layout.part_rows[p]), layout.rows_in(p)
+            dead_rows = dead_rows[(dead_rows >= lo) & (dead_rows < lo + n)] - lo
         return self._live(("plive", *key, seg.tombstones_key), dead, tail,
-                          lambda: self._lookups.get(("partition", *key), lambda: RowLookup(part.ids)))
+                          lambda: self._lookups.get(("partition", *key), lambda: RowLookup(part.ids)), dead_rows,
+                          len(part.vectors))
 
-    def _live(self, key: tuple, dead: frozenset[str], tail: Tail, lookup, dead_rows: np.ndarray | None = None
-              ) -> np.ndarray:
+    def _live(self, key: tuple, dead: frozenset[str], tail: Tail, lookup, dead_rows: np.ndarray | None = None,
+              n: int | None = None) -> np.ndarray:
         """The live mask of rows ``lookup()`` finds, memoised under ``key`` + the tail.
 
         Derived from the mask of the nearest ancestor of ``tail`` that has one, clearing
         the rows of the ids touched since (the usual case beside a writer: cost follows
         the new writes); else made from scratch, a search per row in C and Python only for
         dead rows. ``dead_rows``: the rows of ``dead``, when the tombstone list has them
-        (then they are not looked up)."""
+        (then they are not looked up); ``n``: how many rows (else ``len(lookup())``).
+        ``lookup`` is called only where ids must be found."""
 
         def make() -> np.ndarray:
-            rows = lookup()
+            found = []
+
+            def rows():
+                if not found:
+                    found.append(lookup())
+                return found[0]
+
             added: set[str] = set()
             version = tail
             for _ in range(_MAX_DERIVE_STEPS):
@@ -418,7 +444,7 @@ class NamespaceReader:
                 added |= step.added
                 previous = self._masks.peek((*key, parent.serial))
                 if previous is not None:
-                    changed = rows.rows(added)
+                    changed = rows().rows(added) if added else np.zeros(0, np.int64)
                     if not len(changed):
                         return previous  # shared: masks are read-only once made
                     mask = previous.copy()
@@ -427,13 +453,13 @@ class NamespaceReader:
                 if len(added) > _MAX_DERIVE_IDS:
                     break
                 version = parent
-            mask = np.ones(len(rows), bool)
+            mask = np.ones(n if n is not None else len(rows()), bool)
             if dead_rows is not None:
                 mask[dead_rows] = False
             elif dead:
-                mask[_rows_of(rows, dead, lambda: self._masks.get(("dead-hashes", key[-1]), lambda: hash_set(dead)))] = False
+                mask[_rows_of(rows(), dead, lambda: self._masks.get(("dead-hashes", key[-1]), lambda: hash_set(dead)))] = False
             if tail.touched:
-                mask[_rows_of(rows, tail.touched, lambda: tail.touched_hashes)] = False
+                mask[_rows_of(rows(), tail.touched, lambda: tail.touched_hashes)] = False
             return _frozen(mask)
 
         return self._masks.get((*key, tail.serial), make)
