@@ -25,12 +25,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import gc
 import json
 import statistics
 import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -234,6 +236,8 @@ def cold_then_warm(read_store, ns: str, run, warm_count: int, trace: bool = Fals
         times.append((time.perf_counter() - started) * 1000)
     times.sort()
     worker.close()
+    del worker
+    gc.collect()  # the worker's cache goes now, not at some later collection: RSS is measured
     return {
         "cold_ms": round(elapsed * 1000, 1),
         "cold_mb": round(requests["bytes"] / 1e6, 3),
@@ -243,6 +247,53 @@ def cold_then_warm(read_store, ns: str, run, warm_count: int, trace: bool = Fals
         "warm_p99_ms": round(times[int(0.99 * (len(times) - 1))], 2) if times else None,
         **(compact_trace(requests["trace"]) if trace else {}),
     }, answers
+
+
+def warmed_then_queried(read_store, ns: str, runs: dict, warm_count: int, cache_bytes: int = 4 * 1024**3,
+                        **over) -> tuple[dict, dict, dict]:
+    """Every kind of ``runs`` (key -> run) on one fresh worker after the warm hint
+    (``query.warm``, budget = its cache, documents included): what a worker that warmed on
+    scale-up answers. Per kind: p50 / p99 of queries 1..``warm_count`` and the requests
+    they sent to the store, per query (a strong read's newest-manifest probe is one).
+    Returns (measures per kind, answers per kind, the warm hint's result)."""
+    from query.warm import warm
+
+    counting = CountingStore(read_store)
+    worker = Service(settings(**over), store=CachedStore(counting, cache_bytes))
+    rss_before = rss_mb()
+    started = time.perf_counter()
+    hint = warm(worker, ns, budget_bytes=cache_bytes, include_docs=True, load_embedder=False)
+    hint["wall_s"] = round(time.perf_counter() - started, 2)
+    hint["requests"] = len(counting.take())
+    hint["rss_mb_before"], hint["rss_mb_after"] = rss_before, rss_mb()
+    out, answers = {}, {}
+    for key, run in runs.items():
+        times, answers[key] = [], []
+        for i in range(1, warm_count + 1):
+            started = time.perf_counter()
+            answers[key].append(run(worker, ns, i))
+            times.append((time.perf_counter() - started) * 1000)
+        times.sort()
+        requests = counting.take()
+        out[key] = {"warmed_p50_ms": round(statistics.median(times), 2) if times else None,
+                    "warmed_p99_ms": round(times[int(0.99 * (len(times) - 1))], 2) if times else None,
+                    "warmed_requests_per_query": round(len(requests) / max(1, warm_count), 2),
+                    "warmed_bytes_per_query": round(sum(r.bytes for r in requests) / max(1, warm_count)),
+                    "warmed_requests_by_file": dict(Counter(f"{r.op} {r.key.rsplit('/', 1)[-1]}"
+                                                            for r in requests).most_common(8))}
+    worker.close()
+    return out, answers, hint
+
+
+def rss_mb() -> float | None:
+    """This process's resident memory now (Linux), MB."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
 
 
 TRACE_KEPT = 200  # requests of a cold query kept whole in a result; the rest are counted
