@@ -225,7 +225,7 @@ def main() -> int:
     return 0
 
 
-def _mb(kb: int) -> str:
+def mb(kb: int) -> str:
     return f"{kb / 1024:,.0f} MB"
 
 
@@ -239,8 +239,8 @@ def report(r: dict) -> str:
         if "error" in b:
             lines.append(f"  {name}: failed: {b['error']}")
             continue
-        lines.append(f"  {name:15s} rows {b['rows']:>9,}  peak RSS {_mb(b['peak_kb']):>9s}  "
-                     f"(before the build {_mb(b['before_kb'])})  {b['seconds']:.1f} s")
+        lines.append(f"  {name:15s} rows {b['rows']:>9,}  peak RSS {mb(b['peak_kb']):>9s}  "
+                     f"(before the build {mb(b['before_kb'])})  {b['seconds']:.1f} s")
     g = r.get("grow")
     if g:
         lines.append(f"  grown by {g.get('batches', '?')} batches, {g['builds']} background builds ({g['grow_s']} s): {g['grown']}")

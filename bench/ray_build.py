@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import dataset as ds_mod  # noqa: E402
 import s3 as s3_mod  # noqa: E402
-from bounded_build import log, memory_kb, run_child, settings_for, write_wal  # noqa: E402
+from bounded_build import log, mb, memory_kb, run_child, settings_for, write_wal  # noqa: E402
 
 from api.service import Service  # noqa: E402
 from vectordb.settings import Settings  # noqa: E402
@@ -191,10 +191,6 @@ def main() -> int:
     return 0
 
 
-def _mb(kb: int) -> str:
-    return f"{kb / 1024:,.0f} MB"
-
-
 def report(r: dict) -> str:
     lines = [f"index build of {r['rows']:,} x {r['dims']} (cosine), build_memory_bytes {r['memory_bytes'] / 2**30:.2f} GiB, "
              f"{r['cpus']} cores on this machine, SeaweedFS; recall@10 of {r['queries']} queries, default nprobe"]
@@ -205,14 +201,14 @@ def report(r: dict) -> str:
     if "error" in single or "error" in ray or not single or not ray:
         return "\n".join(lines)
     lines.append(f"  {'':34s} {'wall s':>8s} {'peak RSS':>10s} {'segments':>9s} {'recall@10':>10s}")
-    lines.append(f"  {'single process':34s} {single['seconds']:8.1f} {_mb(single['peak_kb']):>10s} "
+    lines.append(f"  {'single process':34s} {single['seconds']:8.1f} {mb(single['peak_kb']):>10s} "
                  f"{single['segments']:>9d} {single['recall_at_10']:>10.4f}")
-    lines.append(f"  {'ray: driver (vectordb index --ray)':34s} {ray['seconds']:8.1f} {_mb(ray['peak_kb']):>10s} "
+    lines.append(f"  {'ray: driver (vectordb index --ray)':34s} {ray['seconds']:8.1f} {mb(ray['peak_kb']):>10s} "
                  f"{ray['segments']:>9d} {ray['recall_at_10']:>10.4f}")
     for name, node in ray["nodes"].items():
-        lines.append(f"  {'ray: ' + name + ' worker peak':34s} {'':8s} {_mb(node['worker_peak_kb']):>10s}   "
-                     f"({node['workers']} workers, their peaks summed {_mb(node['workers_sum_kb'])}; "
-                     f"with the raylet and agents {_mb(node['all_processes_sum_kb'])})")
+        lines.append(f"  {'ray: ' + name + ' worker peak':34s} {'':8s} {mb(node['worker_peak_kb']):>10s}   "
+                     f"({node['workers']} workers, their peaks summed {mb(node['workers_sum_kb'])}; "
+                     f"with the raylet and agents {mb(node['all_processes_sum_kb'])})")
     busiest = max(node["worker_peak_kb"] for node in ray["nodes"].values())
     lines.append(f"  ratios ray / single: wall {ray['seconds'] / single['seconds']:.2f}, "
                  f"busiest node's worker peak RSS {busiest / single['peak_kb']:.2f}, "
