@@ -417,6 +417,7 @@ class WarmResponse(BaseModel):
     docs_bytes: int
     bm25_bytes: int = Field(0, description="BM25 files (bm25.bin) fetched whole.")
     column_bytes: int = Field(0, description="Attribute column files (attrs.bin) fetched whole.")
+    id_bytes: int = Field(0, description="Ids decoded from them and held (the $id column).")
     embedder: str | None
     seconds: float
     skipped: list[str] = Field(description="What was not fetched, and why.")

@@ -8,10 +8,11 @@ A worker that has just started (or a router that expects traffic for a namespace
 3. every segment's ``ivf.bin`` (centroids and partition offsets) and tombstones, and
    the write-ahead-log tail;
 4. within ``budget_bytes``, most useful per byte first, each taken where it still fits:
-   a by-range segment's attribute columns (``attrs.bin``: every filter, and the ids of
-   hits found without their partitions), then partitions, biggest first (a partition
-   with more rows answers more queries: k-means cells hold the data's dense regions;
-   counted at their decoded size, which is what the reader holds), then ``bm25.bin``
+   a by-range segment's attribute columns (``attrs.bin``: every filter), then partitions,
+   biggest first (a partition with more rows answers more queries: k-means cells hold the
+   data's dense regions; counted at their decoded size, which is what the reader holds),
+   then the ids decoded from ``attrs.bin`` (the ids of hits found without their
+   partitions: BM25, a filter's exact path), then ``bm25.bin``
    (every BM25 and hybrid query's dictionary blocks and postings), then ``rows.bin``
    (where each row's record is: fields of hits);
 5. optionally (``include_docs``) the rest of each segment's documents, within the same
@@ -49,6 +50,7 @@ class WarmResult:
     docs_bytes: int = 0
     bm25_bytes: int = 0
     column_bytes: int = 0
+    id_bytes: int = 0
     embedder: str | None = None
     seconds: float = 0.0
     skipped: list[str] = field(default_factory=list)
@@ -99,6 +101,7 @@ def warm(
     # Attribute columns first: small, and every filter reads them.
     budget = _take_files(reader, ns, metas, ("attrs.bin",), budget, result, "column_bytes")
     budget = _take_partitions(reader, ns, metas, budget, result)
+    budget = _take_ids(reader, ns, metas, budget, result)
     budget = _take_files(reader, ns, metas, ("bm25.bin",), budget, result, "bm25_bytes")
     budget = _take_files(reader, ns, metas, ("rows.bin",), budget, result)
     if include_docs:
@@ -158,6 +161,28 @@ def _take_partitions(reader, ns: str, metas, budget: int, result: WarmResult) ->
 def _size(reader, ns: str, seg, name: str) -> int | None:
     info = reader.store.head(segment.file_key(ns, seg.id, name))
     return None if info is None else info.size
+
+
+def _take_ids(reader, ns: str, metas, budget: int, result: WarmResult) -> int:
+    """Each by-range segment's ids (its ``$id`` column, decoded per partition), from the
+    ``attrs.bin`` just fetched, where the budget still holds them: every query that returns
+    hits found without their partitions (BM25, a filter's exact path) names them by these."""
+    from vectordb.attr_columns import ID_COLUMN
+
+    for seg, layout in metas:
+        if layout.docs is None:
+            continue
+        base = segment.file_key(ns, seg.id, "")
+        metadata = reader.documents.footers(base, layout.docs, [ID_COLUMN])[ID_COLUMN].metadata
+        estimate = sum(metadata.row_group(g).column(0).total_uncompressed_size for g in range(metadata.num_row_groups))
+        if estimate > budget:
+            result.skipped.append(f"ids of segment {seg.id} (over budget)")
+            continue
+        ids = reader.documents.group_ids(base, layout.docs, range(layout.nlist))
+        size = sum(group.nbytes for group in ids.values())
+        budget -= size
+        result.id_bytes += size
+    return budget
 
 
 def _take_files(reader, ns: str, metas, names: tuple[str, ...], budget: int, result: WarmResult,

@@ -57,7 +57,9 @@ class DocsReader:
         self._entries = Memo(1 << 16, memo_bytes // 8, lambda e: e.nbytes)  # rows.bin per partition
         self._records = Memo(1 << 20, memo_bytes // 8, lambda r: r.nbytes)
         self._ids = Memo(64, memo_bytes // 4, lambda ids: 80 * len(ids))
-        self._group_ids = Memo(1 << 20, memo_bytes // 4, lambda ids: 80 * len(ids))  # $id per row group
+        # $id per row group, as Arrow string arrays: ~20 bytes an id where a list of str took ~80,
+        # so a warmed 1M-row segment's ids all fit (query.warm decodes them up front).
+        self._group_ids = Memo(1 << 20, memo_bytes // 4, lambda ids: ids.nbytes + 64)
 
     # --- attributes ------------------------------------------------------------------------
     def footers(self, base: str, docs: DocsLayout, names: Sequence[str]) -> dict[str, ColumnFooter]:
@@ -142,9 +144,9 @@ class DocsReader:
         return self.column_ranges(base, docs, [ID_COLUMN], missing) if missing else []
 
     def group_ids(self, base: str, docs: DocsLayout, groups: Sequence[int],
-                  spans: ranged_reads.Spans | None = None) -> dict[int, list[str]]:
-        """The ids of each of row groups (partitions) ``groups``, memoised per group: from
-        ``spans`` holding their :meth:`id_ranges`, or fetched."""
+                  spans: ranged_reads.Spans | None = None) -> dict:
+        """The ids of each of row groups (partitions) ``groups`` (a pyarrow string array
+        each), memoised per group: from ``spans`` holding their :meth:`id_ranges`, or fetched."""
         key = _key(base, "attrs.bin")
         groups = [int(g) for g in groups]
         found = dict(zip(groups, self._group_ids.peek_many([(key, g) for g in groups])))
@@ -154,7 +156,7 @@ class DocsReader:
             sizes = [self.footers(base, docs, [ID_COLUMN])[ID_COLUMN].metadata.row_group(g).num_rows for g in missing]
             at = 0
             for g, size in zip(missing, sizes):
-                ids = column.slice(at, size).to_pylist()
+                ids = column.slice(at, size).combine_chunks()  # its own buffers: the column is let go
                 at += size
                 found[g] = self._group_ids.get((key, g), lambda ids=ids: ids)
         return found
@@ -165,7 +167,12 @@ class DocsReader:
         rows = np.asarray(rows, np.int64)
         parts = np.searchsorted(part_rows, rows, side="right") - 1
         ids = self.group_ids(base, docs, np.unique(parts).tolist(), spans)
-        return [ids[p][r - int(part_rows[p])] for r, p in zip(rows.tolist(), parts.tolist())]
+        out: list = [None] * len(rows)
+        for p in np.unique(parts).tolist():
+            at = np.flatnonzero(parts == p)
+            for i, doc_id in zip(at.tolist(), ids[p].take(rows[at] - int(part_rows[p])).to_pylist()):
+                out[i] = doc_id
+        return out
 
     # --- fields ----------------------------------------------------------------------------
     def prefetch_entries(self, base: str, part_rows: np.ndarray, parts: Collection[int]) -> None:
