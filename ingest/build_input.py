@@ -4,7 +4,7 @@ A build must not hold the namespace in memory (:mod:`vectordb.segment_writer`), 
 input is a :class:`~vectordb.segment_writer.RowSource`:
 
 * :class:`WalTail` folds the manifest's WAL objects without holding their rows: a first
-  pass reads each object's ``id`` and ``op`` columns only (by range, :class:`RangedFile`)
+  pass reads each object's ``id`` and ``op`` columns only (by range, :func:`_parquet`)
   and keeps, per id, where its last operation is (an int); a second pass reads each object
   again a row group at a time and yields its rows whose last operation is that upsert. Rows come in the order :func:`vectordb.tail.fold` gives
   (by the position of the id's last operation), so the segment is the one an in-memory
@@ -19,7 +19,6 @@ input is a :class:`~vectordb.segment_writer.RowSource`:
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -27,7 +26,7 @@ import numpy as np
 
 from storage.base import ObjectStore
 from storage.errors import ObjectNotFound
-from vectordb import doc_fields, segment, wal
+from vectordb import doc_fields, ranged_reads, segment, wal
 from vectordb.manifest import Manifest, SegmentRef
 from vectordb.reader import NamespaceReader
 from vectordb.rows import RowBatch
@@ -190,45 +189,15 @@ class Chained:
             yield from source.chunks(rows)
 
 
-class RangedFile(io.RawIOBase):
-    """An object read by ranges as a seekable file: Parquet reads its footer, then only the
-    column chunks asked for, never the whole object (a WAL merge's can hold a whole tail)."""
-
-    def __init__(self, store: ObjectStore, key: str) -> None:
-        info = store.head(key)
-        if info is None:
-            raise ObjectNotFound(f"no object {key!r}")
-        self.store, self.key, self.size, self.at = store, key, info.size, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self.at
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        self.at = {io.SEEK_SET: 0, io.SEEK_CUR: self.at, io.SEEK_END: self.size}[whence] + offset
-        return self.at
-
-    def read(self, n: int = -1) -> bytes:
-        n = self.size - self.at if n is None or n < 0 else min(n, self.size - self.at)
-        data = self.store.get_range(self.key, self.at, n) if n > 0 else b""
-        self.at += len(data)
-        return data
-
-    def readinto(self, buffer) -> int:
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
-
-
 def _parquet(store: ObjectStore, key: str):
+    """A WAL object as a Parquet file read by ranges: its footer, then only the column chunks
+    asked for, never the whole object (a WAL merge's can hold a whole tail)."""
     import pyarrow.parquet as pq
 
-    return pq.ParquetFile(RangedFile(store, key))
+    info = store.head(key)
+    if info is None:
+        raise ObjectNotFound(f"no object {key!r}")
+    return pq.ParquetFile(ranged_reads.SpanFile(store, key, info.size, ranged_reads.Spans({})))
 
 
 def _rows(record, dims: int) -> RowBatch:
