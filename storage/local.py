@@ -80,7 +80,14 @@ class LocalStore:
 
     def put(self, key: str, data: bytes) -> None:
         path = self._path(key)
-        tmp = self._write_temp(path, data)
+        self._publish(key, self._write_temp(path, data), path)
+
+    def put_file(self, key: str, path: str | os.PathLike[str]) -> None:
+        target = self._path(key)
+        self._publish(key, self._write_temp(target, None, Path(path)), target)
+
+    def _publish(self, key: str, tmp: Path, path: Path) -> None:
+        """Move the written ``tmp`` to ``path`` (replacing what is there), durably."""
         try:
             os.replace(tmp, path)
         except IsADirectoryError:
@@ -88,17 +95,6 @@ class LocalStore:
         finally:
             tmp.unlink(missing_ok=True)  # gone already, unless the replace failed
         _fsync_dir(path.parent)
-
-    def put_file(self, key: str, path: str | os.PathLike[str]) -> None:
-        target = self._path(key)
-        tmp = self._write_temp(target, None, Path(path))
-        try:
-            os.replace(tmp, target)
-        except IsADirectoryError:
-            raise InvalidKey(f"object key {key!r} is already a prefix of other objects") from None
-        finally:
-            tmp.unlink(missing_ok=True)
-        _fsync_dir(target.parent)
 
     def put_if_absent(self, key: str, data: bytes) -> None:
         path = self._path(key)
