@@ -8,13 +8,16 @@ Light on purpose: the remote client imports this and nothing heavy.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 
 class _Json:
     def to_json(self) -> dict:
-        return asdict(self)
+        # Field by field, not asdict's deep copy: a document may carry its vector, and the
+        # server renders every page of a listing through here. (Page and QueryResult, the
+        # ones holding other results, say how they render.)
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
     @classmethod
     def from_json(cls, data: dict):
@@ -97,7 +100,7 @@ class Page(_Json):
     version: int
 
     def to_json(self) -> dict:
-        return {"documents": [asdict(d) for d in self.documents], "cursor": self.cursor, "version": self.version}
+        return {"documents": [d.to_json() for d in self.documents], "cursor": self.cursor, "version": self.version}
 
     @classmethod
     def from_json(cls, data: dict) -> Page:
