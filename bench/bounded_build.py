@@ -10,12 +10,16 @@ On SeaweedFS (started here unless ``--s3`` names an endpoint), with the MiniLM-l
    would, upload and commit included) with ``build_memory_bytes`` = ``--memory``: its
    peak RSS (VmHWM), RSS before the build (imports done), build seconds. Beside it, in another child, the build as it was
    before issue 13 (the tree at ``git HEAD``, its ``Indexer._build``: fold the tail, build
-   the segment in memory, no upload) on the same WAL, unless ``--old-rows 0``.
+   the segment in memory, no upload) on the same WAL, unless ``--old-rows 0``. ``--rows 0``
+   skips this phase.
 2. **grow**: ``--grow-rows`` rows in ``--batches`` successive batches, with the background
    builder's policy after each (a build once the tail passes ``index_threshold_rows``,
    tiered merges, no manual compaction); then warm
    p50 and recall@10 of 1,000 queries (eventual reads, in-process, after a warm-up pass);
-   then the same rows compacted (``index(compact=True)``) and the same measures.
+   then the same rows compacted (``index(compact=True)``) and the same measures. Each state
+   also gets a cold query: a fresh Service (empty cache, FAISS already imported) per query,
+   connect -> answer, and the requests, bytes and sequential round trips that reached the
+   store (``counting.py``); the median of 3.
 """
 
 from __future__ import annotations
@@ -38,8 +42,10 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import dataset as ds_mod  # noqa: E402
 import s3 as s3_mod  # noqa: E402
+from counting import CountingStore, describe_requests  # noqa: E402
 
 from api.service import Service  # noqa: E402
+from storage import CachedStore, open_raw_store  # noqa: E402
 from vectordb.settings import Settings  # noqa: E402
 
 NS = "bounded"
@@ -146,6 +152,24 @@ def query_measures(svc: Service, ns: str, data: ds_mod.Dataset, n: int) -> dict:
             "recall_at_10": round(ds_mod.recall_at_k(found, data.gt[:n]), 4)}
 
 
+def cold_measures(settings: Settings, ns: str, data: ds_mod.Dataset, colds: int = 3) -> dict:
+    """Fresh Services (empty caches), one query each: connect -> answer and what reached the
+    store (requests, bytes, sequential round trips); the run with the median time."""
+    runs = []
+    for i in range(colds):
+        started = time.perf_counter()
+        counting = CountingStore(open_raw_store(settings))
+        svc = Service(settings, store=CachedStore(counting, settings.cache_bytes))
+        counting.take()
+        svc.query(ns, vector=data.queries[-1 - i].tolist(), top_k=10, consistency="eventual")
+        elapsed = time.perf_counter() - started
+        seen = describe_requests(counting.take())
+        runs.append({"connect_answer_ms": round(elapsed * 1000, 1), "requests": seen["requests"],
+                     "bytes": seen["bytes"], "round_trips": seen["round_trips"]})
+        svc.close()
+    return sorted(runs, key=lambda run: run["connect_answer_ms"])[len(runs) // 2]
+
+
 def grow(endpoint: str, prefix: str, data: ds_mod.Dataset, rows: int, batches: int, queries: int) -> dict:
     settings = settings_for(endpoint, prefix)
     svc = Service(settings)
@@ -163,19 +187,47 @@ def grow(endpoint: str, prefix: str, data: ds_mod.Dataset, rows: int, batches: i
             builds += 1
     out = {"grow_s": round(time.perf_counter() - started, 1), "builds": builds}
     out["grown"] = query_measures(svc, NS, data, queries)
+    out["grown_cold"] = cold_measures(settings, NS, data)
     started = time.perf_counter()
     svc.index(NS, compact=True)
     out["compact_s"] = round(time.perf_counter() - started, 1)
     out["compacted"] = query_measures(svc, NS, data, queries)
+    out["compacted_cold"] = cold_measures(settings, NS, data)
     out["batches"] = batches
     out["p50_ratio"] = round(out["grown"]["warm_p50_ms"] / out["compacted"]["warm_p50_ms"], 2)
     svc.close()
     return out
 
 
+def build_phase(args, data: ds_mod.Dataset, endpoint: str, prefix: str, workdir: Path, result: dict) -> None:
+    """``--rows`` rows as WAL objects, then the streamed build in a child process (and the
+    old in-memory build of git HEAD beside it, unless ``--old-rows 0``)."""
+    settings = settings_for(endpoint, prefix + "-build", build_memory_bytes=args.memory)
+    svc = Service(settings)
+    svc.create_namespace(NS, "none", data.base.shape[1], "cosine")
+    log(f"writing {args.rows:,} rows as WAL objects")
+    write_wal(svc, NS, data.base, 0, args.rows, 100)
+    svc.close()
+    settings_json = settings.model_dump_json()
+    old_rows = args.rows if args.old_rows is None else args.old_rows
+    if old_rows:
+        old_ns = NS if old_rows == args.rows else f"{NS}-old"
+        if old_ns != NS:
+            svc = Service(settings)
+            svc.create_namespace(old_ns, "none", data.base.shape[1], "cosine")
+            write_wal(svc, old_ns, data.base, 0, old_rows, 100)
+            svc.close()
+        log(f"old in-memory build of {old_rows:,} rows (git HEAD)")
+        tree = old_tree(workdir)
+        result["old_build"] = {"rows": old_rows, **run_child(
+            [sys.executable, "-c", _OLD_BUILD, settings_json, old_ns], tree, {"PYTHONPATH": str(tree)})}
+    log(f"streamed build of {args.rows:,} rows")
+    result["streamed_build"] = run_child([sys.executable, __file__, "--child", settings_json, NS], ROOT)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--rows", type=int, default=1_000_000, help="rows of the build phase (0: only the grow phase)")
     parser.add_argument("--memory", type=int, default=2 * 1024**3, help="build_memory_bytes of the build")
     parser.add_argument("--old-rows", type=int, default=None, help="rows for the old build (default: --rows; 0: skip)")
     parser.add_argument("--grow-rows", type=int, default=200_000)
@@ -193,27 +245,8 @@ def main() -> int:
     result: dict = {"rows": args.rows, "memory_bytes": args.memory, "cpus": os.cpu_count()}
     with s3_mod.endpoint(args.s3, workdir, log) as endpoint:
         try:
-            settings = settings_for(endpoint, prefix + "-build", build_memory_bytes=args.memory)
-            svc = Service(settings)
-            svc.create_namespace(NS, "none", data.base.shape[1], "cosine")
-            log(f"writing {args.rows:,} rows as WAL objects")
-            write_wal(svc, NS, data.base, 0, args.rows, 100)
-            svc.close()
-            settings_json = settings.model_dump_json()
-            old_rows = args.rows if args.old_rows is None else args.old_rows
-            if old_rows:
-                old_ns = NS if old_rows == args.rows else f"{NS}-old"
-                if old_ns != NS:
-                    svc = Service(settings)
-                    svc.create_namespace(old_ns, "none", data.base.shape[1], "cosine")
-                    write_wal(svc, old_ns, data.base, 0, old_rows, 100)
-                    svc.close()
-                log(f"old in-memory build of {old_rows:,} rows (git HEAD)")
-                tree = old_tree(workdir)
-                result["old_build"] = {"rows": old_rows, **run_child(
-                    [sys.executable, "-c", _OLD_BUILD, settings_json, old_ns], tree, {"PYTHONPATH": str(tree)})}
-            log(f"streamed build of {args.rows:,} rows")
-            result["streamed_build"] = run_child([sys.executable, __file__, "--child", settings_json, NS], ROOT)
+            if args.rows:
+                build_phase(args, data, endpoint, prefix, workdir, result)
             log(f"growing a namespace of {args.grow_rows:,} rows by {args.batches} batches")
             result["grow"] = grow(endpoint, prefix + "-grow", ds_mod.prepare(args.grow_rows, sanity=False), args.grow_rows,
                                   args.batches, args.queries)
@@ -246,6 +279,11 @@ def report(r: dict) -> str:
         lines.append(f"  grown by {g.get('batches', '?')} batches, {g['builds']} background builds ({g['grow_s']} s): {g['grown']}")
         lines.append(f"  compacted ({g['compact_s']} s): {g['compacted']}")
         lines.append(f"  warm p50 grown / compacted: {g['p50_ratio']}")
+        for name in ("grown_cold", "compacted_cold"):
+            if name in g:
+                c = g[name]
+                lines.append(f"  {name}: fresh process connect -> answer {c['connect_answer_ms']} ms, "
+                             f"{c['round_trips']} sequential round trips, {c['requests']} requests, {c['bytes']:,} bytes")
     return "\n".join(lines)
 
 
