@@ -17,8 +17,9 @@ the MiniLM-like set of ``bench/dataset.py`` (cosine):
    the node's raylet started, sampled every 0.1 s while the build runs); recall@10 as in 2.
 
 The machine's cores are shared by both nodes, so the Ray build's wall time shows what
-sharding costs or saves in work (two half-size segments train and assign against half
-the centroids each), not what a cluster of separate machines would add in parallelism.
+sharding costs or saves in work (one k-means on the single build's sample, on one node;
+each half-size segment assigned against all the centroids), not what a cluster of
+separate machines would add in parallelism.
 """
 
 from __future__ import annotations
@@ -124,7 +125,7 @@ class NodeMemory:
 
 
 def _is_worker(title: str) -> bool:
-    """A Ray worker process (``ray::IDLE``, ``ray::_build_shard``), not the raylet or an agent."""
+    """A Ray worker process (``ray::IDLE``, a shard's actor ``ray::Shard``), not the raylet or an agent."""
     return title.startswith("ray::") and not any(word in title for word in ("Agent", "Dashboard", "RuntimeEnv"))
 
 

@@ -1,21 +1,35 @@
-"""Index builds and compactions as Ray tasks across a cluster (``ray_address``).
+"""Index builds and compactions as Ray actors across a cluster (``ray_address``).
 
 The driver (the process running :meth:`ingest.indexer.Indexer.index`: ``vectordb index
 NS --ray ADDRESS``, or an ingest worker's background builder) plans as a single-process
 build does: the same merge plan, the same first pass over the WAL (which row of which
 object survives the fold, ~100 bytes per distinct id), the same tombstone lists for the
 segments that stay. It reads and writes no rows itself. It cuts the rows to build into
-shards (:func:`cut`) and starts one task per shard (:func:`_build_shard`, one CPU each,
-spread over the nodes): the task opens the store from the settings (so tasks need no
-driver object, and a ``memory://`` store cannot be used), reads its rows (surviving rows
-of WAL objects, partition ranges of merged segments minus their dead rows), builds a
-segment with the streamed builder (:mod:`vectordb.segment_writer`: its own k-means on its
-own rows, in ``build_memory_bytes`` on its node's ``build_temp_dir``) and uploads the
-files under the build's key version. So training, assignment and partition writing run
-in parallel, one shard per CPU. The driver commits every new segment in one manifest
-through the indexer's own commit: the same rebase over concurrent writes, the same
-conditional create, the same re-upload (here a copy) if a garbage collection fenced past
-the key version meanwhile.
+shards (:func:`cut`) and starts one :class:`Shard` actor per shard (one CPU each, or a
+share of one where there are more shards than CPUs; spread over the nodes), which builds
+in three steps:
+
+1. **spill**: the actor opens the store from the settings (so actors need no driver
+   object, and a ``memory://`` store cannot be used), reads its rows (surviving rows of
+   WAL objects, partition ranges of merged segments minus their dead rows) into a working
+   directory on its node (:func:`vectordb.segment_writer.spill`, ``build_temp_dir``,
+   ``build_memory_bytes``) and reports their number and vector sum;
+2. **train**: the driver picks the rows a single-process build of all of them would train
+   k-means on (:func:`vectordb.ivf.training_rows`, the same memory bound), each actor
+   returns its picked rows, and the first actor trains ONE set of centroids on them (the
+   sample, ~``build_memory_bytes`` / 4, passes through Ray's object store, never the
+   driver);
+3. **finish**: every actor assigns its rows to those centroids, writes its segment and
+   uploads it under the build's key version. Each segment records the centroid set's id
+   (``ivf.bin``, :mod:`vectordb.segment`), so a query ranks a shared centroid once and
+   scans its partition in every segment (``query.vector_search._shared_probes``): the
+   union of the shards' partition ``p`` is the single-process build's partition ``p``.
+
+Assignment and partition writing run in parallel, one shard per CPU. The driver commits
+every new segment in one manifest through the indexer's own commit: the same rebase over
+concurrent writes, the same conditional create, the same re-upload (here a copy) if a
+garbage collection fenced past the key version meanwhile. A build of one shard records
+no centroid set: it shares its centroids with no other segment.
 
 Shards (:func:`shard_count`): one per CPU of the cluster, but none over
 ``segment_max_rows`` and none below the size tier the whole build would be in
@@ -24,11 +38,12 @@ merged from and be merged again at the tier's next round; this way the tiered po
 the tiers a single-process build makes, and a query's one probe budget across segments
 (``query.vector_search``) keeps the cost of several segments that of one.
 
-Crash safety is the commit protocol's: tasks upload before the driver creates the
-manifest, under key version base + 1 and fresh segment ids. A failed task cancels the
-others and fails the build; a killed driver takes its tasks with it (Ray ends a dead
-job's workers); either way no manifest references what was uploaded, and garbage
-collection deletes it once it fences past that key version.
+Crash safety is the commit protocol's: actors upload before the driver creates the
+manifest, under key version base + 1 and fresh segment ids. A failed call fails the build
+and the driver kills every actor (a killed one's working directory is removed by its
+node's next build); a killed driver takes its actors with it (Ray ends an owner's
+actors); either way no manifest references what was uploaded, and garbage collection
+deletes it once it fences past that key version.
 
 ``ray`` is imported only here, on first use: query workers and clients never load it.
 """
@@ -36,13 +51,14 @@ collection deletes it once it fences past that key version.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import shutil
 import socket
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,7 +68,7 @@ import numpy as np
 from ingest import compaction
 from ingest.build_input import Chained, SegmentRows, WalRows, WalTail
 from storage.base import ObjectStore
-from vectordb import segment
+from vectordb import ivf, segment, segment_writer
 from vectordb.errors import InvalidArgument
 from vectordb.manifest import Manifest, SegmentRef
 from vectordb.namespace import NamespaceConfig
@@ -179,9 +195,9 @@ def pieces_of(reader: NamespaceReader, ns: str, tail: WalTail, merge: list[Segme
 def build(settings: Settings, reader: NamespaceReader, base: Manifest, tail: WalTail, merge: list[SegmentRef],
           touched: frozenset[str], key_version: int) -> RayBuilt:
     """Build the tail's surviving rows and ``merge``'s live rows (those not dead in the
-    segment nor ``touched`` by the tail) as segments on the Ray cluster at
-    ``settings.ray_address``, uploaded under ``key_version``. A task's error is raised
-    here (the others are cancelled first); what was uploaded is left to garbage
+    segment nor ``touched`` by the tail) as segments on one set of centroids, on the Ray
+    cluster at ``settings.ray_address``, uploaded under ``key_version``. An actor's error
+    is raised here (every actor is killed first); what was uploaded is left to garbage
     collection."""
     if settings.store_uri.startswith("memory://"):
         raise InvalidArgument("a Ray build needs a store every node can reach (file:// or s3://), not memory://")
@@ -194,13 +210,48 @@ def build(settings: Settings, reader: NamespaceReader, base: Manifest, tail: Wal
     cpus = int(ray.cluster_resources().get("CPU", 1))
     shards = cut(pieces, shard_count(rows, cpus, settings.index_threshold_rows, settings.compact_max_segments,
                                      settings.segment_max_rows))
-    task = ray.remote(num_cpus=1, scheduling_strategy="SPREAD")(_build_shard)
+    # An actor holds its CPU share while it lives, and every shard's must live until the
+    # centroids are trained: with more shards than CPUs, k to a CPU (1/k each, rounded
+    # down as Ray counts), and at most one call per CPU of the cluster runs at once.
+    share = math.floor(10_000 / math.ceil(len(shards) / cpus)) / 10_000
+    actor = ray.remote(num_cpus=share, scheduling_strategy="SPREAD")(Shard)
     # Only merged segments' rows are filtered by it: one copy in the object store, however
-    # many tasks read it (a tail of 1M ids makes it ~70 MB).
-    shared = ray.put(touched) if merge else frozenset()
-    refs = [task.remote(settings, ns, base.config, shard, shared, key_version) for shard in shards]
-    built = _gather(ray, refs)
+    # many actors read it (a tail of 1M ids makes it ~70 MB).
+    touched_ref = ray.put(touched) if merge else frozenset()
+    workers = [actor.remote(settings, ns, base.config, shard, touched_ref) for shard in shards]
+    try:
+        spilled = _gather(ray, [w.spill.remote for w in workers], cpus)
+        centroids = _train(ray, settings, base.config, workers, spilled)
+        if centroids is None:
+            return RayBuilt(ns, [], key_version)
+        finish = [functools.partial(w.finish.remote, centroids, key_version, len(workers) > 1) for w in workers]
+        built = _gather(ray, finish, cpus)
+    finally:
+        for w in workers:  # ends a failed build's other calls; their working directories are swept later
+            ray.kill(w)
     return RayBuilt(ns, [ref for ref in built if ref is not None], key_version)
+
+
+def _train(ray, settings: Settings, config: NamespaceConfig, workers: list, spilled: list[tuple[int, np.ndarray]]):
+    """The shards' one set of centroids, as an object reference (None: no rows): nlist
+    from all their rows, k-means on the rows a single-process build of them would sample
+    (:func:`vectordb.ivf.training_rows` over the rows in build order), gathered from each
+    shard and trained by the first; a one-partition build's centroid is the mean."""
+    counts = [n for n, _ in spilled]
+    n = sum(counts)
+    if n == 0:
+        return None
+    nlist = ivf.choose_nlist(n, settings.rows_per_partition, settings.flat_max_rows)
+    if nlist == 1:
+        return ray.put((sum(total for _, total in spilled) / n).astype(np.float32)[None, :])
+    cap = segment_writer.sample_cap(config.dimensions, settings.build_memory_bytes)
+    picked = ivf.training_rows(n, nlist, max_rows=cap)
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    samples = []
+    for w, lo, hi in zip(workers, starts[:-1], starts[1:]):
+        mine = None if picked is None else picked[np.searchsorted(picked, lo):np.searchsorted(picked, hi)] - lo
+        samples.append(w.sample.remote(mine))
+    return workers[0].train.remote(nlist, config.metric, *samples)
 
 
 def connect(address: str | None):
@@ -213,48 +264,84 @@ def connect(address: str | None):
     return ray
 
 
-def _gather(ray, refs: list) -> list[SegmentRef | None]:
-    """Every task's result; on the first failure the rest are cancelled and its error
-    (the task's own exception, where there is one) is raised."""
-    pending = list(refs)
+def _gather(ray, calls: list[Callable], at_once: int) -> list:
+    """The results of ``calls`` (each starts one Ray call and returns its reference), in
+    order, with at most ``at_once`` running; the first failure (the call's own exception,
+    where there is one) is raised as soon as it comes."""
+    refs = []
+    pending: list = []
     try:
-        while pending:
+        while len(refs) < len(calls) or pending:
+            while len(refs) < len(calls) and len(pending) < max(1, at_once):
+                refs.append(calls[len(refs)]())
+                pending.append(refs[-1])
             ready, pending = ray.wait(pending, num_returns=1)
             ray.get(ready)
     except ray.exceptions.RayTaskError as exc:
-        _cancel(ray, pending)
         cause = exc.cause if isinstance(exc.cause, Exception) else None
         if cause is None:
             raise
         raise cause from exc
-    except BaseException:
-        _cancel(ray, pending)
-        raise
     return ray.get(refs)
 
 
-def _cancel(ray, refs: list) -> None:
-    for ref in refs:
-        ray.cancel(ref, force=True)
+class Shard:
+    """A Ray actor (one CPU): one shard's segment, built in steps so that all shards share
+    one set of centroids. :meth:`spill` reads the shard's rows into a working directory
+    (the streamed builder's first pass, :func:`vectordb.segment_writer.spill`; the store
+    is opened from the settings, so no driver object is needed and ``memory://`` cannot
+    be used); :meth:`sample` returns the rows the driver picks for k-means, :meth:`train`
+    (one shard's) trains on every shard's sample; :meth:`finish` assigns the rows to the
+    centroids, writes the segment and uploads it."""
+
+    def __init__(self, settings: Settings, ns: str, config: NamespaceConfig, pieces: list[Piece],
+                 touched: frozenset[str]) -> None:
+        self.settings, self.ns, self.config, self.pieces, self.touched = settings, ns, config, pieces, touched
+        self.spilled: segment_writer.Spilled | None = None
+
+    def spill(self) -> tuple[int, np.ndarray]:
+        """Read the shard's live rows to disk: their number and vector sum."""
+        from storage import open_raw_store
+
+        store = open_raw_store(self.settings)
+        reader = NamespaceReader(store, fetch_threads=4)
+        try:
+            source = _source(store, reader, self.ns, self.config.dimensions, self.pieces, self.touched)
+            self.spilled = segment_writer.spill(source, self.config.metric, self.config.vector_dtype, "by_range",
+                                                self.settings.build_memory_bytes, self.settings.build_temp_dir)
+        finally:
+            reader.pool.shutdown()  # a Ray worker may run other work after: leave no threads behind
+        return self.spilled.rows, self.spilled.vector_sum
+
+    def sample(self, picked: np.ndarray | None) -> np.ndarray:
+        return self.spilled.sample(picked)
+
+    def train(self, nlist: int, metric: str, *samples: np.ndarray) -> np.ndarray:
+        return ivf.train_centroids(np.concatenate(samples), nlist, metric)
+
+    def finish(self, centroids: np.ndarray, key_version: int, shared: bool) -> SegmentRef | None:
+        """Build the segment on ``centroids`` and upload it under ``key_version``."""
+        from storage import open_raw_store
+
+        try:
+            built = self.spilled.finish(centroids, segment.new_segment_id(key_version), shared)
+        finally:
+            self.spilled.close()
+        if built is None:
+            return None
+        store = open_raw_store(self.settings)
+        try:
+            ref = SegmentRef(built.id, built.rows, built.nlist, built.bytes)
+            with ThreadPoolExecutor(_UPLOADS) as pool:
+                list(pool.map(lambda kv: store.put_file(segment.file_key(self.ns, built.id, kv[0]), kv[1]),
+                              built.files.items()))
+        finally:
+            built.close()
+        return ref
 
 
-def _build_shard(settings: Settings, ns: str, config: NamespaceConfig, pieces: list[Piece],
-                 touched: frozenset[str], key_version: int) -> SegmentRef | None:
-    """A Ray task: build one shard's segment and upload it under ``key_version``."""
-    from storage import open_raw_store
-
-    store = open_raw_store(settings)
-    reader = NamespaceReader(store, fetch_threads=4)
-    try:
-        return _build_and_upload(settings, store, reader, ns, config, pieces, touched, key_version)
-    finally:
-        reader.pool.shutdown()  # a Ray worker runs many tasks: leave no threads behind
-
-
-def _build_and_upload(settings: Settings, store: ObjectStore, reader: NamespaceReader, ns: str,
-                      config: NamespaceConfig, pieces: list[Piece], touched: frozenset[str],
-                      key_version: int) -> SegmentRef | None:
-    dims = config.dimensions
+def _source(store: ObjectStore, reader: NamespaceReader, ns: str, dims: int, pieces: list[Piece],
+            touched: frozenset[str]) -> Chained:
     sources = []
     for piece in pieces:
         if isinstance(piece, WalPiece):
@@ -262,20 +349,7 @@ def _build_and_upload(settings: Settings, store: ObjectStore, reader: NamespaceR
         else:
             dead = reader.tombstones(ns, piece.seg) | touched
             sources.append(SegmentRows(store, reader, ns, piece.seg, dead, (piece.lo, piece.hi)))
-    built = segment.build(
-        Chained(sources, dims), config.metric, settings.rows_per_partition, settings.flat_max_rows,
-        config.vector_dtype, key_version=key_version, memory_bytes=settings.build_memory_bytes,
-        temp_dir=settings.build_temp_dir,
-    )
-    if built is None:
-        return None
-    try:
-        ref = SegmentRef(built.id, built.rows, built.nlist, built.bytes)
-        with ThreadPoolExecutor(_UPLOADS) as pool:
-            list(pool.map(lambda kv: store.put_file(segment.file_key(ns, built.id, kv[0]), kv[1]), built.files.items()))
-    finally:
-        built.close()
-    return ref
+    return Chained(sources, dims)
 
 
 def _copy_segment(store: ObjectStore, ns: str, ref: SegmentRef, key_version: int) -> SegmentRef:

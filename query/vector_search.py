@@ -27,6 +27,7 @@ from query.plan import TAIL, Candidate, Context
 from vectordb import ivf
 from vectordb.manifest import SegmentRef
 from vectordb.reader import NamespaceReader
+from vectordb.segment import Layout
 
 _TIE_ROOM = exact_filter.TIE_ROOM
 
@@ -58,32 +59,40 @@ def search(
 
 
 def _shared_probes(reader: NamespaceReader, ctx: Context, q, metric, fetch: bool = True) -> dict[str, list[int]]:
-    """One probe budget for all segments: every segment's centroids ranked together, the
+    """One probe budget for all segments: every distinct centroid ranked together, the
     best ``nprobe`` partitions of the namespace (``nprobe`` as for one segment of all
     their partitions) scanned, wherever they are; a one-partition segment always. So a
     namespace in many segments scans about the rows one compacted segment would, not
-    ``nprobe`` per segment. Layouts and then the picked partitions are fetched in one
-    round of parallel reads each, however many segments there are."""
+    ``nprobe`` per segment. Segments that share one set of centroids (a Ray build's
+    shards: ``Layout.centroid_set``) count it once: its centroid ``p`` is ranked once
+    and, when picked, partition ``p`` of each of them is scanned (together they are the
+    partition one segment of all their rows would have). Layouts and then the picked
+    partitions are fetched in one round of parallel reads each, however many segments
+    there are."""
     segments = ctx.manifest.segments
     layouts = _parallel(reader, [(lambda seg=seg: reader.layout(ctx.ns, seg)) for seg in segments],
                         all(reader.has_layout(ctx.ns, seg) for seg in segments))
-    total = sum(layout.nlist for layout in layouts)
+    groups = centroid_groups(layouts)
+    total = sum(layouts[members[0]].nlist for members in groups)
     budget = min(total, ctx.nprobe or ivf.default_nprobe(total))
     owner, part, scores = [], [], []
     picked: dict[str, list[int]] = {}
-    for i, (seg, layout) in enumerate(zip(segments, layouts)):
+    for g, members in enumerate(groups):
+        layout = layouts[members[0]]
         if layout.nlist == 1:
-            picked[seg.id] = [0] if layout.rows_in(0) else []
+            for i in members:
+                picked[segments[i].id] = [0] if layouts[i].rows_in(0) else []
             continue
-        owner.append(np.full(layout.nlist, i))
+        owner.append(np.full(layout.nlist, g))
         part.append(np.arange(layout.nlist))
         scores.append(ivf.exact_scores(layout.centroids, q.reshape(-1), metric))
     if scores:
         order = np.argsort(-np.concatenate(scores), kind="stable")[:budget]
         owners, parts = np.concatenate(owner)[order], np.concatenate(part)[order]
-        for i, p in zip(owners.tolist(), parts.tolist()):
-            if layouts[i].rows_in(p):
-                picked.setdefault(segments[i].id, []).append(p)
+        for g, p in zip(owners.tolist(), parts.tolist()):
+            for i in groups[g]:
+                if layouts[i].rows_in(p):
+                    picked.setdefault(segments[i].id, []).append(p)
     if not fetch:  # a torch device holds the segments (query.gpu)
         return picked
     missing = []
@@ -98,6 +107,22 @@ def _shared_probes(reader: NamespaceReader, ctx: Context, q, metric, fetch: bool
                     for p, h in zip(parts, held) if not h]
     _parallel(reader, missing, len(missing) <= 1)
     return picked
+
+
+def centroid_groups(layouts: list[Layout]) -> list[list[int]]:
+    """The segments (indices into ``layouts``) grouped by the centroids they share, in
+    order of first appearance; a segment with centroids of its own is a group alone."""
+    groups: list[list[int]] = []
+    shared: dict[str, int] = {}
+    for i, layout in enumerate(layouts):
+        if layout.centroid_set is None:
+            groups.append([i])
+        elif layout.centroid_set in shared:
+            groups[shared[layout.centroid_set]].append(i)
+        else:
+            shared[layout.centroid_set] = len(groups)
+            groups.append([i])
+    return groups
 
 
 def _parallel(reader: NamespaceReader, calls: list, inline: bool) -> list:

@@ -12,6 +12,11 @@ A segment ``<ns>/segments/<id>/`` has these objects:
     without the two type words, float32.) A segment whose documents are laid out by
     range ends ``ivf.bin`` with a trailer (magic ``VDBDOCS2``, :mod:`vectordb.docs_format`)
     telling its readers where their first ranged reads go; without one, ``docs.parquet``.
+    A segment that shares its centroids with others (the shards of a Ray build) ends it
+    with one more trailer, magic ``VDBCSET1``, a u32 length and the 16-byte id of that
+    centroid set (a hash of the centroids): a query ranks a shared centroid once
+    (:mod:`query.vector_search`). Each trailer is magic, u32 length, body; readers skip
+    those they do not know, and a segment without this one has centroids of its own.
 ``vectors.bin``
     the partitions back to back. Partition ``p`` is one contiguous byte range: vectors
     (n × dims, float32, float16 or uint8 codes as ``ivf.bin`` says), int32 id offsets
@@ -53,6 +58,7 @@ every file.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import operator
@@ -79,6 +85,7 @@ if TYPE_CHECKING:
 
 MAGIC_V1 = b"VDBIVF01"  # float32 vectors, no type word
 MAGIC = b"VDBIVF02"
+CENTROID_SET_MAGIC = b"VDBCSET1"  # ivf.bin's trailer naming the centroid set a segment shares
 _DTYPES = ("float32", "float16", "int8")  # the type word indexes this
 _CENTROID_TYPES = ("float32", "float16")  # the centroid type word indexes this
 _STORED = {"float32": np.dtype(np.float32), "float16": np.dtype(np.float16), "int8": np.dtype(np.uint8)}
@@ -96,6 +103,7 @@ class Layout:
     part_rows: np.ndarray  # nlist + 1 row offsets
     vector_dtype: str = "float32"  # how vectors.bin stores the partitions' vectors
     docs: DocsLayout | None = None  # a by-range segment's documents (ivf.bin's trailer); None: docs.parquet
+    centroid_set: str | None = None  # the id of centroids shared with other segments; None: its own
 
     @property
     def nlist(self) -> int:
@@ -143,8 +151,30 @@ class Layout:
         at += nlist * dims * stored.itemsize
         part_bytes = np.frombuffer(data, np.int64, nlist + 1, at)
         part_rows = np.frombuffer(data, np.int64, nlist + 1, at + (nlist + 1) * 8)
-        docs = DocsLayout.from_trailer(data, at + 2 * (nlist + 1) * 8)
-        return cls(centroids, part_bytes, part_rows, vector_dtype, docs)
+        at += 2 * (nlist + 1) * 8
+        return cls(centroids, part_bytes, part_rows, vector_dtype, DocsLayout.from_trailer(data, at),
+                   _centroid_set(data, at))
+
+
+def centroid_set_id(centroids: np.ndarray) -> str:
+    """The id of a set of centroids (as stored, widened to float32): a hash of their values."""
+    return hashlib.blake2b(np.ascontiguousarray(centroids, np.float32).tobytes(), digest_size=16).hexdigest()
+
+
+def centroid_set_trailer(centroid_set: str) -> bytes:
+    """The ``ivf.bin`` trailer naming ``centroid_set``, written after any other trailer."""
+    body = bytes.fromhex(centroid_set)
+    return CENTROID_SET_MAGIC + len(body).to_bytes(4, "little") + body
+
+
+def _centroid_set(data: bytes, at: int) -> str | None:
+    """The centroid-set id among ``ivf.bin``'s trailers from ``at``; None: none there."""
+    while at + 12 <= len(data):
+        length = int.from_bytes(data[at + 8 : at + 12], "little")
+        if data[at : at + 8] == CENTROID_SET_MAGIC:
+            return bytes(data[at + 12 : at + 12 + length]).hex()
+        at += 12 + length
+    return None
 
 
 class PartitionIds(Sequence[str]):

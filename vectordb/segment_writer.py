@@ -9,7 +9,10 @@ through a working directory in four passes:
    columns they make (:class:`vectordb.attr_columns.ColumnPlan`).
 2. **train**: the number of partitions follows from the count; k-means trains on the
    rows :func:`vectordb.ivf.training_rows` picks, gathered in one read of the spill (the
-   rows an in-memory build would pick, unless the memory bound asks for fewer).
+   rows an in-memory build would pick, unless the memory bound asks for fewer). Or the
+   centroids come from the caller (:func:`spill`, then :meth:`Spilled.finish`): the
+   shards of a Ray build train one set on a sample of all their rows, and each segment
+   records its id (``ivf.bin``'s centroid-set trailer, :mod:`vectordb.segment`).
 3. **runs**: each spilled chunk is assigned to the centroids, its rows ordered by
    partition (stably) and written to ``runs.spill``: one run per chunk, each partition's
    rows of the run one contiguous piece.
@@ -112,20 +115,87 @@ def build(source: RowSource, metric: str, rows_per_partition: int, flat_max_rows
           vector_dtype: str, segment_id: str, docs: str, memory_bytes: int,
           temp_dir: str | None = None) -> BuiltSegment | None:
     """Build a segment of ``source``'s rows in a fresh working directory under ``temp_dir``
-    (the system's default: None), in about ``memory_bytes`` of memory. None if the source
-    has no rows. Callers :meth:`~BuiltSegment.close` it once uploaded; an exception
+    (the system's default: None), in about ``memory_bytes`` of memory, on centroids
+    trained on its own rows. None if the source has no rows. Callers
+    :meth:`~BuiltSegment.close` it once uploaded; an exception removes the directory."""
+    spilled = spill(source, metric, vector_dtype, docs, memory_bytes, temp_dir)
+    try:
+        if not spilled.rows:
+            return None
+        nlist = ivf.choose_nlist(spilled.rows, rows_per_partition, flat_max_rows)
+        return spilled.finish(spilled.train(nlist), segment_id)
+    finally:
+        spilled.close()  # nothing left to remove once the built segment holds the directory
+
+
+def spill(source: RowSource, metric: str, vector_dtype: str, docs: str, memory_bytes: int,
+          temp_dir: str | None = None) -> Spilled:
+    """The first pass of a build (``input.spill`` in a fresh working directory), for a
+    caller that brings its own centroids: several shards of one Ray build
+    (:mod:`ingest.ray_build`) spill their rows, train one set of centroids on a sample
+    gathered from all of them, then each :meth:`Spilled.finish` on it. An exception
     removes the directory."""
     _sweep_killed_builds(temp_dir)
     workdir = Path(tempfile.mkdtemp(prefix=f"{_WORKDIR_PREFIX}{_host()}-{os.getpid()}-", dir=temp_dir))
     try:
-        built = _Builder(source, metric, vector_dtype, docs, memory_bytes, workdir).run(
-            rows_per_partition, flat_max_rows, segment_id)
+        builder = _Builder(source, metric, vector_dtype, docs, memory_bytes, workdir)
+        builder.spill()
     except BaseException:
         shutil.rmtree(workdir, ignore_errors=True)
         raise
-    if built is None:
-        shutil.rmtree(workdir, ignore_errors=True)
-    return built
+    return Spilled(builder)
+
+
+def sample_cap(dims: int, memory_bytes: int) -> int:
+    """The most rows k-means trains on within ``memory_bytes`` (a quarter of it)."""
+    return max(1, memory_bytes // 4 // (2 * dims * 4))
+
+
+class Spilled:
+    """A build's rows in its working directory, waiting for centroids."""
+
+    def __init__(self, builder: _Builder) -> None:
+        self._builder: _Builder | None = builder
+
+    @property
+    def rows(self) -> int:
+        return self._open().n
+
+    @property
+    def vector_sum(self) -> np.ndarray:
+        """The sum of the rows' vectors (float64): a one-partition segment's centroid is the mean."""
+        return self._open().total
+
+    def sample(self, picked: np.ndarray | None) -> np.ndarray:
+        """The vectors of rows ``picked`` (ascending row numbers; None: all), float32."""
+        return self._open().sample(picked)
+
+    def train(self, nlist: int) -> np.ndarray:
+        """Centroids trained on these rows alone (as :func:`build` does)."""
+        return self._open().train(nlist)
+
+    def finish(self, centroids: np.ndarray, segment_id: str, shared: bool = False) -> BuiltSegment | None:
+        """The segment of these rows on ``centroids`` (its nlist is theirs); ``shared``:
+        other segments use the same centroids, and the layout records their id
+        (:attr:`vectordb.segment.Layout.centroid_set`) so queries rank each once. The
+        working directory then belongs to the segment. None if there are no rows."""
+        builder = self._open()
+        if not builder.n:
+            return None
+        built = builder.finish(centroids, segment_id, shared)
+        self._builder = None
+        return built
+
+    def close(self) -> None:
+        """Remove the working directory, unless :meth:`finish` handed it to the segment."""
+        if self._builder is not None:
+            shutil.rmtree(self._builder.workdir, ignore_errors=True)
+            self._builder = None
+
+    def _open(self) -> _Builder:
+        if self._builder is None:
+            raise RuntimeError("the spilled rows are gone (finished or closed)")
+        return self._builder
 
 
 _WORKDIR_PREFIX = "vectordb-build-"
@@ -171,29 +241,30 @@ class _Builder:
         self.source, self.metric, self.vector_dtype, self.docs = source, metric, vector_dtype, docs
         self.memory_bytes, self.workdir = memory_bytes, workdir
         self.dims = source.dims
+        self.chunks: list[tuple[int, int]] = []  # (byte offset, rows) of each spilled chunk
+        self.plan = attr_columns.ColumnPlan()
+        self.total = np.zeros(self.dims, np.float64)
+        self.n = 0
 
-    def run(self, rows_per_partition: int, flat_max_rows: int, segment_id: str) -> BuiltSegment | None:
+    def finish(self, centroids: np.ndarray, segment_id: str, shared: bool) -> BuiltSegment:
         from vectordb import segment
 
-        chunks, plan, mean = self._spill()
-        n = sum(rows for _, rows in chunks)
-        if n == 0:
-            return None
-        nlist = ivf.choose_nlist(n, rows_per_partition, flat_max_rows)
-        centroids = self._train(chunks, n, nlist, mean)
+        nlist = len(centroids)
         # Rows go to the centroids as stored, the ones queries will probe.
         centroids = centroids.astype(segment.centroid_type(centroids, self.vector_dtype)).astype(np.float32)
-        runs, part_rows = self._runs(chunks, centroids, nlist)
+        runs, part_rows = self._runs(self.chunks, centroids, nlist)
         (self.workdir / "input.spill").unlink()
-        files, part_bytes, described = self._write(runs, part_rows, plan)
+        files, part_bytes, described = self._write(runs, part_rows, self.plan)
         (self.workdir / "runs.spill").unlink()
-        layout = segment.Layout(centroids, part_bytes, part_rows, self.vector_dtype, described)
+        centroid_set = segment.centroid_set_id(centroids) if shared else None
+        layout = segment.Layout(centroids, part_bytes, part_rows, self.vector_dtype, described, centroid_set)
         ivf_path = self.workdir / "ivf.bin"
-        ivf_path.write_bytes(layout.to_bytes() + (described.to_bytes() if described is not None else b""))
-        return BuiltSegment(segment_id, nlist, n, {"ivf.bin": ivf_path, **files}, self.workdir)
+        ivf_path.write_bytes(layout.to_bytes() + (described.to_bytes() if described is not None else b"")
+                             + (segment.centroid_set_trailer(centroid_set) if centroid_set else b""))
+        return BuiltSegment(segment_id, nlist, self.n, {"ivf.bin": ivf_path, **files}, self.workdir)
 
     # --- pass 1: spill ---------------------------------------------------------------------
-    def _spill(self) -> tuple[list[tuple[int, int]], attr_columns.ColumnPlan, np.ndarray]:
+    def spill(self) -> None:
         """Pickle the source's chunks to ``input.spill``: (byte offset, rows) of each, the
         attribute columns' plan, and the rows' vector sum (a flat segment's centroid)."""
         budget_rows = self.memory_bytes // 8 // (self.dims * 4 + _ROW_OVERHEAD)
@@ -209,7 +280,8 @@ class _Builder:
                 total += batch.vectors.sum(axis=0, dtype=np.float64)
                 chunks.append((out.tell(), len(batch)))
                 pickle.dump(_columns(batch), out, protocol=5)
-        return chunks, plan, total
+        self.chunks, self.plan, self.total = chunks, plan, total
+        self.n = sum(rows for _, rows in chunks)
 
     def _chunks(self, chunks: list[tuple[int, int]]) -> Iterator[RowBatch]:
         with open(self.workdir / "input.spill", "rb") as f:
@@ -217,16 +289,20 @@ class _Builder:
                 yield RowBatch(*pickle.load(f))
 
     # --- pass 2: train -----------------------------------------------------------------------
-    def _train(self, chunks: list[tuple[int, int]], n: int, nlist: int, total: np.ndarray) -> np.ndarray:
-        sample_cap = max(1, self.memory_bytes // 4 // (2 * self.dims * 4))
-        if nlist == 1 and n > sample_cap:
-            return (total / n).astype(np.float32)[None, :]
-        picked = ivf.training_rows(n, nlist, max_rows=sample_cap) if nlist > 1 else None
-        if picked is not None and len(picked) < min(n, nlist * ivf._TRAIN_POINTS_PER_CENTROID):
+    def train(self, nlist: int) -> np.ndarray:
+        cap = sample_cap(self.dims, self.memory_bytes)
+        if nlist == 1 and self.n > cap:
+            return (self.total / self.n).astype(np.float32)[None, :]
+        picked = ivf.training_rows(self.n, nlist, max_rows=cap) if nlist > 1 else None
+        if picked is not None and len(picked) < min(self.n, nlist * ivf._TRAIN_POINTS_PER_CENTROID):
             log.info("k-means trains on %d rows (memory bound), not %d", len(picked), nlist * ivf._TRAIN_POINTS_PER_CENTROID)
-        sample = np.empty((n if picked is None else len(picked), self.dims), np.float32)
+        return ivf.train_centroids(self.sample(picked), nlist, self.metric)
+
+    def sample(self, picked: np.ndarray | None) -> np.ndarray:
+        """Rows ``picked`` (None: all) gathered in one read of the spill."""
+        sample = np.empty((self.n if picked is None else len(picked), self.dims), np.float32)
         at = start = 0
-        for batch in self._chunks(chunks):
+        for batch in self._chunks(self.chunks):
             end = start + len(batch)
             if picked is None:
                 sample[start:end] = batch.vectors
@@ -235,7 +311,7 @@ class _Builder:
                 sample[at : at + hi - lo] = batch.vectors[picked[lo:hi] - start]
                 at += hi - lo
             start = end
-        return ivf.train_centroids(sample, nlist, self.metric)
+        return sample
 
     # --- pass 3: runs ------------------------------------------------------------------------
     def _runs(self, chunks: list[tuple[int, int]], centroids: np.ndarray, nlist: int) -> tuple[np.ndarray, np.ndarray]:
