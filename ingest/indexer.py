@@ -35,18 +35,26 @@ from ingest.background import OnePerNamespace
 from ingest.build_input import Chained, SegmentRows, WalTail
 from storage.base import ObjectStore
 from storage.errors import ObjectNotFound, PreconditionFailed
-from vectordb import segment
+from vectordb import segment, wal
 from vectordb.catalog import Catalog
 from vectordb.errors import Conflict
 from vectordb.manifest import Manifest, SegmentRef
 from vectordb.reader import NamespaceReader
 from vectordb.segment_writer import BatchSource, BuiltSegment, RowSource
 from vectordb.settings import Settings
+from vectordb.tail import fold
 
 if TYPE_CHECKING:
     from ingest.ray_build import RayBuilt
 
 log = logging.getLogger(__name__)
+
+
+def foldable(manifest: Manifest, settings: Settings) -> bool:
+    """Whether ``manifest``'s tail may be folded in memory (by a build, a WAL merge): its WAL
+    objects within an eighth of ``build_memory_bytes`` (decoded and folded, a tail takes
+    about five times their bytes). A bigger one is streamed by the build (``WalTail``)."""
+    return sum(ref.bytes for ref in manifest.wal) <= settings.build_memory_bytes // 8
 
 
 @dataclass(frozen=True)
@@ -170,9 +178,17 @@ class Indexer:
         segments that stay."""
         ns, config = base.namespace, base.config
         on_ray = self.settings.ray_address is not None
-        small = sum(ref.bytes for ref in base.wal) <= self.settings.build_memory_bytes // 8
-        if not on_ray and (small or self.reader.has_tail(base)):  # a small tail, or one a query folded already
+        if not on_ray and self.reader.has_tail(base):  # a query folded it already
             held = self.reader.tail(base)
+        elif not on_ray and foldable(base, self.settings):
+            # Folded here from the store without its cache: the build reads these objects
+            # once, and the reader's cache and tail memos would keep them beside the build.
+            held = fold([wal.decode(data, config.dimensions)
+                         for data in self.reader.pool.map(self.input_store.get, [ref.key for ref in base.wal])],
+                        config.dimensions)
+        else:
+            held = None
+        if held is not None:
             tail: RowSource = BatchSource(held.rows)
             touched = held.touched
         else:

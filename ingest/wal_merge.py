@@ -43,6 +43,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ingest.background import OnePerNamespace
+from ingest.indexer import foldable
 from storage.base import ObjectStore
 from storage.errors import PreconditionFailed
 from vectordb import keys, wal
@@ -96,9 +97,11 @@ class WalMerger:
 
     def maybe_merge(self, manifest: Manifest) -> None:
         """Start a background merge of ``manifest``'s namespace when its WAL list is longer
-        than ``wal_merge_objects`` (and no index build is due: it would empty the list)."""
+        than ``wal_merge_objects`` (and no index build is due: it would empty the list; and
+        the tail is ``foldable`` in memory: with auto_index off, a tail that grew past that
+        waits for an explicit build, which streams it)."""
         limit = self.settings.wal_merge_objects
-        if limit <= 0 or len(manifest.wal) <= limit or self._index_due(manifest):
+        if limit <= 0 or len(manifest.wal) <= limit or self._index_due(manifest) or not foldable(manifest, self.settings):
             return
         ns = manifest.namespace
 
@@ -108,7 +111,7 @@ class WalMerger:
                 # is still too long (and the last merge got somewhere).
                 while self.merge(ns, min_objects=limit + 1).objects:
                     newest = self.catalog.latest(ns)
-                    if len(newest.wal) <= limit or self._index_due(newest):
+                    if len(newest.wal) <= limit or self._index_due(newest) or not foldable(newest, self.settings):
                         break
             except NamespaceNotFound:
                 pass  # dropped meanwhile: nothing left to merge

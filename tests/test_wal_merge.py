@@ -383,3 +383,24 @@ def test_no_background_merge_once_an_index_build_is_due():
         assert proc.merger.stats.merges == 0 and len(proc.catalog.latest(NS).wal) == 5
     finally:
         w.close()
+
+
+def test_no_background_merge_of_a_tail_too_big_to_fold_in_memory():
+    """A merge folds the whole tail in memory; past an eighth of build_memory_bytes of WAL
+    objects (here 16 MiB / 8 = 2 MiB) it is left for an index build, which streams it."""
+    w = World(wal_merge_objects=2, build_memory_bytes=16 * 1024**2)
+    try:
+        proc = w.process()
+        proc.create_namespace(NS, embedder="none", dimensions=DIMS, metric="l2")
+        rng = np.random.default_rng(7)
+        letters = np.array(list("abcdefghijklmnopqrstuvwxyz "))
+        for n in range(4):  # ~1 MB objects: past the bound at the third, when a merge is first due
+            proc.upsert(NS, [{"id": f"d{n}-{k}", "vector": [float(n), 0.0, 0.0, 1.0],
+                              "text": "".join(rng.choice(letters, 600_000))} for k in range(4)])
+        time.sleep(0.3)
+        manifest = proc.catalog.latest(NS)
+        assert sum(ref.bytes for ref in manifest.wal[:3]) > 2 * 1024**2
+        assert proc.merger.stats.merges == 0 and len(manifest.wal) == 4
+        assert proc.index(NS).indexed_rows == 16  # the build takes it whole
+    finally:
+        w.close()
