@@ -75,7 +75,7 @@ def run_peer(system: str, rows: int, queries: int, args, workdir: Path, prefix: 
         "--system", system, "--rows", str(rows), "--queries", str(queries), "--seed", str(args.seed),
         "--workdir", str(workdir / system), "--nlist", str(nlist), "--nprobe", str(nprobe),
         "--s3-endpoint", args.endpoint, "--bucket", BUCKET, "--prefix", prefix,
-        "--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY,
+        "--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY, "--faiss-index", faiss_index(args, rows),
     ]
     started = time.perf_counter()
     built = _peer_process(common + ["--phase", "build"])
@@ -90,6 +90,16 @@ def run_peer(system: str, rows: int, queries: int, args, workdir: Path, prefix: 
     if out["ingest_s"]:
         out["ingest_vectors_per_s"] = round(rows / out["ingest_s"], 1)
     return out
+
+
+def faiss_index(args, rows: int) -> str:
+    """``--faiss-index``, or by default float32 (IndexIVFFlat) while its vectors take at most a
+    quarter of this machine's memory, else 8-bit (IndexIVFScalarQuantizer, same nlist/nprobe):
+    at 10M x 384 float32 is 15 GB, beside our worker and the page cache of a 24 GB machine."""
+    if args.faiss_index:
+        return args.faiss_index
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return "ivfflat" if rows * ds_mod.DIMS * 4 <= memory // 4 else "ivfsq8"
 
 
 def _peer_process(argv: list[str]) -> dict:
@@ -219,8 +229,10 @@ def report(result: dict) -> str:
         parts.append(f"* ingest: {ing['ingest_clients']} HTTP clients x {ing['ingest_batch']:,}-vector upserts "
                      f"({ing['vector_encoding']} vectors), "
                      f"{ing['ingest_vectors_per_s']:,.0f} vectors/s to durable ({ing['ingest_s']} s; upsert p50 "
-                     f"{ing['upsert_p50_ms']:,.0f} ms / p99 {ing['upsert_p99_ms']:,.0f} ms; {ing['upsert_body_mb']} MB "
-                     f"of JSON, encoded beforehand in {ing['client_encode_s']} s); POST /index {ing['build_s']} s "
+                     f"{ing['upsert_p50_ms']:,.0f} ms / p99 {ing['upsert_p99_ms']:,.0f} ms; "
+                     + (f"{ing['upsert_body_mb']} MB of bodies, encoded beforehand in {ing['client_encode_s']} s"
+                        if "client_encode_s" in ing else "bodies encoded by the clients while sending")
+                     + f"); POST /index {ing['build_s']} s "
                      f"(server {ing['index_response']['seconds']} s); ingest worker peak RSS "
                      f"{ing['ingest_worker_peak_rss_mb']:,.0f} MB")
         parts.append(f"* cold query, fresh Service (empty cache), median of {len(inp['cold_runs'])}: "
@@ -286,6 +298,8 @@ def main() -> int:
                         help="how our namespace stores indexed vectors (float16: half the bytes per cold query, "
                         "int8: a quarter)")
     parser.add_argument("--no-embedding", action="store_true", help="skip the embedding model figures")
+    parser.add_argument("--faiss-index", choices=("ivfflat", "ivfsq8"),
+                        help="FAISS's index (default: ivfflat while float32 fits in a quarter of memory, else ivfsq8)")
     parser.add_argument("--endpoint", help="S3 endpoint host:port (default: 127.0.0.1:8333, started if needed)")
     parser.add_argument("--out", help="JSON path (default bench/results/<time>-<rows>.json)")
     args = parser.parse_args()
