@@ -102,7 +102,7 @@ def warm(
     budget = _take_files(reader, ns, metas, ("attrs.bin",), budget, result, "column_bytes")
     budget = _take_partitions(reader, ns, metas, budget, result)
     budget = _take_ids(reader, ns, metas, budget, result)
-    budget = _take_files(reader, ns, metas, ("bm25.bin",), budget, result, "bm25_bytes")
+    budget = _take_files(reader, ns, metas, ("bm25.bin",), budget, result, "bm25_bytes", reader.lexicon.hold)
     budget = _take_files(reader, ns, metas, ("rows.bin",), budget, result)
     if include_docs:
         whole = [(seg, layout) for seg, layout in metas if layout.docs is None]
@@ -186,9 +186,10 @@ def _take_ids(reader, ns: str, metas, budget: int, result: WarmResult) -> int:
 
 
 def _take_files(reader, ns: str, metas, names: tuple[str, ...], budget: int, result: WarmResult,
-                counter: str = "docs_bytes") -> int:
+                counter: str = "docs_bytes", held=None) -> int:
     """Whole files ``names`` of each by-range segment into the byte cache (in parallel),
-    each where it still fits in ``budget``; returns what is left of it."""
+    each where it still fits in ``budget``; returns what is left of it. ``held``: called
+    with each key fetched."""
     wanted = []
     for seg, layout in metas:
         if layout.docs is None and names != ("bm25.bin",):  # an older segment has no by-range files
@@ -204,4 +205,6 @@ def _take_files(reader, ns: str, metas, names: tuple[str, ...], budget: int, res
             setattr(result, counter, getattr(result, counter) + size)
             wanted.append(segment.file_key(ns, seg.id, name))
     list(reader.pool.map(reader.store.get, wanted))
+    for key in wanted if held is not None else ():
+        held(key)
     return budget

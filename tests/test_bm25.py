@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vectordb.bm25 import BM25Index, GlobalStats, analyze, combine_stats
+from vectordb.bm25 import BM25Index, GlobalStats, analyze, combine_stats, shortest, top_k
 from vectordb.stemmer import stem
 
 # --- the analyzer ------------------------------------------------------------------------------
@@ -215,3 +215,27 @@ def test_from_bytes_rejects_other_data(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("vectordb.bm25.ANALYZER", "another-analyzer")
     with pytest.raises(ValueError, match="analyzer"):
         BM25Index.from_bytes(data)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_a_sample_bounds_top_k_without_changing_it(data: st.DataObject) -> None:
+    """``top_k``'s ``sample`` only narrows the candidates: with few distinct scores (ties),
+    zeros, a mask and any sample of distinct rows, the answer is the one without it."""
+    n = data.draw(st.integers(1, 60))
+    scores = np.array(data.draw(st.lists(st.sampled_from([0.0, 0.5, 1.0, 1.5, 2.0]), min_size=n, max_size=n)),
+                      np.float32)
+    mask = data.draw(st.none() | st.lists(st.booleans(), min_size=n, max_size=n).map(np.array))
+    sample = np.array(sorted(data.draw(st.sets(st.integers(0, n - 1)))), np.int64)
+    k = data.draw(st.integers(0, n + 2))
+    rows, found = top_k(scores, k, mask, sample)
+    expected_rows, expected = top_k(scores, k, mask)
+    assert rows.tolist() == expected_rows.tolist()
+    assert found.tolist() == expected.tolist()
+
+
+def test_shortest_picks_the_rarest_list_that_holds_k() -> None:
+    lists = [np.arange(50), np.arange(3), np.arange(12)]
+    assert shortest(lists, 10) is lists[2]
+    assert shortest(lists, 2) is lists[1]
+    assert shortest(lists, 51) is None

