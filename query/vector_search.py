@@ -222,7 +222,7 @@ def _search_segment_filtered(reader, ctx: Context, seg: SegmentRef, q, k, metric
         live = reader.live_mask(ctx.ns, seg, ctx.tail)
         if live is not None:
             allowed = allowed & live
-    n_allowed = int(allowed.sum())
+    n_allowed = int(np.count_nonzero(allowed))
     if n_allowed == 0:
         return []
     if n_allowed <= exact_max_rows:
@@ -238,11 +238,11 @@ def _search_segment_filtered(reader, ctx: Context, seg: SegmentRef, q, k, metric
     parts = np.array([p for p in parts if p >= 0 and layout.rows_in(int(p)) > 0], np.int64)
     if ctx.fields:
         reader.prefetch_fields(ctx.ns, seg, layout, parts)
-    # Each partition's kept rows scanned on their own (no copy of them all into one
-    # matrix: at a broad filter that copy cost more than the scans), the best merged, and
-    # only the winners' ids decoded.
+    # Each partition's kept rows scanned where they are (:func:`vectordb.ivf.scan_rows`), the rows
+    # picked in all of them scored exactly at once, the best kept, and only the winners'
+    # ids decoded.
     held = reader.partitions(ctx.ns, seg, layout, parts)
-    found_scores, found_parts, found_rows = [], [], []
+    found_parts, found_rows = [], []
     for w, (p, part) in enumerate(zip(parts, held)):
         lo = int(layout.part_rows[p])
         keep = allowed[lo : lo + len(part.ids)]
@@ -251,13 +251,14 @@ def _search_segment_filtered(reader, ctx: Context, seg: SegmentRef, q, k, metric
             keep = keep & live
         keep = np.flatnonzero(keep)
         if len(keep):
-            scores, rows = ivf.scan(part.vectors[keep], q, k + _TIE_ROOM, metric)
-            found_scores.append(scores)
-            found_parts.append(np.full(len(rows), w))
-            found_rows.append(keep[rows])
-    if not found_scores:
+            found_rows.append(ivf.scan_rows(part.vectors, keep, q, k + _TIE_ROOM, metric))
+            found_parts.append(w)
+    if not found_rows:
         return []
-    scores, which, rows = np.concatenate(found_scores), np.concatenate(found_parts), np.concatenate(found_rows)
+    vectors = np.concatenate([held[w].vectors[rows] for w, rows in zip(found_parts, found_rows)])
+    scores = ivf.exact_scores(vectors, np.asarray(q, np.float32).reshape(-1), metric)
+    which = np.repeat(found_parts, [len(rows) for rows in found_rows])
+    rows = np.concatenate(found_rows)
     best = np.lexsort((rows, which, -scores))[: k + _TIE_ROOM]
     if len(best) > k:  # the top k, and rows tied with the k-th (the engine breaks ties by id)
         best = best[scores[best] >= scores[best[k - 1]]]

@@ -167,6 +167,11 @@ class DocsReader:
         rows = np.asarray(rows, np.int64)
         parts = np.searchsorted(part_rows, rows, side="right") - 1
         ids = self.group_ids(base, docs, np.unique(parts).tolist(), spans)
+        if len(rows) <= 4 * len(ids):
+            # A few rows a partition (a query's hits): one scalar each, ~0.5 µs, where a
+            # take costs ~9 µs a partition (100 BM25 candidates: ~1 ms).
+            at = rows - part_rows[parts]
+            return [ids[p][i].as_py() for p, i in zip(parts.tolist(), at.tolist())]
         out: list = [None] * len(rows)
         for p in np.unique(parts).tolist():
             at = np.flatnonzero(parts == p)

@@ -389,6 +389,8 @@ class NamespaceReader:
         dead = self.tombstones(ns, seg)
         if not dead and not tail.touched:
             return None
+        if not tail.touched and self.dead_rows(ns, seg) is not None:
+            return self._dead_rows_mask(ns, seg)
         docs = self.by_range(ns, seg)
         if docs is not None:
             stored = StoredRows(self.documents, segment.file_key(ns, seg.id, ""), docs)
@@ -402,19 +404,35 @@ class NamespaceReader:
         None: all of them. Reads nothing beyond the partition itself; where the tombstone
         list has the dead rows and the tail overrides none of the segment's, it decodes
         none of the partition's ids either (~1 ms a partition, which a warm query paid
-        for every partition it met first)."""
+        for every partition it met first); with no tail overrides at all it is a slice
+        of one mask per tombstone list (a broad filter meets ~30 partitions a query)."""
         dead = self.tombstones(ns, seg)
         if not dead and not tail.touched:
             return None
-        key = (segment.file_key(ns, seg.id, "vectors.bin"), p)
         dead_rows = self.dead_rows(ns, seg)
         if dead_rows is not None:
             layout = self.layout(ns, seg)
             lo, n = int(layout.part_rows[p]), layout.rows_in(p)
-            dead_rows = dead_rows[(dead_rows >= lo) & (dead_rows < lo + n)] - lo
+            if not tail.touched:
+                return self._dead_rows_mask(ns, seg)[lo : lo + n]
+            first, end = np.searchsorted(dead_rows, [lo, lo + n])  # ascending: a slice, not a pass
+            dead_rows = dead_rows[first:end] - lo
+        key = (segment.file_key(ns, seg.id, "vectors.bin"), p)
         return self._live(("plive", *key, seg.tombstones_key), dead, tail,
                           lambda: self._lookups.get(("partition", *key), lambda: RowLookup(part.ids)), dead_rows,
                           len(part.vectors))
+
+    def _dead_rows_mask(self, ns: str, seg: SegmentRef) -> np.ndarray:
+        """The segment's rows but those its tombstone list names by row (it must have
+        them): its live mask wherever the tail overrides none of its ids, whatever the
+        tail's version."""
+
+        def make() -> np.ndarray:
+            mask = np.ones(int(self.layout(ns, seg).part_rows[-1]), bool)
+            mask[self.dead_rows(ns, seg)] = False
+            return _frozen(mask)
+
+        return self._masks.get(("dead-rows", seg.tombstones_key), make)
 
     def _live(self, key: tuple, dead: frozenset[str], tail: Tail, lookup, dead_rows: np.ndarray | None = None,
               n: int | None = None) -> np.ndarray:

@@ -364,7 +364,9 @@ def encode_tombstones(ids: set[str] | frozenset[str], rows: np.ndarray | None = 
 
 
 def decode_tombstones(data: bytes) -> Tombstones:
+    """The list ``encode_tombstones`` wrote; its rows ascending (a reader slices them by
+    partition)."""
     value = json.loads(data)
     if isinstance(value, list):
         return Tombstones(frozenset(value))
-    return Tombstones(frozenset(value["ids"]), np.asarray(value["rows"], np.int64))
+    return Tombstones(frozenset(value["ids"]), np.sort(np.asarray(value["rows"], np.int64)))
