@@ -137,65 +137,18 @@ def spill(source: RowSource, metric: str, vector_dtype: str, docs: str, memory_b
     removes the directory."""
     _sweep_killed_builds(temp_dir)
     workdir = Path(tempfile.mkdtemp(prefix=f"{_WORKDIR_PREFIX}{_host()}-{os.getpid()}-", dir=temp_dir))
+    spilled = Spilled(source, metric, vector_dtype, docs, memory_bytes, workdir)
     try:
-        builder = _Builder(source, metric, vector_dtype, docs, memory_bytes, workdir)
-        builder.spill()
+        spilled.spill()
     except BaseException:
-        shutil.rmtree(workdir, ignore_errors=True)
+        spilled.close()
         raise
-    return Spilled(builder)
+    return spilled
 
 
 def sample_cap(dims: int, memory_bytes: int) -> int:
     """The most rows k-means trains on within ``memory_bytes`` (a quarter of it)."""
     return max(1, memory_bytes // 4 // (2 * dims * 4))
-
-
-class Spilled:
-    """A build's rows in its working directory, waiting for centroids."""
-
-    def __init__(self, builder: _Builder) -> None:
-        self._builder: _Builder | None = builder
-
-    @property
-    def rows(self) -> int:
-        return self._open().n
-
-    @property
-    def vector_sum(self) -> np.ndarray:
-        """The sum of the rows' vectors (float64): a one-partition segment's centroid is the mean."""
-        return self._open().total
-
-    def sample(self, picked: np.ndarray | None) -> np.ndarray:
-        """The vectors of rows ``picked`` (ascending row numbers; None: all), float32."""
-        return self._open().sample(picked)
-
-    def train(self, nlist: int) -> np.ndarray:
-        """Centroids trained on these rows alone (as :func:`build` does)."""
-        return self._open().train(nlist)
-
-    def finish(self, centroids: np.ndarray, segment_id: str, shared: bool = False) -> BuiltSegment | None:
-        """The segment of these rows on ``centroids`` (its nlist is theirs); ``shared``:
-        other segments use the same centroids, and the layout records their id
-        (:attr:`vectordb.segment.Layout.centroid_set`) so queries rank each once. The
-        working directory then belongs to the segment. None if there are no rows."""
-        builder = self._open()
-        if not builder.n:
-            return None
-        built = builder.finish(centroids, segment_id, shared)
-        self._builder = None
-        return built
-
-    def close(self) -> None:
-        """Remove the working directory, unless :meth:`finish` handed it to the segment."""
-        if self._builder is not None:
-            shutil.rmtree(self._builder.workdir, ignore_errors=True)
-            self._builder = None
-
-    def _open(self) -> _Builder:
-        if self._builder is None:
-            raise RuntimeError("the spilled rows are gone (finished or closed)")
-        return self._builder
 
 
 _WORKDIR_PREFIX = "vectordb-build-"
@@ -235,20 +188,37 @@ def _alive(pid: int) -> bool:
     return True
 
 
-class _Builder:
+class Spilled:
+    """A build's rows in its working directory (:func:`spill`), waiting for centroids:
+    its own (:meth:`train`) or a Ray build's shared set; then :meth:`finish` writes the
+    segment, or :meth:`close` removes the directory."""
+
     def __init__(self, source: RowSource, metric: str, vector_dtype: str, docs: str, memory_bytes: int,
                  workdir: Path) -> None:
         self.source, self.metric, self.vector_dtype, self.docs = source, metric, vector_dtype, docs
-        self.memory_bytes, self.workdir = memory_bytes, workdir
+        self.memory_bytes = memory_bytes
+        self.workdir: Path | None = workdir  # None once finished (the segment's) or closed
         self.dims = source.dims
         self.chunks: list[tuple[int, int]] = []  # (byte offset, rows) of each spilled chunk
         self.plan = attr_columns.ColumnPlan()
-        self.total = np.zeros(self.dims, np.float64)
-        self.n = 0
+        self.vector_sum = np.zeros(self.dims, np.float64)  # a one-partition segment's centroid is the mean
+        self.rows = 0
 
-    def finish(self, centroids: np.ndarray, segment_id: str, shared: bool) -> BuiltSegment:
+    def close(self) -> None:
+        """Remove the working directory, unless :meth:`finish` handed it to the segment."""
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.workdir = None
+
+    def finish(self, centroids: np.ndarray, segment_id: str, shared: bool = False) -> BuiltSegment | None:
+        """The segment of these rows on ``centroids`` (its nlist is theirs); ``shared``:
+        other segments use the same centroids, and the layout records their id
+        (:attr:`vectordb.segment.Layout.centroid_set`) so queries rank each once. The
+        working directory then belongs to the segment. None if there are no rows."""
         from vectordb import segment
 
+        if not self.rows:
+            return None
         nlist = len(centroids)
         # Rows go to the centroids as stored, the ones queries will probe.
         centroids = centroids.astype(segment.centroid_type(centroids, self.vector_dtype)).astype(np.float32)
@@ -261,7 +231,9 @@ class _Builder:
         ivf_path = self.workdir / "ivf.bin"
         ivf_path.write_bytes(layout.to_bytes() + (described.to_bytes() if described is not None else b"")
                              + (segment.centroid_set_trailer(centroid_set) if centroid_set else b""))
-        return BuiltSegment(segment_id, nlist, self.n, {"ivf.bin": ivf_path, **files}, self.workdir)
+        built = BuiltSegment(segment_id, nlist, self.rows, {"ivf.bin": ivf_path, **files}, self.workdir)
+        self.workdir = None
+        return built
 
     # --- pass 1: spill ---------------------------------------------------------------------
     def spill(self) -> None:
@@ -280,8 +252,8 @@ class _Builder:
                 total += batch.vectors.sum(axis=0, dtype=np.float64)
                 chunks.append((out.tell(), len(batch)))
                 pickle.dump(_columns(batch), out, protocol=5)
-        self.chunks, self.plan, self.total = chunks, plan, total
-        self.n = sum(rows for _, rows in chunks)
+        self.chunks, self.plan, self.vector_sum = chunks, plan, total
+        self.rows = sum(rows for _, rows in chunks)
 
     def _chunks(self, chunks: list[tuple[int, int]]) -> Iterator[RowBatch]:
         with open(self.workdir / "input.spill", "rb") as f:
@@ -290,17 +262,18 @@ class _Builder:
 
     # --- pass 2: train -----------------------------------------------------------------------
     def train(self, nlist: int) -> np.ndarray:
+        """Centroids trained on these rows alone (as :func:`build` does)."""
         cap = sample_cap(self.dims, self.memory_bytes)
-        if nlist == 1 and self.n > cap:
-            return (self.total / self.n).astype(np.float32)[None, :]
-        picked = ivf.training_rows(self.n, nlist, max_rows=cap) if nlist > 1 else None
-        if picked is not None and len(picked) < min(self.n, nlist * ivf._TRAIN_POINTS_PER_CENTROID):
+        if nlist == 1 and self.rows > cap:
+            return (self.vector_sum / self.rows).astype(np.float32)[None, :]
+        picked = ivf.training_rows(self.rows, nlist, max_rows=cap) if nlist > 1 else None
+        if picked is not None and len(picked) < min(self.rows, nlist * ivf._TRAIN_POINTS_PER_CENTROID):
             log.info("k-means trains on %d rows (memory bound), not %d", len(picked), nlist * ivf._TRAIN_POINTS_PER_CENTROID)
         return ivf.train_centroids(self.sample(picked), nlist, self.metric)
 
     def sample(self, picked: np.ndarray | None) -> np.ndarray:
         """Rows ``picked`` (None: all) gathered in one read of the spill."""
-        sample = np.empty((self.n if picked is None else len(picked), self.dims), np.float32)
+        sample = np.empty((self.rows if picked is None else len(picked), self.dims), np.float32)
         at = start = 0
         for batch in self._chunks(self.chunks):
             end = start + len(batch)
