@@ -47,12 +47,12 @@ def _serve(args) -> int:
     # frozen (moved out of the collector's view, as for a pre-fork server) and it resumes.
     gc.disable()
     try:
+        import uvicorn
+
         app, host, port = _build_server(args)
     finally:
         gc.freeze()
         gc.enable()
-    import uvicorn
-
     # ws="none": the API has no websocket routes, and loading a websocket protocol is a few ms
     # of every worker's start.
     uvicorn.run(app, host=host, port=port, log_level=args.log_level, access_log=False, ws="none")
@@ -60,8 +60,6 @@ def _serve(args) -> int:
 
 
 def _build_server(args):
-    import uvicorn  # noqa: F401  (imported here to be counted with the app, before the collector resumes)
-
     from api.app import create_app
 
     settings = _settings(args, announce=False)
