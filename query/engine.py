@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from query import documents, fusion, lexical, vector_search
-from query.plan import TAIL, Candidate, Context, filter_key, partition_of
+from query.plan import TAIL, Candidate, Context, filter_key, partition_of, row_key
 from query.probe_group import ProbeGroup
 from storage.errors import ObjectNotFound
 from vectordb import embedders, ivf
@@ -83,6 +83,9 @@ class QueryEngine:
         # Runs a hybrid query's BM25 half beside its vector half (not on the fetch pool,
         # whose tasks must never wait for other tasks of it).
         self._side = ThreadPoolExecutor(max_workers=8, thread_name_prefix="hybrid")
+        # Reads the ids of several segments' rows at once (lexical.name); its tasks wait
+        # only for the fetch pool's.
+        self._naming = ThreadPoolExecutor(max_workers=8, thread_name_prefix="naming")
 
     # --- public ------------------------------------------------------------------------
     def query(self, ns: str, **kwargs) -> QueryResult:
@@ -278,12 +281,27 @@ class QueryEngine:
             n = max(k, req.candidates)
             # Both searches at once: BM25's dictionary blocks and postings are read while
             # the partitions are (a round trip fewer on a cold worker than one after the other).
-            lexical_found = self._side.submit(lexical.search, self.reader, ctx, req.text, n)
-            lists = {"vector": _best(self._vector_search(ctx, q, n), n), "bm25": _best(lexical_found.result(), n)}
-            fused = fusion.rrf(lists, req.weights or {}, req.rrf_k)[:k]
+            # BM25's candidates come without ids: only the fusion's winners need theirs.
+            lexical_found = self._side.submit(self._unnamed_bm25, ctx, req.text, n)
+            lists = {"vector": _best(self._vector_search(ctx, q, n), n), "bm25": lexical_found.result()}
+            fused = self._named_winners(ctx.ns, fusion.rrf(lists, req.weights or {}, req.rrf_k), k)
             records = self._records(manifest, [cand for _, cand, _ in fused], req.include)
             hits = [self._hit(manifest, cand, req.include, score, per, records) for score, cand, per in fused]
         return QueryResult(hits, manifest.version, ctx.timings_ms)
+
+    def _unnamed_bm25(self, ctx: Context, text: str, n: int) -> list[Candidate]:
+        """The ``n`` best BM25 rows, without ids: tied scores share a rank in the fusion,
+        and where ties cross the ``n``-th place the first rows by position are kept."""
+        found = lexical.search(self.reader, ctx, text, n, named=False)
+        return sorted(found, key=lambda c: (-c.score, row_key(c)))[:n]
+
+    def _named_winners(self, ns: str, fused: list[tuple[float, Candidate, dict]], k: int) -> list:
+        """The ``k`` best of ``fused`` by score, then id: ids are read for those at or above
+        the ``k``-th score that lack one."""
+        if len(fused) > k:
+            fused = [f for f in fused if f[0] >= fused[k - 1][0]]
+        named = lexical.name(self.reader, ns, [c for _, c, _ in fused], self._naming)
+        return sorted(((s, c, per) for (s, _, per), c in zip(fused, named)), key=lambda t: (-t[0], t[1].id))[:k]
 
     def _vector_search(self, ctx: Context, q, k: int) -> list[Candidate]:
         s = self.settings

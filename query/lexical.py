@@ -9,6 +9,8 @@ are not read for it.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from query.plan import TAIL, Candidate, Context
@@ -16,7 +18,10 @@ from vectordb.bm25 import analyze, combine_stats
 from vectordb.reader import NamespaceReader
 
 
-def search(reader: NamespaceReader, ctx: Context, text: str, k: int) -> list[Candidate]:
+def search(reader: NamespaceReader, ctx: Context, text: str, k: int, named: bool = True) -> list[Candidate]:
+    """The top ``k`` rows of each segment and of the tail by BM25. ``named``: with their
+    ids; else a segment row's id is None (:func:`name` gives the ones a caller keeps:
+    a hybrid query names the winners of its fusion only, not all its candidates)."""
     terms = analyze(text)
     if not terms:
         return []
@@ -37,7 +42,7 @@ def search(reader: NamespaceReader, ctx: Context, text: str, k: int) -> list[Can
             allowed = fmask if allowed is None else allowed & fmask
         rows, scores = index.search(text, k, allowed_mask=allowed, stats=stats)
         if len(rows):
-            ids = reader.row_ids(ctx.ns, seg, rows)
+            ids = reader.row_ids(ctx.ns, seg, rows) if named else [None] * len(rows)
             out += [Candidate(float(s), i, seg, int(r)) for i, r, s in zip(ids, rows, scores)]
     if tail_index is not None:
         allowed = None
@@ -47,3 +52,17 @@ def search(reader: NamespaceReader, ctx: Context, text: str, k: int) -> list[Can
         ids = ctx.tail.rows.ids
         out += [Candidate(float(s), ids[r], TAIL, int(r)) for r, s in zip(rows, np.asarray(scores))]
     return out
+
+
+def name(reader: NamespaceReader, ns: str, candidates: list[Candidate], pool) -> list[Candidate]:
+    """``candidates`` with the ids of those that have none read (each segment's in one
+    round of ranged reads, the segments' rounds at once on ``pool``)."""
+    wanted: dict[str, tuple] = {}
+    for c in candidates:
+        if c.id is None:
+            wanted.setdefault(c.segment.id, (c.segment, []))[1].append(c.row)
+    if not wanted:
+        return candidates
+    found = list(pool.map(lambda sr: reader.row_ids(ns, sr[0], sr[1]), wanted.values()))
+    ids = {(seg.id, row): i for (seg, rows), got in zip(wanted.values(), found) for row, i in zip(rows, got)}
+    return [c if c.id is not None else replace(c, id=ids[(c.segment.id, c.row)]) for c in candidates]

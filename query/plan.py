@@ -16,10 +16,11 @@ TAIL = None  # Candidate.segment for rows of the unindexed tail
 
 @dataclass(frozen=True)
 class Candidate:
-    """A row that may be a result: ``row`` indexes the segment (or the tail's rows)."""
+    """A row that may be a result: ``row`` indexes the segment (or the tail's rows).
+    ``id`` None: not read yet (a hybrid query's BM25 candidates, :func:`query.lexical.name`)."""
 
     score: float
-    id: str
+    id: str | None
     segment: SegmentRef | None
     row: int
 
@@ -43,6 +44,11 @@ class Context:
     @classmethod
     def of(cls, manifest: Manifest, tail: Tail, filt: Filter | None, raw_filter, nprobe: int | None) -> Context:
         return cls(manifest, tail, filt, filter_key(raw_filter) if filt is not None else "", nprobe)
+
+
+def row_key(c: Candidate) -> tuple[str, int]:
+    """Which row ``c`` is, whether or not its id has been read: live rows are one per id."""
+    return (c.segment.id if c.segment is not TAIL else "", c.row)
 
 
 def filter_key(raw_filter) -> str:

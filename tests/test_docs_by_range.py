@@ -453,3 +453,30 @@ def test_indexer_tombstones_follow_upserts_over_stored_ids():
     svc.index("u")
     seg = svc.catalog.latest("u").segments[0]
     assert svc.reader.stored_ids("u", seg, ["d1", "d299", "nope"]) == {"d1", "d299"}
+
+
+def test_hybrid_reads_the_ids_of_its_winners_only():
+    """A hybrid query fuses ~100 candidates per list but reads the ids of the BM25 rows it
+    returns (their partitions' ``$id`` blocks), not of every BM25 candidate."""
+    store = MemoryStore()
+    rng = np.random.default_rng(3)
+    svc = _service(store, flat_max_rows=100, rows_per_partition=100)
+    svc.create_namespace("h", "none", DIMS, "l2")
+    vocabulary = WORDS + [f"v{j}" for j in range(500)]  # BM25 scores rarely tie
+    # Ids that make an $id column too big to be read whole with its footer.
+    svc.upsert("h", [{"id": f"x{i}-{rng.bytes(240).hex()}", "vector": rng.normal(size=DIMS).tolist(),
+                      "text": " ".join(rng.choice(vocabulary, rng.integers(5, 60)))} for i in range(8000)])
+    svc.index("h")
+    seg = svc.catalog.latest("h").segments[0]
+    id_column = {c.name: c.size for c in svc.reader.by_range("h", seg).columns}["$id"]
+    counting = CountingStore(store)
+    worker = _service(CachedStore(counting, 64 << 20))
+    worker.query("h", mode="bm25", text="v5", top_k=1)  # the manifest, bm25 head, the ids' footer
+    for _ in range(3):
+        counting.take()
+        args = dict(vector=rng.normal(size=DIMS).tolist(), text="apple river stone", top_k=3, candidates=100)
+        hits = worker.query("h", mode="hybrid", **args).hits
+        id_bytes = sum(r.bytes for r in counting.take() if r.key.endswith("attrs.bin"))
+        named = len([h for h in hits if h.scores["vector"] is None])  # the others' ids came with their vectors
+        assert id_bytes <= named * id_column / 80 * 1.5  # 80 partitions
+        assert [(h.id, h.score) for h in hits] == [(h.id, h.score) for h in svc.query("h", mode="hybrid", **args).hits]

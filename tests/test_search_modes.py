@@ -146,8 +146,10 @@ def test_hybrid_is_reciprocal_rank_fusion_of_both_lists():
     hyb = svc.query("h", text="apple garden", mode="hybrid", top_k=10, weights={"vector": 1.0, "bm25": 2.0}).hits
     expected = {}
     for weight, hits in ((1.0, vec), (2.0, lex)):
-        for rank, h in enumerate(hits, 1):
+        for h in hits:  # equal scores share a rank: 1 + how many score higher
+            rank = 1 + sum(other.score > h.score for other in hits)
             expected[h.id] = expected.get(h.id, 0.0) + weight / (60 + rank)
+    assert len({h.score for h in lex}) < len(lex)  # the BM25 list has ties
     best = sorted(expected.items(), key=lambda kv: (-kv[1], kv[0]))[:10]
     assert [h.id for h in hyb] == [i for i, _ in best]
     assert [h.score for h in hyb] == pytest.approx([s for _, s in best])
