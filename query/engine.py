@@ -21,6 +21,7 @@ from query.plan import TAIL, Candidate, Context, filter_key, partition_of, row_k
 from query.probe_group import ProbeGroup
 from storage.errors import ObjectNotFound
 from vectordb import embedders, ivf
+from vectordb.bm25 import analyze
 from vectordb.catalog import Catalog
 from vectordb.doc_fields import Record
 from vectordb.errors import DocumentNotFound, InvalidArgument, VersionNotRetained
@@ -98,7 +99,8 @@ class QueryEngine:
         if req.mode in ("bm25", "hybrid") and self._first_time((ns, "bm25")):
             # Each segment's bm25.bin head, and what the hits' ids need first, read while the
             # newest-manifest probe is in flight.
-            self._hint(ns, lambda seg: self.reader.prefetch_bm25(ns, seg))
+            terms = analyze(req.text) if isinstance(req.text, str) else []
+            self._hint(ns, lambda seg: self.reader.prefetch_bm25(ns, seg, terms))
             self._hint(ns, lambda seg: self.reader.prefetch_ids(ns, seg))
         manifest = self._manifest(ns, req.consistency, req.as_of)
         q = self._query_vector(manifest, req) if req.mode in ("vector", "hybrid") else None

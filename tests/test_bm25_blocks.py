@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from unittest import mock
@@ -16,11 +18,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from api.service import Service
+from bench.counting import CountingStore
 from storage.cache import CachedStore
 from storage.memory import MemoryStore
 from tests.fakes import unit_settings
 from tests.test_bm25 import PARAMS, WORDS, as_dict, plain_bm25
-from vectordb import bm25_blocks, bm25_reader, segment
+from vectordb import bm25_blocks, bm25_reader, docs_reader, segment
 from vectordb.bm25 import BM25Index, analyze, combine_stats
 from vectordb.bm25_blocks import HEAD_BYTES, Head, decode_postings, encode, read_index
 from vectordb.bm25_reader import BM25Reader, TermPostings
@@ -225,7 +228,7 @@ def test_a_cold_term_reads_the_head_one_block_and_its_postings() -> None:
     texts = [" ".join(vocabulary[rng.integers(0, len(vocabulary), 40)]) + (" zebra" if i % 3 == 0 else "")
              for i in range(30_000)]
     index = BM25Index.build(texts)
-    data = encode(index)
+    data = encode(index, 4096)  # sorted blocks (format 2); the hashed layout has its own test below
     head = Head.from_bytes(data[:HEAD_BYTES])
     largest_block = int(np.diff(head.block_offsets).max())
     df = index.stats(["zebra"]).doc_freq["zebra"]
@@ -240,6 +243,70 @@ def test_a_cold_term_reads_the_head_one_block_and_its_postings() -> None:
     # What the reader holds is bounded too: decoded, and out of the RAM cache.
     assert stats["ram_bytes"] == 0
     assert reader._postings.bytes <= 3 * df + 8 * df + 64  # the bytes fetched, and the rows as int64
+
+
+def _zebra_corpus(rows: int = 30_000) -> BM25Index:
+    rng = np.random.default_rng(5)
+    vocabulary = np.array([f"v{i}" for i in range(20_000)])
+    return BM25Index.build([" ".join(vocabulary[rng.integers(0, len(vocabulary), 40)])
+                            + (" zebra" if i % 3 == 0 else "") for i in range(rows)])
+
+
+def test_a_hashed_dictionary_round_trips_and_moves_full_slots(monkeypatch: pytest.MonkeyPatch) -> None:
+    index = _zebra_corpus()
+    data = encode(index)
+    head = Head.from_bytes(data[:HEAD_BYTES])
+    assert head.slots == bm25_blocks.hashed_slots(index.n_docs) and not head.separators
+    assert head.postings_at == HEAD_BYTES + head.slots * bm25_blocks.SLOT_BYTES  # nothing moved
+    assert_same_index(read_index(data), index)
+    assert encode(index) == data
+    # Too few slots for the vocabulary: each slot's block moves past the slots.
+    monkeypatch.setattr(bm25_blocks, "hashed_slots", lambda rows: 7)
+    crowded = encode(index)
+    head = Head.from_bytes(crowded[:HEAD_BYTES])
+    assert head.slots == 7 and head.postings_at > HEAD_BYTES + 7 * bm25_blocks.SLOT_BYTES
+    assert bm25_blocks.moved(crowded[HEAD_BYTES : HEAD_BYTES + 4096]) is not None
+    assert_same_index(read_index(crowded), index)
+    reader, cached = reader_over({"k": crowded})
+    [view] = reader.fetch(["k"], ["zebra", "v17"], POOL)
+    for got, want in zip(view.search("zebra v17", 10), index.search("zebra v17", 10), strict=True):
+        assert got.tolist() == want.tolist()
+    assert cached.stats()["misses"] == 1 + 2 * 2 + 2  # the head; per term its slot, its block; postings
+
+
+def test_a_cold_query_reads_the_head_and_its_slots_at_once() -> None:
+    """With the hashed dictionary, the prefetch (which knows the segment's row count from
+    the manifest) reads the head and the terms' slots in one round; the query then reads
+    the postings only: two rounds, not three."""
+    index = _zebra_corpus()
+    data = encode(index)
+    df = index.stats(["zebra"]).doc_freq["zebra"]
+    reader, cached = reader_over({"k": data})
+    reader.prefetch("k", index.n_docs, ["zebra", "v17", "absent"], POOL)
+    deadline = 0
+    while cached.stats()["misses"] < 4 and deadline < 500:  # the head and three slots
+        deadline += 1
+        threading.Event().wait(0.01)
+    assert cached.stats()["misses"] == 4
+    [view] = reader.fetch(["k"], ["absent", "v17", "zebra"], POOL)
+    stats = cached.stats()
+    assert stats["misses"] == 4 + 2  # the postings of the two terms found
+    assert stats["bytes_fetched"] <= HEAD_BYTES + 3 * bm25_blocks.SLOT_BYTES + 3 * df + 3 * 200
+    for got, want in zip(view.search("zebra v17 absent", 10), index.search("zebra v17 absent", 10), strict=True):
+        assert got.tolist() == want.tolist()
+
+
+def test_slots_read_ahead_of_a_sorted_dictionary_are_not_used() -> None:
+    """A big segment written before the hashed layout (format 2): the prefetch's slot
+    reads land in its sorted blocks or postings; the head says so and they are ignored."""
+    index = _zebra_corpus()
+    data = encode(index, 4096)
+    assert Head.from_bytes(data[:HEAD_BYTES]).slots is None
+    reader, _ = reader_over({"k": data})
+    reader.prefetch("k", index.n_docs, ["zebra", "v17"], POOL)
+    [view] = reader.fetch(["k"], ["v17", "zebra"], POOL)
+    for got, want in zip(view.search("zebra v17", 10), index.search("zebra v17", 10), strict=True):
+        assert got.tolist() == want.tolist()
 
 
 def test_a_small_segment_is_one_request() -> None:
@@ -327,3 +394,48 @@ def test_the_benchmark_runs(tmp_path: Path) -> None:
     result = json.loads(out.read_text())
     assert result["same_answers"]
     assert result["formats"]["new"]["cold"]["bytes"] < result["formats"]["old"]["cold"]["bytes"]
+
+
+class _Slow:
+    """A store whose every read takes 30 ms, so that requests that overlap show as one round."""
+
+    def __init__(self) -> None:
+        self.inner = MemoryStore()
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    def get(self, key: str) -> bytes:
+        time.sleep(0.03)
+        return self.inner.get(key)
+
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        time.sleep(0.03)
+        return self.inner.get_range(key, start, length)
+
+
+def test_a_cold_worker_answers_bm25_in_four_round_trips(monkeypatch: pytest.MonkeyPatch) -> None:
+    """latest.json; the head, the terms' slots, the centroids, the ids' footer (and the
+    newest-manifest probe) at once; the postings; the winners' ids."""
+    monkeypatch.setattr(docs_reader, "_WHOLE_COLUMN", 0)  # as at 1M rows: the $id column is not read whole
+    store = _Slow()
+    svc = Service(unit_settings(auto_index=False), store=store)
+    svc.create_namespace("t", "fake")
+    rng = np.random.default_rng(2)
+    words = np.array([f"w{i}" for i in range(3000)])
+    for lo in range(0, 21_000, 3000):
+        svc.upsert("t", [{"id": f"d{i}", "text": " ".join(words[rng.integers(0, 3000, 12)])} for i in range(lo, lo + 3000)])
+    svc.index("t")
+    [seg] = svc.catalog.latest("t").segments
+    assert bm25_blocks.hashed_slots(seg.rows) is not None
+    counting = CountingStore(store)
+    worker = Service(unit_settings(), store=CachedStore(counting, 64 << 20))
+    hits = worker.query("t", text="w17 w2020", mode="bm25", top_k=5).hits
+    assert [(h.id, h.score) for h in hits] == [(h.id, h.score) for h in svc.query("t", text="w17 w2020", mode="bm25",
+                                                                                   top_k=5).hits]
+    requests = counting.take()
+    # A round: requests that start together (a request that waits for another's answer
+    # starts 30 ms after it; overlapping but later ones, as round_trips would merge them, do not).
+    starts = sorted(r.start for r in requests)
+    rounds = 1 + sum(1 for a, b in zip(starts, starts[1:]) if b - a >= 0.02)
+    assert rounds <= 4, [(r.key.rsplit("/", 1)[1], round(r.start - starts[0], 3)) for r in requests]

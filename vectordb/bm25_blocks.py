@@ -24,6 +24,19 @@ it); block ``i`` holds the terms from separator ``i`` (a shortest prefix of its 
 that sorts after the previous block's last) up to separator ``i + 1``. Terms never contain
 ``"\\n"`` (the analyzer yields ``\\w+`` words).
 
+Segments of :data:`HASHED_MIN_ROWS` rows or more are written in format 3, whose dictionary
+is found without the head, so a cold query reads its terms' dictionary entries in the
+same round as the head (two rounds before the postings become one)::
+
+    head        as above without the block index (meta adds slots, slot_bytes), zero-padded
+                to HEAD_BYTES
+    slots       :func:`hashed_slots` (a function of the row count) slots of SLOT_BYTES: slot
+                ``crc32(term) % slots`` holds the block of the terms that hash to it (its
+                second uint32 is the block's length; zero-padded), or, when the block does
+                not fit, uint32 0xFFFFFFFF, 0, uint64 offset and length of it further on
+    overflow    the blocks that did not fit in their slots
+    postings    per slot, its terms' lists in term order (each block's lists contiguous)
+
 A postings list stores the rows (as gaps: first row + 1, then the difference to the
 previous row), the term's frequency in each and each row's length in terms, so scoring
 needs no whole-segment norms. All three are >= 1, which frees 0 as an escape: each column
@@ -39,6 +52,8 @@ in-memory index.
 from __future__ import annotations
 
 import json
+import math
+import zlib
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -50,7 +65,8 @@ from vectordb.bm25 import BM25Index
 from vectordb.errors import VectorDBError
 
 MAGIC = b"VDBBM25B"
-FORMAT = 2
+FORMAT = 2  # sorted dictionary blocks, located by the head's separators
+HASHED_FORMAT = 3  # the dictionary in slots found by hashing the term (see hashed_slots)
 # What a reader fetches first. It holds the head of any segment whose vocabulary keeps
 # the block index under it (the writer sizes blocks so that ~2,000 do), and all of a
 # small segment, which then needs no other request.
@@ -59,6 +75,35 @@ _FIXED = 24  # magic, head_len, meta_len, postings_at
 _MIN_BLOCK_BYTES = 4 * 1024
 _MAX_BLOCKS = 2048
 _CHUNK_POSTINGS = 1 << 22  # postings encoded at once: bounds the writer's scratch memory
+# The hashed layout: segments of at least this many rows; each slot this many bytes.
+HASHED_MIN_ROWS = 20_000
+SLOT_BYTES = 4096
+_MOVED = 0xFFFFFFFF  # a slot's count field when its block lives in the overflow area
+
+
+def hashed_slots(rows: int) -> int | None:
+    """How many dictionary slots the ``bm25.bin`` of a segment of ``rows`` rows has (None:
+    it has sorted blocks, format 2). A function of the row count alone, which the manifest
+    gives, so a cold reader fetches the slots of a query's terms beside the head, before it
+    has seen it (:meth:`vectordb.bm25_reader.BM25Reader.prefetch`). Sized for ~100 terms a
+    slot at a Heaps'-law vocabulary (40 * tokens ** 0.5) of 120-word chunks: ~4,400 slots
+    at 1M rows; a slot whose terms do not fit points to its block further on (one more
+    round trip for its terms)."""
+    if rows < HASHED_MIN_ROWS:
+        return None
+    return math.ceil(0.4 * math.sqrt(120 * rows))
+
+
+def slot_of(term: str, slots: int) -> int:
+    """The dictionary slot of ``term`` in a hashed ``bm25.bin`` of ``slots`` slots."""
+    return zlib.crc32(term.encode()) % slots
+
+
+def slot_range(slots: int, i: int) -> tuple[int, int]:
+    """(start, length) of slot ``i``: the slots follow the head, padded to HEAD_BYTES."""
+    if not 0 <= i < slots:
+        raise IndexError(i)
+    return HEAD_BYTES + i * SLOT_BYTES, SLOT_BYTES
 
 
 def is_blocked(data: bytes) -> bool:
@@ -71,21 +116,16 @@ def is_blocked(data: bytes) -> bool:
 
 
 def encode(index: BM25Index, block_bytes: int | None = None) -> bytes:
-    """``index`` in the blocked format (deterministic: the same index, the same bytes).
-    ``block_bytes``: the dictionary blocks' size (default: 4 KiB, or bigger so that about
-    :data:`_MAX_BLOCKS` blocks hold the whole vocabulary)."""
+    """``index`` in the blocked format (deterministic: the same index, the same bytes):
+    hashed slots (format 3) for a segment of :data:`HASHED_MIN_ROWS` rows or more, else
+    sorted blocks (format 2). ``block_bytes``: sorted blocks of that size (default: 4 KiB,
+    or bigger so that about :data:`_MAX_BLOCKS` blocks hold the whole vocabulary)."""
+    slots = hashed_slots(index.n_docs) if block_bytes is None else None
+    if slots is not None:
+        return _encode_hashed(index, slots)
     indptr = index.indptr.astype(np.int64)
     df = np.diff(indptr)
-    lists, sizes, widths = [], [np.zeros(1, np.int64)], []
-    for lo, hi in _term_chunks(indptr):
-        a, b = int(indptr[lo]), int(indptr[hi])
-        rows = index.rows[a:b].astype(np.int64)
-        blob, size, width = _encode_lists(df[lo:hi], rows, index.tfs[a:b], index.doc_len[rows])
-        lists.append(blob)
-        sizes.append(size)
-        widths.append(width)
-    offsets = np.cumsum(np.concatenate(sizes))
-    width = np.concatenate(widths) if widths else np.zeros(0, np.uint8)
+    offsets, width, lists = _postings(index, np.arange(len(df)))
 
     terms = [t.encode() for t in index.terms]
     entry = np.array([len(t) for t in terms], np.int64) + 14  # offset, df, width, "\n"
@@ -93,22 +133,11 @@ def encode(index: BM25Index, block_bytes: int | None = None) -> bytes:
     ends = _block_ends(np.cumsum(entry), target)
     blocks, separators, lo = [], [], 0
     for hi in ends.tolist():
-        blocks.append(
-            np.array([hi - lo, 0], np.uint32).tobytes()
-            + offsets[lo : hi + 1].astype(np.uint64).tobytes()
-            + df[lo:hi].astype(np.uint32).tobytes()
-            + width[lo:hi].tobytes()
-            + b"\n".join(terms[lo:hi])
-        )
+        blocks.append(_block(terms, df, offsets, width, lo, hi, 0))
         separators.append(_separator(terms[lo - 1] if lo else b"", terms[lo]))
         lo = hi
 
-    meta = json.dumps(
-        {"format": FORMAT, "analyzer": bm25.ANALYZER, "k1": index.k1, "b": index.b, "docs": index.n_docs,
-         "length": index.total_length, "terms": len(terms), "blocks": len(blocks), "postings": int(indptr[-1])},
-        sort_keys=True,
-    ).encode()
-    meta += b" " * (-len(meta) % 8)
+    meta = _meta(index, FORMAT, len(terms), int(indptr[-1]), blocks=len(blocks))
     sep_bytes = b"\n".join(separators)
     head_len = _FIXED + len(meta) + 8 * (len(blocks) + 1) + len(sep_bytes)
     block_offsets = head_len + np.cumsum([0] + [len(b) for b in blocks], dtype=np.int64)
@@ -122,6 +151,86 @@ def encode(index: BM25Index, block_bytes: int | None = None) -> bytes:
         + sep_bytes
     )
     return b"".join([head, *blocks, *lists])
+
+
+def _encode_hashed(index: BM25Index, slots: int) -> bytes:
+    """Format 3: the head padded to :data:`HEAD_BYTES`; ``slots`` slots of
+    :data:`SLOT_BYTES`, slot ``i`` holding the block of the terms that hash to it (in
+    term order; zero-padded) or, when that block is bigger, ``_MOVED``, 0 and the uint64
+    offset and length of the block in the overflow area that follows the slots; then the
+    postings, slot by slot, so that each block's lists are contiguous."""
+    df = np.diff(index.indptr.astype(np.int64))
+    terms = [t.encode() for t in index.terms]
+    slot = np.fromiter((zlib.crc32(t) % slots for t in terms), np.int64, len(terms))
+    order = np.argsort(slot, kind="stable")  # by slot, in term order within one
+    offsets, width, lists = _postings(index, order)
+    ordered = [terms[i] for i in order.tolist()]
+    ordered_df = df[order]
+    bounds = np.searchsorted(slot[order], np.arange(slots + 1))
+    area, moved = HEAD_BYTES + slots * SLOT_BYTES, []
+    out_slots = []
+    for i in range(slots):
+        lo, hi = int(bounds[i]), int(bounds[i + 1])
+        block = _block(ordered, ordered_df, offsets, width, lo, hi, None)
+        if len(block) > SLOT_BYTES:
+            out_slots.append(np.array([_MOVED, 0], np.uint32).tobytes()
+                             + np.array([area, len(block)], np.uint64).tobytes())
+            moved.append(block)
+            area += len(block)
+        else:
+            out_slots.append(block)
+    postings_at = area
+    meta = _meta(index, HASHED_FORMAT, len(terms), int(df.sum()), slots=slots, slot_bytes=SLOT_BYTES)
+    head_len = _FIXED + len(meta)
+    if head_len > HEAD_BYTES:
+        raise ValueError("bm25.bin head outgrew HEAD_BYTES")  # meta is a few hundred bytes
+    head = (MAGIC + np.array([head_len, len(meta)], np.uint32).tobytes()
+            + np.array([postings_at], np.uint64).tobytes() + meta)
+    padded = [head.ljust(HEAD_BYTES, b"\0"), *(b.ljust(SLOT_BYTES, b"\0") for b in out_slots)]
+    return b"".join([*padded, *moved, *lists])
+
+
+def _meta(index: BM25Index, fmt: int, terms: int, postings: int, **layout) -> bytes:
+    meta = json.dumps(
+        {"format": fmt, "analyzer": bm25.ANALYZER, "k1": index.k1, "b": index.b, "docs": index.n_docs,
+         "length": index.total_length, "terms": terms, "postings": postings, **layout},
+        sort_keys=True,
+    ).encode()
+    return meta + b" " * (-len(meta) % 8)
+
+
+def _block(terms: list[bytes], df: np.ndarray, offsets: np.ndarray, width: np.ndarray, lo: int, hi: int,
+           length) -> bytes:
+    """The dictionary block of terms ``[lo, hi)`` (of ``terms``, with their ``df``, postings
+    ``offsets`` and ``width`` in the same order): uint32 count, uint32 its own length
+    (format 3; 0 in format 2), offsets, df, widths, the terms."""
+    body = (offsets[lo : hi + 1].astype(np.uint64).tobytes() + df[lo:hi].astype(np.uint32).tobytes()
+            + width[lo:hi].tobytes() + b"\n".join(terms[lo:hi]))
+    size = 8 + len(body) if length is None else length
+    return np.array([hi - lo, size], np.uint32).tobytes() + body
+
+
+def _postings(index: BM25Index, order: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[bytes]]:
+    """The postings lists of the terms in ``order``, one after the other: each list's offset
+    from the first (terms + 1, in that order), its widths byte, the blobs."""
+    indptr = index.indptr.astype(np.int64)
+    df = np.diff(indptr)[order]
+    starts = indptr[:-1][order]
+    ordered_ptr = np.zeros(len(order) + 1, np.int64)
+    np.cumsum(df, out=ordered_ptr[1:])
+    lists, sizes, widths = [], [np.zeros(1, np.int64)], []
+    for lo, hi in _term_chunks(ordered_ptr):
+        count = df[lo:hi]
+        # The postings of terms order[lo:hi], gathered (each term's are contiguous in the index).
+        at = np.repeat(starts[lo:hi] - (ordered_ptr[lo:hi] - ordered_ptr[lo]), count) + np.arange(int(count.sum()))
+        rows = index.rows[at].astype(np.int64)
+        blob, size, width = _encode_lists(count, rows, index.tfs[at], index.doc_len[rows])
+        lists.append(blob)
+        sizes.append(size)
+        widths.append(width)
+    offsets = np.cumsum(np.concatenate(sizes))
+    width = np.concatenate(widths) if widths else np.zeros(0, np.uint8)
+    return offsets, width, lists
 
 
 def _term_chunks(indptr: np.ndarray) -> Iterable[tuple[int, int]]:
@@ -221,9 +330,10 @@ class Head:
     b: float
     n_terms: int
     postings_at: int
-    block_offsets: np.ndarray  # blocks + 1 absolute byte offsets
+    block_offsets: np.ndarray  # blocks + 1 absolute byte offsets (format 2; empty in 3)
     separators: list[str]
     prefix: bytes  # the file's first bytes as fetched (at least the head)
+    slots: int | None = None  # format 3: how many dictionary slots (None: sorted blocks)
 
     @classmethod
     def head_length(cls, data: bytes) -> int:
@@ -241,10 +351,16 @@ class Head:
             raise VectorDBError("corrupt segment: truncated bm25.bin header")
         postings_at = int(np.frombuffer(data, np.uint64, 1, 16)[0])
         meta = json.loads(data[_FIXED : _FIXED + meta_len])
-        if meta.get("format") != FORMAT or meta.get("analyzer") != bm25.ANALYZER:
+        if meta.get("format") not in (FORMAT, HASHED_FORMAT) or meta.get("analyzer") != bm25.ANALYZER:
             raise VectorDBError(
                 f"unsupported BM25 index (format {meta.get('format')}, analyzer {meta.get('analyzer')})"
             )
+        if meta["format"] == HASHED_FORMAT:
+            slots = int(meta["slots"])
+            if meta.get("slot_bytes") != SLOT_BYTES or slots < 1 or postings_at < HEAD_BYTES + slots * SLOT_BYTES:
+                raise VectorDBError("corrupt segment: bm25.bin slots disagree with its header")
+            return cls(int(meta["docs"]), int(meta["length"]), float(meta["k1"]), float(meta["b"]),
+                       int(meta["terms"]), postings_at, np.zeros(0, np.int64), [], bytes(data), slots)
         blocks = int(meta["blocks"])
         at = _FIXED + meta_len
         block_offsets = np.frombuffer(data, np.uint64, blocks + 1, at).astype(np.int64)
@@ -255,12 +371,20 @@ class Head:
         return cls(int(meta["docs"]), int(meta["length"]), float(meta["k1"]), float(meta["b"]), int(meta["terms"]),
                    postings_at, block_offsets, separators, bytes(data))
 
+    @property
+    def blocks(self) -> int:
+        return self.slots if self.slots is not None else len(self.separators)
+
     def block_of(self, term: str) -> int | None:
-        """The dictionary block that would hold ``term``; None: no term sorts that low."""
+        """The dictionary block (or slot) that would hold ``term``; None: no term sorts that low."""
+        if self.slots is not None:
+            return slot_of(term, self.slots)
         i = bisect_right(self.separators, term) - 1
         return None if i < 0 else i
 
     def block_range(self, i: int) -> tuple[int, int]:
+        if self.slots is not None:
+            return slot_range(self.slots, i)
         start = int(self.block_offsets[i])
         return start, int(self.block_offsets[i + 1]) - start
 
@@ -271,6 +395,14 @@ class Head:
     @property
     def nbytes(self) -> int:
         return len(self.prefix) + self.block_offsets.nbytes + 60 * len(self.separators)
+
+
+def moved(slot: bytes) -> tuple[int, int] | None:
+    """(start, length) of the block a format-3 slot points to; None: the slot holds it."""
+    if len(slot) >= 24 and int(np.frombuffer(slot, np.uint32, 1)[0]) == _MOVED:
+        start, length = np.frombuffer(slot, np.uint64, 2, 8).tolist()
+        return int(start), int(length)
+    return None
 
 
 @dataclass(frozen=True)
@@ -290,6 +422,11 @@ class DictBlock:
 
     def __init__(self, data: bytes, postings_at: int) -> None:
         count = int(np.frombuffer(data, np.uint32, 1)[0]) if len(data) >= 8 else -1
+        size = int(np.frombuffer(data, np.uint32, 1, 4)[0]) if len(data) >= 8 else 0
+        if count == _MOVED or size > len(data):
+            raise VectorDBError("corrupt segment: bad bm25.bin dictionary block")
+        if size:  # a slot's block (format 3), padded after its end
+            data = data[:size]
         end = 8 + 8 * (count + 1) + 5 * count
         if count < 0 or len(data) < end:
             raise VectorDBError("corrupt segment: truncated bm25.bin dictionary block")
@@ -355,23 +492,26 @@ def read_index(data: bytes) -> BM25Index:
     """The whole of a blocked ``bm25.bin`` as an in-memory index (for tools and tests: a
     query fetches only what it needs, see :mod:`vectordb.bm25_reader`)."""
     head = Head.from_bytes(data)
-    terms, rows, tfs, lengths = [], [], [], np.zeros(head.n_docs, np.int64)
-    indptr = [0]
-    for i in range(len(head.separators)):
+    found = []
+    lengths = np.zeros(head.n_docs, np.int64)
+    for i in range(head.blocks):
         start, length = head.block_range(i)
+        start, length = moved(data[start : start + length]) or (start, length)
         block = DictBlock(data[start : start + length], head.postings_at)
         for term in block.terms:
             entry = block.find(term)
             postings = decode_postings(data[entry.start : entry.start + entry.length], entry)
-            terms.append(term)
-            rows.append(postings.rows.astype(np.int64))
-            tfs.append(postings.tfs.astype(np.int64))
-            lengths[rows[-1]] = postings.lengths
-            indptr.append(indptr[-1] + entry.df)
+            found.append((term, postings.rows.astype(np.int64), postings.tfs.astype(np.int64)))
+            lengths[found[-1][1]] = postings.lengths
+    found.sort(key=lambda f: f[0])  # a hashed dictionary's slots are not in term order
+    terms = [term for term, _, _ in found]
+    rows = [r for _, r, _ in found]
+    tfs = [t for _, _, t in found]
+    indptr = np.concatenate([[0], np.cumsum([len(r) for r in rows], dtype=np.int64)])
     empty = np.zeros(0, np.int64)
     return BM25Index(
         terms,
-        bm25._compact(np.array(indptr, np.int64)),
+        bm25._compact(indptr.astype(np.int64)),
         bm25._compact(np.concatenate(rows) if rows else empty),
         bm25._compact(np.concatenate(tfs) if tfs else empty),
         bm25._compact(lengths),

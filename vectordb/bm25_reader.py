@@ -3,7 +3,10 @@
 For the query's terms over a list of segments, three rounds of ranged GETs, each round's
 in parallel across segments and terms: the heads (the first
 :data:`~vectordb.bm25_blocks.HEAD_BYTES`; a small segment's whole file), the dictionary
-blocks that would hold the terms, the postings lists of the terms found. Heads,
+blocks that would hold the terms, the postings lists of the terms found. A segment with
+a hashed dictionary (format 3) lets a cold query fetch its terms' slots beside the head
+(:meth:`BM25Reader.prefetch`: where a slot is follows from the segment's row count,
+which the manifest gives): two rounds. Heads,
 dictionary blocks and postings are immutable, so their decoded forms are memoised here
 (byte-bounded, single-flight) and a warm query fetches nothing; their raw bytes leave the
 RAM cache once decoded (the decoded forms hold them or copies of them).
@@ -24,7 +27,19 @@ import numpy as np
 
 from storage.base import ObjectStore
 from vectordb.bm25 import BM25Index, GlobalStats, analyze, shortest, term_scores, top_k
-from vectordb.bm25_blocks import HEAD_BYTES, DictBlock, Entry, Head, Postings, decode_postings, is_blocked
+from vectordb.bm25_blocks import (
+    HEAD_BYTES,
+    DictBlock,
+    Entry,
+    Head,
+    Postings,
+    decode_postings,
+    hashed_slots,
+    is_blocked,
+    moved,
+    slot_of,
+    slot_range,
+)
 from vectordb.errors import VectorDBError
 from vectordb.memo import Memo
 
@@ -43,6 +58,7 @@ class BM25Reader:
         self._blocks = Memo(1 << 16, max_bytes // 4, _weight)
         self._postings = Memo(1 << 20, max_bytes, _weight)
         self._whole = Memo(256)
+        self._slots = Memo(1 << 14, max_bytes // 16, len)  # (key, slots, i) -> a slot's bytes read ahead
         self._held = Memo(1 << 12)  # keys whose whole file the store's byte cache holds
 
     def fetch(
@@ -95,6 +111,20 @@ class BM25Reader:
         """Load the head of ``key`` (what a query of any terms reads first), memoised."""
         self._heads.get(key, lambda: self._load_head(key))
 
+    def prefetch(self, key: str, rows: int, terms: Iterable[str], pool: Executor) -> None:
+        """Start loading, on ``pool``, what a query of ``terms`` reads first of ``key``, a
+        segment of ``rows`` rows: its head, and (if the segment is big enough to have a
+        hashed dictionary, :func:`~vectordb.bm25_blocks.hashed_slots`) the terms' slots at
+        once, before the head says the format. Slots of an older segment's file are read
+        for nothing (a few KiB) and never used: the format's slots are only taken once its
+        head has confirmed them (:meth:`_load_block`)."""
+        slots = hashed_slots(rows)
+        if slots is not None and key not in self._held and self._heads.peek(key) is None:
+            for i in sorted({slot_of(t, slots) for t in terms}):
+                if self._slots.peek((key, slots, i)) is None:
+                    pool.submit(self._slots.get, (key, slots, i), lambda i=i: self._get(key, *slot_range(slots, i)))
+        pool.submit(self.prefetch_head, key)
+
     @staticmethod
     def _each(pool: Executor | None, memo: Memo, keys: list[K], load: Callable[[K], V]) -> list[V]:
         """``memo``'s values of ``keys``; those missing are loaded in parallel (one round)."""
@@ -124,7 +154,13 @@ class BM25Reader:
     def _load_block(self, head: Head, key: str, i: int) -> DictBlock:
         start, length = head.block_range(i)
         data = head.local(start, length)
-        return DictBlock(self._get(key, start, length) if data is None else data, head.postings_at)
+        if data is None and head.slots is not None:  # read ahead by prefetch, or in flight there
+            data = self._slots.get((key, head.slots, i), lambda: self._get(key, start, length))
+        elif data is None:
+            data = self._get(key, start, length)
+        if head.slots is not None and (elsewhere := moved(data)) is not None:
+            data = self._get(key, *elsewhere)  # a slot whose terms did not fit
+        return DictBlock(data, head.postings_at)
 
     def _load_list(self, head: Head, key: str, term: str, entry: Entry) -> Postings:
         data = head.local(entry.start, entry.length)

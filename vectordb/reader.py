@@ -263,9 +263,10 @@ class NamespaceReader:
         for name in [*columns(filt, layout.docs.kinds), ID_COLUMN]:
             self.pool.submit(self.documents.footers, base, layout.docs, [name])
 
-    def prefetch_bm25(self, ns: str, seg: SegmentRef) -> None:
-        """Load the head of the segment's ``bm25.bin`` ahead of a BM25 query."""
-        self.lexicon.prefetch_head(segment.file_key(ns, seg.id, "bm25.bin"))
+    def prefetch_bm25(self, ns: str, seg: SegmentRef, terms: list[str]) -> None:
+        """Start loading the head of the segment's ``bm25.bin`` ahead of a BM25 query of
+        ``terms`` (analyzed), and their dictionary slots where the format has them."""
+        self.lexicon.prefetch(segment.file_key(ns, seg.id, "bm25.bin"), seg.rows, terms, self.pool)
 
     def prefetch_ids(self, ns: str, seg: SegmentRef) -> None:
         """Load what the ids of hits found without their partitions need first (the ``$id``
