@@ -116,3 +116,29 @@ def test_scan_many_is_one_exact_scan_over_all_blocks(kernel, metric):
         single = ivf.scan(vectors, q, 12, metric)
         assert scores.tobytes() == single[0].tobytes()  # the same numbers as any other scan
     assert [len(x) for x in ivf.scan_many([vectors[:0]], queries[0], 5, metric)] == [0, 0, 0]
+
+
+@pytest.mark.parametrize("metric", ["cosine", "l2"])
+def test_two_level_assignment_finds_nearly_every_nearest_centroid(metric):
+    """Past TWO_LEVEL_MIN_CENTROIDS, rows are compared with a few groups' centroids only;
+    rows near a centroid (as IVF rows are: the centroids were trained on them) still find
+    it, and every label is a centroid of the set. Below it, assignment is exact (and for
+    the dot metric always)."""
+    rng = np.random.default_rng(7)
+    dims, nlist = 16, ivf.TWO_LEVEL_MIN_CENTROIDS + 100
+    centroids = rng.normal(size=(nlist, dims)).astype(np.float32)
+    if metric == "cosine":
+        centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
+    near = rng.integers(0, nlist, 20_000)
+    rows = (centroids[near] + 0.05 * rng.normal(size=(len(near), dims))).astype(np.float32)
+    if metric == "cosine":
+        rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    exact = ivf.assign(rows, centroids, metric)
+    assigner = ivf.Assigner(centroids, metric)
+    assert assigner.groups is not None and sorted(np.concatenate(assigner.groups).tolist()) == list(range(nlist))
+    two = assigner(rows)
+    assert two.min() >= 0 and two.max() < nlist
+    assert np.mean(two == exact) >= 0.99
+    small = ivf.Assigner(centroids[:500], metric)
+    assert small.groups is None and np.array_equal(small(rows), ivf.assign(rows, centroids[:500], metric))
+    assert ivf.Assigner(centroids, "dot").groups is None

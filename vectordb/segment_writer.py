@@ -292,9 +292,10 @@ class Spilled:
         offsets of its partitions' pieces (runs × nlist + 1); the partitions' row offsets."""
         offsets = np.zeros((len(chunks), nlist + 1), np.int64)
         counts = np.zeros(nlist, np.int64)
+        assigner = ivf.Assigner(centroids, self.metric)
         with open(self.workdir / "runs.spill", "wb") as out:
             for r, batch in enumerate(self._chunks(chunks)):
-                labels = ivf.assign(batch.vectors, centroids, self.metric)
+                labels = assigner(batch.vectors)
                 order = np.argsort(labels, kind="stable")
                 bounds = np.searchsorted(labels[order], np.arange(nlist + 1))
                 counts += np.diff(bounds)
