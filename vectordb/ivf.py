@@ -123,7 +123,7 @@ def assign(vectors: np.ndarray, centroids: np.ndarray, metric: str) -> np.ndarra
 
 # Past this many centroids a build assigns rows in two levels (see Assigner).
 TWO_LEVEL_MIN_CENTROIDS = 4096
-_GROUPS_SEARCHED = 8
+_GROUPS_SEARCHED = 4
 
 
 class Assigner:
@@ -135,7 +135,7 @@ class Assigner:
     10,000 centroids: ~7 of 16 minutes on 2 cores), in two levels: the centroids are
     clustered into ~sqrt(nlist) groups (once); a row is compared with every group's
     centre, then with the centroids of its :data:`_GROUPS_SEARCHED` nearest groups only
-    (each group's rows one BLAS product): ~1/10 of the work at 10,000 centroids. A row
+    (each group's rows one BLAS product): ~1/20 of the work at 10,000 centroids. A row
     whose nearest centroid lies outside those groups goes to the nearest one inside them,
     a partition next to its own; queries probe many partitions, so recall barely moves
     (``bench/assign.py`` measures both). For ``dot`` (unnormalised vectors, where the
@@ -149,18 +149,22 @@ class Assigner:
         nlist = len(self.centroids)
         if nlist >= TWO_LEVEL_MIN_CENTROIDS and metric != "dot":
             count = math.ceil(math.sqrt(nlist))
-            self.centres = train_centroids(self.centroids, count, metric, seed=4321)
-            labels = assign(self.centroids, self.centres, metric)
+            centres = train_centroids(self.centroids, count, metric, seed=4321)
+            labels = assign(self.centroids, centres, metric)
             self.groups = [np.flatnonzero(labels == g) for g in range(count)]
-            self.group_centroids = [self.centroids[members] for members in self.groups]
+            # Scores as matrix products (numpy's BLAS: faster than FAISS's knn for ~100
+            # columns); for l2, x.c - |c|^2 / 2 ranks centroids as -|x - c|^2 does.
+            self.centres = _Scorer(centres, metric)
+            self.members = [_Scorer(self.centroids[members], metric) for members in self.groups]
 
     def __call__(self, vectors: np.ndarray) -> np.ndarray:
         if self.groups is None:
             return assign(vectors, self.centroids, self.metric)
-        faiss, kind = _faiss(), _metric(self.metric)
         x = np.ascontiguousarray(vectors, np.float32)
         searched = min(_GROUPS_SEARCHED, len(self.groups))
-        _, near = faiss.knn(x, self.centres, searched, metric=kind)
+        coarse = self.centres.scores(x)
+        near = np.argpartition(-coarse, searched - 1, axis=1)[:, :searched] if searched < coarse.shape[1] else \
+            np.broadcast_to(np.arange(coarse.shape[1]), coarse.shape)
         flat = near.ravel()
         order = np.argsort(flat, kind="stable")
         bounds = np.searchsorted(flat[order], np.arange(len(self.groups) + 1))
@@ -170,12 +174,27 @@ class Assigner:
             rows = order[bounds[g] : bounds[g + 1]] // searched
             if not len(rows) or not len(members):
                 continue
-            found, at = faiss.knn(x[rows], self.group_centroids[g], 1, metric=kind)
-            score = -found[:, 0] if self.metric == "l2" else found[:, 0]
+            scores = self.members[g].scores(x[rows])
+            at = scores.argmax(axis=1)
+            score = scores[np.arange(len(rows)), at]
             better = score > best[rows]
             best[rows[better]] = score[better]
-            labels[rows[better]] = members[at[better, 0]]
+            labels[rows[better]] = members[at[better]]
         return labels
+
+
+class _Scorer:
+    """Scores of rows against a few centroids, higher is closer, as one matrix product."""
+
+    def __init__(self, centroids: np.ndarray, metric: str) -> None:
+        self.t = np.ascontiguousarray(centroids.T, np.float32)
+        self.shift = -0.5 * (centroids.astype(np.float32) ** 2).sum(axis=1) if metric == "l2" else None
+
+    def scores(self, x: np.ndarray) -> np.ndarray:
+        out = x @ self.t
+        if self.shift is not None:
+            out += self.shift
+        return out
 
 
 def probe(centroids: np.ndarray, queries: np.ndarray, nprobe: int, metric: str) -> np.ndarray:
