@@ -289,7 +289,7 @@ def ingest(data: ds_mod.Dataset, env: dict, workdir: Path, clients: int, batch: 
             out["segments"] = described["segments"]
             out["stats"] = c.get("/healthz").json()["stats"]
         out["ingest_worker_peak_rss_mb"] = proc_memory(worker.proc.pid)["peak_rss_mb"]
-        log(f"ours: index built in {out['build_s']:.1f} s")
+        log(f"ours: index built in {out['build_s']:.1f} s (ingest worker peak RSS {out['ingest_worker_peak_rss_mb']} MB)")
     finally:
         worker.stop()
     return out

@@ -38,6 +38,7 @@ import s3  # noqa: E402
 
 from tests.s3server import ACCESS_KEY, SECRET_KEY  # noqa: E402
 from vectordb.ivf import default_nprobe  # noqa: E402
+from vectordb.settings import Settings  # noqa: E402
 
 PEERS_PYTHON = BENCH / ".venv-peers" / "bin" / "python"
 RESULTS = BENCH / "results"
@@ -301,8 +302,13 @@ def main() -> int:
     parser.add_argument("--faiss-index", choices=("ivfflat", "ivfsq8"),
                         help="FAISS's index (default: ivfflat while float32 fits in a quarter of memory, else ivfsq8)")
     parser.add_argument("--endpoint", help="S3 endpoint host:port (default: 127.0.0.1:8333, started if needed)")
+    parser.add_argument("--cache-bytes", type=int,
+                        help="our query workers' RAM cache (VECTORDB_CACHE_BYTES; default the service's, 2 GiB). "
+                             "int8 partitions are held decoded (float32): 10M x 384 needs ~16 GB to be held whole")
     parser.add_argument("--out", help="JSON path (default bench/results/<time>-<rows>.json)")
     args = parser.parse_args()
+    if args.cache_bytes:  # read by the in-process Settings and inherited by the worker processes
+        os.environ["VECTORDB_CACHE_BYTES"] = str(args.cache_bytes)
 
     rows = args.rows or (20_000 if args.quick else 1_000_000)
     queries = args.queries or (200 if args.quick else ds_mod.N_QUERIES)
@@ -323,7 +329,7 @@ def main() -> int:
         "started": started_at.strftime("%Y-%m-%d %H:%M UTC"), "rows": rows, "queries": queries, "seed": args.seed,
         "machine": {"cpus": _cpus(), "python": platform.python_version(), "platform": platform.platform(),
                     "loadavg_start": round(os.getloadavg()[0], 2)},
-        "dataset": data.sanity, "notes": [],
+        "dataset": data.sanity, "notes": [], "cache_bytes": args.cache_bytes or Settings().cache_bytes,
     }
     run_id = uuid.uuid4().hex[:8]
     ds_mod.CACHE.mkdir(exist_ok=True)
