@@ -23,6 +23,7 @@ import gc
 import importlib
 import json
 import logging
+import os
 import sys
 
 
@@ -39,7 +40,30 @@ def _settings(args, announce: bool = True):
     return settings
 
 
+# glibc's mallopt parameter for the number of malloc arenas.
+_M_ARENA_MAX = -8
+MALLOC_ARENAS = 2
+
+
+def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
+    """Have glibc's malloc use at most ``arenas`` arenas (unless ``MALLOC_ARENA_MAX`` is set:
+    then glibc has read it). Its default, 8 a core, lets each of the 16 fetch threads free
+    decoded partitions into an arena of its own that keeps the memory: a 200,000-row int8
+    namespace queried past a 96 MiB cache grew to 335 MB RSS and kept growing, against
+    ~225 MB with 2 arenas, at the same speed (at 10M rows with a 2 GiB cache: 3.5 GB). True
+    when the limit took (glibc), else False."""
+    if "MALLOC_ARENA_MAX" in os.environ:
+        return False
+    try:
+        import ctypes
+
+        return ctypes.CDLL("libc.so.6").mallopt(_M_ARENA_MAX, arenas) == 1
+    except (OSError, AttributeError):  # not glibc
+        return False
+
+
 def _serve(args) -> int:
+    limit_malloc_arenas()  # before the thread pools start
     # A worker's start allocates a few hundred thousand objects (modules, classes, pydantic
     # schemas, routes) that live as long as the process. With the cyclic collector on, each
     # of its full passes re-walks all of them while they pile up: ~30 ms of a query worker's
