@@ -304,7 +304,7 @@ def main() -> int:
     parser.add_argument("--endpoint", help="S3 endpoint host:port (default: 127.0.0.1:8333, started if needed)")
     parser.add_argument("--cache-bytes", type=int,
                         help="our query workers' RAM cache (VECTORDB_CACHE_BYTES; default the service's, 2 GiB). "
-                             "int8 partitions are held decoded (float32): 10M x 384 needs ~16 GB to be held whole")
+                             "int8 partitions are held as their codes: 10M x 384 needs ~4.0 GB to be held whole")
     parser.add_argument("--out", help="JSON path (default bench/results/<time>-<rows>.json)")
     args = parser.parse_args()
     if args.cache_bytes:  # read by the in-process Settings and inherited by the worker processes

@@ -280,7 +280,7 @@ class SegmentTensors:
         reader_ref = weakref.ref(reader)  # held tensors must not keep their reader alive
 
         def load(parts: list[int]) -> list[tuple[np.ndarray, list[str]]]:
-            return [(p.vectors, p.ids) for p in reader_ref().partitions(ns, seg, layout, parts)]
+            return [(p.dense(), p.ids) for p in reader_ref().partitions(ns, seg, layout, parts)]
 
         made = DeviceIndex(layout.centroids, layout.part_rows, metric, self.device, loader=load)
         with self._lock:

@@ -131,10 +131,10 @@ def _load_embedder(name: str, settings, result: WarmResult) -> None:
 
 
 def _decoded_bytes(layout, p: int) -> int:
-    """What partition ``p`` takes once decoded: its stored bytes with the vectors widened
-    to float32, since the reader holds it so (an int8 partition's vectors take 4x)."""
-    itemsize = segment._STORED[layout.vector_dtype].itemsize
-    return layout.byte_range(p)[1] + layout.rows_in(p) * layout.dims * (4 - itemsize)
+    """What partition ``p`` takes once decoded: its stored bytes, float16 vectors widened
+    to float32 as the reader holds them (int8 codes are held as stored)."""
+    widened = 2 if layout.vector_dtype == "float16" else 0
+    return layout.byte_range(p)[1] + layout.rows_in(p) * layout.dims * widened
 
 
 def _take_partitions(reader, ns: str, metas, budget: int, result: WarmResult) -> int:

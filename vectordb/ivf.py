@@ -4,6 +4,9 @@ Pure functions over numpy arrays, FAISS underneath (and numpy until FAISS has be
 imported: see ``_faiss_if_loaded``, ``load_faiss_soon``). Scores are "higher is closer" for
 every metric: inner product for ``cosine`` (vectors are stored unit-length) and ``dot``,
 negative squared L2 distance for ``l2``.
+
+A block of rows to scan is a float32 array or an int8 segment's codes
+(:class:`vectordb.int8_rows.Int8Rows`, scanned by FAISS's 8-bit kernel).
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import sys
 import threading
 
 import numpy as np
+
+from vectordb.int8_rows import Int8Rows
 
 # k-means sees at most this many points per centroid: more adds build time, not quality.
 _TRAIN_POINTS_PER_CENTROID = 128
@@ -191,7 +196,7 @@ def probe(centroids: np.ndarray, queries: np.ndarray, nprobe: int, metric: str) 
     return np.stack([_top(row, nprobe) for row in scores]) if len(scores) else np.zeros((0, nprobe), np.int64)
 
 
-def scan(vectors: np.ndarray, query: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
+def scan(vectors: np.ndarray | Int8Rows, query: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k of one query over ``vectors``: (scores, row indices), best first.
 
     The rows are picked by FAISS (or by numpy before FAISS is imported); the scores of the
@@ -202,29 +207,41 @@ def scan(vectors: np.ndarray, query: np.ndarray, k: int, metric: str) -> tuple[n
     if k == 0:
         return np.zeros(0, np.float32), np.zeros(0, np.int64)
     q = np.ascontiguousarray(query, np.float32).reshape(1, -1)
-    vectors = np.ascontiguousarray(vectors, np.float32)
     faiss = _faiss_if_loaded()
-    if faiss is not None:
-        _, idx = faiss.knn(q, vectors, k, metric=_metric(metric))
+    if isinstance(vectors, Int8Rows) and faiss is not None:
+        _, idx = vectors.index(faiss, _metric(metric)).search(q, k)
         idx = idx[0].astype(np.int64)
     else:
-        idx = _top(_scores(vectors, q, metric)[0], k)
+        vectors = _dense(vectors)
+        if faiss is not None:
+            _, idx = faiss.knn(q, vectors, k, metric=_metric(metric))
+            idx = idx[0].astype(np.int64)
+        else:
+            idx = _top(_scores(vectors, q, metric)[0], k)
     scores = exact_scores(vectors[idx], q[0], metric)
     order = np.lexsort((idx, -scores))  # best first, equal scores in row order
     return scores[order], idx[order]
 
 
-def scan_rows(vectors: np.ndarray, rows: np.ndarray, q, k: int, metric: str) -> np.ndarray:
+def scan_rows(vectors: np.ndarray | Int8Rows, rows: np.ndarray, q, k: int, metric: str) -> np.ndarray:
     """The ``k`` of ``rows`` (ascending) whose vectors :func:`scan` of ``vectors[rows]``
-    would pick, as rows of ``vectors``. Once FAISS is loaded its by-index kernel scores
-    them where they are: a broad filter keeps a third of each of ~30 partitions at 1M
-    rows, and copying those out cost more than scanning them. The caller scores the
-    picked rows exactly (:func:`exact_scores`), as ``scan`` does."""
+    would pick, as rows of ``vectors``. Once FAISS is loaded its by-index kernel (for
+    codes: its 8-bit scan with a bitmap of ``rows``) scores them where they are: a broad
+    filter keeps a third of each of ~30 partitions at 1M rows, and copying those out cost
+    more than scanning them. The caller scores the picked rows exactly
+    (:func:`exact_scores`), as ``scan`` does."""
     faiss = _faiss_if_loaded()
     if faiss is None:
         return rows[scan(vectors[rows], q, k, metric)[1]]
     k = min(k, len(rows))
     x = np.ascontiguousarray(q, np.float32).reshape(1, -1)
+    if isinstance(vectors, Int8Rows):
+        kept = np.zeros(len(vectors), bool)
+        kept[rows] = True
+        bitmap = np.packbits(kept, bitorder="little")  # FAISS's IDSelectorBitmap: bit i of byte i // 8
+        params = faiss.SearchParameters(sel=faiss.IDSelectorBitmap(len(vectors), faiss.swig_ptr(bitmap)))
+        _, picked = vectors.index(faiss, _metric(metric)).search(x, k, params=params)
+        return picked[0].astype(np.int64)
     vectors = np.ascontiguousarray(vectors, np.float32)  # as held: no copy
     subset = np.ascontiguousarray(rows, np.int64)
     found, picked = np.empty((1, k), np.float32), np.empty((1, k), np.int64)
@@ -234,7 +251,7 @@ def scan_rows(vectors: np.ndarray, rows: np.ndarray, q, k: int, metric: str) -> 
     return picked[0]
 
 
-def scan_many(blocks: list[np.ndarray], query: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def scan_many(blocks: list[np.ndarray | Int8Rows], query: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Exact top-k of one query over several row blocks (a segment's probed partitions) at
     once: (scores, block index, row within the block), best first, ties in block/row order.
 
@@ -256,7 +273,7 @@ def scan_many(blocks: list[np.ndarray], query: np.ndarray, k: int, metric: str) 
         order = np.lexsort((rows, which, -scores))[:k]
         return scores[order], which[order], rows[order]
     q = np.ascontiguousarray(query, np.float32).reshape(1, -1)
-    blocks = [np.ascontiguousarray(b, np.float32) for b in blocks]
+    blocks = [_dense(b) for b in blocks]
     scores = np.concatenate([_scores(b, q, metric)[0] for b in blocks if len(b)])
     flat = _top(scores, k)
     starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
@@ -266,6 +283,12 @@ def scan_many(blocks: list[np.ndarray], query: np.ndarray, k: int, metric: str) 
     exact = exact_scores(np.stack([blocks[w][r] for w, r in zip(which, rows)]), q[0], metric)
     order = np.lexsort((rows, which, -exact))
     return exact[order], which[order].astype(np.int64), rows[order].astype(np.int64)
+
+
+def _dense(vectors: np.ndarray | Int8Rows) -> np.ndarray:
+    if isinstance(vectors, Int8Rows):
+        return vectors.dense()
+    return np.ascontiguousarray(vectors, np.float32)
 
 
 def exact_scores(vectors: np.ndarray, query: np.ndarray, metric: str) -> np.ndarray:

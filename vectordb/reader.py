@@ -107,10 +107,10 @@ class NamespaceReader:
         def load() -> Partition:
             start, length = layout.byte_range(p)
             data = self.store.get_range(key, start, length) if length else b""
-            part = segment.decode_partition(data, layout.rows_in(p), layout.dims, layout.vector_dtype)
+            part = segment.decode_partition(data, layout.rows_in(p), layout.dims, layout.vector_dtype, held_codes=True)
             if layout.vector_dtype != "float32" and length and hasattr(self.store, "discard"):
-                # Widened (float16) or dequantized (int8) to float32 in a copy: this memo
-                # holds the partition now, and the read cache need not hold its bytes too.
+                # Widened (float16) or int8 codes copied: this memo holds the partition
+                # now, and the read cache need not hold its bytes too.
                 self.store.discard(key, start, length)
             return part
 
@@ -138,7 +138,7 @@ class NamespaceReader:
         """Every vector and id of a segment, in segment row order."""
         layout = self.layout(ns, seg)
         parts = self.partitions(ns, seg, layout, range(layout.nlist))
-        vectors = np.concatenate([p.vectors for p in parts]) if parts else np.zeros((0, layout.dims), np.float32)
+        vectors = np.concatenate([p.dense() for p in parts]) if parts else np.zeros((0, layout.dims), np.float32)
         return vectors, [i for p in parts for i in p.ids]
 
     def tombstones(self, ns: str, seg: SegmentRef) -> frozenset[str]:

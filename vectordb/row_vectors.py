@@ -17,6 +17,7 @@ import numpy as np
 
 from storage.base import ObjectStore
 from vectordb import ranged_reads, segment
+from vectordb.int8_rows import dequantize
 from vectordb.segment import Layout
 
 _ROW_GAP = 4  # rows: neighbours closer than this are fetched in one GET
@@ -78,5 +79,5 @@ def decode(spans: ranged_reads.Spans, layout: Layout, rows: np.ndarray) -> np.nd
     for p in np.unique(parts).tolist():
         at = np.flatnonzero(parts == p)
         q = np.frombuffer(spans[(int(layout.part_bytes[p]), quantizer)], np.float32).reshape(2, dims)
-        out[at] = segment.dequantize(raw[at], q)
+        out[at] = dequantize(raw[at], q)
     return out

@@ -72,6 +72,7 @@ import numpy as np
 from vectordb import docs_format, keys
 from vectordb.docs_format import DocsLayout
 from vectordb.errors import VectorDBError
+from vectordb.int8_rows import Int8Rows, dequantize
 from vectordb.namespace import FLOAT16_MAX
 from vectordb.rows import RowBatch
 
@@ -216,8 +217,12 @@ class PartitionIds(Sequence[str]):
 
 @dataclass(frozen=True)
 class Partition:
-    vectors: np.ndarray  # n × dims, float32
+    vectors: np.ndarray | Int8Rows  # n × dims: float32, or an int8 partition's codes (``held_codes``)
     ids: PartitionIds
+
+    def dense(self) -> np.ndarray:
+        """The vectors as float32 (int8 codes dequantized)."""
+        return self.vectors.dense() if isinstance(self.vectors, Int8Rows) else self.vectors
 
 
 def centroid_type(centroids: np.ndarray, vector_dtype: str) -> str:
@@ -244,13 +249,6 @@ def quantize(vectors: np.ndarray, quantizer: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(codes), 0, 255).astype(np.uint8)
 
 
-def dequantize(codes: np.ndarray, quantizer: np.ndarray) -> np.ndarray:
-    vectors = codes.astype(np.float32)
-    vectors *= quantizer[1]
-    vectors += quantizer[0]
-    return vectors
-
-
 def encode_partition(vectors: np.ndarray, ids: list[str], vector_dtype: str = "float32") -> bytes:
     encoded = [i.encode() for i in ids]
     offsets = np.zeros(len(ids) + 1, np.int32)
@@ -263,10 +261,12 @@ def encode_partition(vectors: np.ndarray, ids: list[str], vector_dtype: str = "f
     return stored + offsets.tobytes() + b"".join(encoded)
 
 
-def decode_partition(data: bytes, rows: int, dims: int, vector_dtype: str = "float32") -> Partition:
-    """A partition's float32 vectors and ids. float32 vectors share ``data``'s memory;
-    float16 ones are widened and int8 codes dequantized into a new array (scans run on
-    float32)."""
+def decode_partition(data: bytes, rows: int, dims: int, vector_dtype: str = "float32",
+                     held_codes: bool = False) -> Partition:
+    """A partition's vectors and ids. float32 vectors share ``data``'s memory; float16 ones
+    are widened into a new array; int8 codes are dequantized into one, or with
+    ``held_codes`` copied as they are (:class:`vectordb.int8_rows.Int8Rows`: what a reader
+    holds, a quarter of the float32)."""
     stored = _STORED[vector_dtype]
     at = 0
     if vector_dtype == "int8" and rows:
@@ -274,7 +274,7 @@ def decode_partition(data: bytes, rows: int, dims: int, vector_dtype: str = "flo
         at = quantizer.nbytes
     vectors = np.frombuffer(data, stored, rows * dims, at).reshape(rows, dims)
     if vector_dtype == "int8" and rows:
-        vectors = dequantize(vectors, quantizer)
+        vectors = Int8Rows(vectors.copy(), quantizer.copy()) if held_codes else dequantize(vectors, quantizer)
     elif stored != np.float32:
         vectors = vectors.astype(np.float32)
     at += rows * dims * stored.itemsize
