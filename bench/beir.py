@@ -31,7 +31,6 @@ import contextlib
 import csv
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -48,6 +47,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from vectordb.evaluation import ndcg_at_k, recall_at_k  # noqa: E402
+from vectordb.testing import free_port  # noqa: E402
 
 RESULTS = BENCH / "results"
 MODES = ("vector", "bm25", "hybrid")
@@ -103,9 +103,7 @@ def local_server(workdir: Path, settings: dict[str, str] | None = None, timeout_
     """A ``vectordb serve`` subprocess on a free 127.0.0.1 port with a ``file://`` store in
     ``workdir`` and ``settings`` (``VECTORDB_*`` variables) added to its environment; yields
     its URL once /healthz answers, ends it (by its own PID) afterwards."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     log_path = workdir / "server.log"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "VECTORDB_STORE_URI": f"file://{workdir / 'store'}", **(settings or {})}

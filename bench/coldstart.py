@@ -48,8 +48,8 @@ from prometheus_client.parser import text_string_to_metric_families  # noqa: E40
 from deploy.ray_serve import DEFAULT_INGRESS, INGRESSES  # noqa: E402
 from tests.data import DATA, nfcorpus_docs  # noqa: E402
 from tests.s3server import ACCESS_KEY, SECRET_KEY, TEST_BUCKET  # noqa: E402
-from tests.servers import free_port  # noqa: E402
 from vectordb.settings import Settings  # noqa: E402
+from vectordb.testing import free_port  # noqa: E402
 
 NS = "nfcorpus"
 

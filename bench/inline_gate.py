@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from coldstart import test_queries  # noqa: E402
 
-from tests.servers import free_port  # noqa: E402
+from vectordb.testing import free_port  # noqa: E402
 
 NS = "gate"
 

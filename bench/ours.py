@@ -40,9 +40,9 @@ from counting import CountingStore, describe_requests  # noqa: E402
 
 from api.service import Service  # noqa: E402
 from storage import CachedStore, open_raw_store  # noqa: E402
-from tests.servers import free_port  # noqa: E402
 from vectordb.ivf import default_nprobe  # noqa: E402
 from vectordb.settings import Settings  # noqa: E402
+from vectordb.testing import free_port  # noqa: E402
 
 NAMESPACE = "bench"
 JSON_HEADERS = {"content-type": "application/json"}

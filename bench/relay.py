@@ -14,6 +14,8 @@ import contextlib
 import socket
 import threading
 
+from vectordb.testing import listener
+
 _METHODS = (b"GET ", b"HEAD ", b"PUT ", b"POST ", b"DELETE ")
 
 
@@ -21,7 +23,7 @@ class CountingRelay:
     def __init__(self, target: str) -> None:
         host, port = target.rsplit(":", 1)
         self._target = (host, int(port))
-        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener = listener()
         self.endpoint = f"127.0.0.1:{self._listener.getsockname()[1]}"
         self._lock = threading.Lock()
         self._counts = {"bytes_down": 0, "bytes_up": 0, "requests": 0}

