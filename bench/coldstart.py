@@ -46,10 +46,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from deploy.ray_serve import DEFAULT_INGRESS, INGRESSES  # noqa: E402
-from tests.data import DATA, nfcorpus_docs  # noqa: E402
-from tests.s3server import ACCESS_KEY, SECRET_KEY, TEST_BUCKET  # noqa: E402
 from vectordb.settings import Settings  # noqa: E402
-from vectordb.testing import free_port  # noqa: E402
+from vectordb.testing import ACCESS_KEY, DATA, SECRET_KEY, TEST_BUCKET, free_port, nfcorpus_docs  # noqa: E402
 
 NS = "nfcorpus"
 

@@ -33,8 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.s3server import ACCESS_KEY, SECRET_KEY, TEST_BUCKET  # noqa: E402
-from vectordb.testing import free_port  # noqa: E402
+from vectordb.testing import ACCESS_KEY, SECRET_KEY, TEST_BUCKET, free_port  # noqa: E402
 
 QUERY = {"text": "vitamin d deficiency and bone health", "top_k": 10}
 

@@ -43,10 +43,10 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from tests.data import DATA  # noqa: E402
 from vectordb import embedders  # noqa: E402
 from vectordb.errors import InvalidArgument  # noqa: E402
 from vectordb.settings import Settings  # noqa: E402
+from vectordb.testing import DATA  # noqa: E402
 
 BATCH, MAX_LEN = 64, 256
 CACHE = ROOT / ".bench-cache" / "onnx"

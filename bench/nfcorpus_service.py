@@ -26,10 +26,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from beir import read_queries  # noqa: E402  (bench/ is this script's directory)
 
-from tests.data import DATA, nfcorpus_docs  # noqa: E402
-from tests.s3server import ACCESS_KEY, SECRET_KEY, TEST_BUCKET, port_open, seaweedfs, weed_binary  # noqa: E402
-from tests.servers import start_server  # noqa: E402
 from vectordb.evaluation import ndcg_at_k, recall_at_k  # noqa: E402
+from vectordb.testing import (  # noqa: E402
+    ACCESS_KEY,
+    DATA,
+    SECRET_KEY,
+    TEST_BUCKET,
+    nfcorpus_docs,
+    port_open,
+    seaweedfs,
+    start_server,
+    weed_binary,
+)
 
 PUBLISHED = {"ndcg@10": 0.31594, "recall@100": 0.31151}
 

@@ -36,9 +36,9 @@ sys.path.insert(0, str(BENCH))
 import dataset as ds_mod  # noqa: E402
 import s3  # noqa: E402
 
-from tests.s3server import ACCESS_KEY, SECRET_KEY  # noqa: E402
 from vectordb.ivf import default_nprobe  # noqa: E402
 from vectordb.settings import Settings  # noqa: E402
+from vectordb.testing import ACCESS_KEY, SECRET_KEY  # noqa: E402
 
 PEERS_PYTHON = BENCH / ".venv-peers" / "bin" / "python"
 RESULTS = BENCH / "results"

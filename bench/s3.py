@@ -12,22 +12,18 @@ from __future__ import annotations
 import contextlib
 import io
 import random
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.s3server import ACCESS_KEY, SECRET_KEY, port_open, stop_process, weed_binary  # noqa: E402
-from vectordb.testing import SEAWEEDFS_GRPC_OFFSET, seaweedfs_port  # noqa: E402
+from vectordb import testing  # noqa: E402
+from vectordb.testing import ACCESS_KEY, SECRET_KEY, port_open, weed_binary  # noqa: E402
 
 BUCKET = "vdbbench"
 DEFAULT_ENDPOINT = "127.0.0.1:8333"
-_START_TIMEOUT_S = 60.0
-_START_TRIES = 3  # starts on fresh ports when one was taken before it bound it
 
 
 def client(endpoint: str, timeout: float = 30.0):
@@ -76,46 +72,10 @@ def endpoint(given: str | None, workdir: Path, log) -> Iterator[str]:
         yield started
 
 
-def _free_ports() -> dict[str, int]:
-    """A port for each service of ``weed mini``, below 32768 with its gRPC port (+ 10000),
-    no two of them the same."""
-    ports: dict[str, int] = {}
-    for name in ("s3", "master", "volume", "filer", "admin"):
-        ports[name] = seaweedfs_port([p + d for p in ports.values() for d in (0, SEAWEEDFS_GRPC_OFFSET)])
-    return ports
-
-
-@contextlib.contextmanager
-def seaweedfs(data_dir: Path, weed: str, log) -> Iterator[str]:
-    """``weed mini`` on free ports of 127.0.0.1 (others again if one was taken before it
-    bound it); yields its S3 endpoint."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    log_path = data_dir / "weed.log"
-    for attempt in range(1, _START_TRIES + 1):
-        ports = _free_ports()
-        command = [
-            weed, "mini", f"-dir={data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-master.telemetry=false",
-            "-admin.ui=false", "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
-            *(f"-{name}.port={port}" for name, port in ports.items()),
-        ]
-        with open(log_path, "wb") as out:
-            process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        started = f"127.0.0.1:{ports['s3']}"
-        try:
-            deadline = time.monotonic() + _START_TIMEOUT_S
-            while not (port_open("127.0.0.1", ports["s3"]) and healthy(started)):
-                if process.poll() is not None or time.monotonic() > deadline:
-                    break
-                time.sleep(0.3)
-            else:
-                log(f"started SeaweedFS (pid {process.pid}) with S3 on {started}")
-                yield started
-                return
-        finally:
-            stop_process(process)
-        tail = log_path.read_text(errors="replace")[-3000:]
-        if "address already in use" not in tail.lower() or attempt == _START_TRIES:
-            raise RuntimeError(f"SeaweedFS did not start; its log:\n{tail}")
+def seaweedfs(data_dir: Path, weed: str, log):
+    """``weed mini`` on free ports of 127.0.0.1 below 32768 (a context manager): yields its S3
+    endpoint once it serves, stops it by its PID at the end."""
+    return testing.seaweedfs(data_dir, weed, free_ports=True, ready=healthy, log=log)
 
 
 def remove_prefixes(endpoint: str, prefixes: list[str], log) -> None:

@@ -41,7 +41,7 @@ import orjson  # noqa: E402
 import s3  # noqa: E402
 from ours import NAMESPACE, Worker, compile_sources  # noqa: E402
 
-from tests.s3server import ACCESS_KEY, SECRET_KEY  # noqa: E402
+from vectordb.testing import ACCESS_KEY, SECRET_KEY  # noqa: E402
 
 DIMS = 384
 

@@ -15,84 +15,19 @@ long-running server has only so many.
 from __future__ import annotations
 
 import os
-import shutil
-import socket
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 
 import pytest
 
 from vectordb.settings import Settings
+from vectordb.testing import ACCESS_KEY, SEAWEEDFS_S3_PORT, SECRET_KEY, TEST_BUCKET, port_open, seaweedfs, weed_binary
 
 ENDPOINT_ENV = "VECTORDB_TEST_S3_ENDPOINT"
-DEFAULT_PORT = 8333
-TEST_BUCKET = "vectordb-test"
-ACCESS_KEY = "testkey"
-SECRET_KEY = "testsecret"
-START_TIMEOUT_S = 60.0
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "s3: needs a real S3 server (SeaweedFS), see tests/s3server.py")
-
-
-def port_open(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-def weed_binary() -> str | None:
-    """The ``weed`` beside this Python (a venv's bin) or on PATH."""
-    beside = Path(sys.executable).parent / "weed"
-    return str(beside) if beside.exists() else shutil.which("weed")
-
-
-def stop_process(process: subprocess.Popen) -> None:
-    """End a server we started: SIGTERM, then SIGKILL if it has not gone in 15 s."""
-    process.terminate()
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
-@contextmanager
-def seaweedfs(data_dir: Path, weed: str) -> Iterator[str]:
-    """Run ``weed mini`` on 127.0.0.1 with its S3 API on port 8333; yield the endpoint."""
-    command = [
-        weed,
-        f"-logdir={data_dir}",  # not $TMPDIR
-        "mini",
-        f"-dir={data_dir}",
-        "-ip=127.0.0.1",
-        "-ip.bind=127.0.0.1",
-        "-master.telemetry=false",
-        "-admin.ui=false",
-        "-webdav=false",  # its chunk cache would go to /tmp
-        "-s3.port.iceberg=0",
-        "-s3.port.lance=0",
-    ]
-    log_path = data_dir / "weed.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not port_open("127.0.0.1", DEFAULT_PORT):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"SeaweedFS did not start; its log:\n{log_path.read_text(errors='replace')}")
-            time.sleep(0.2)
-        yield f"127.0.0.1:{DEFAULT_PORT}"
-    finally:
-        stop_process(process)
 
 
 def s3_healthy(endpoint: str) -> str | None:
@@ -129,8 +64,8 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             pytest.fail(f"{ENDPOINT_ENV}={endpoint} does not work: {problem}")
         yield endpoint
         return
-    if port_open("127.0.0.1", DEFAULT_PORT):
-        existing = f"127.0.0.1:{DEFAULT_PORT}"
+    if port_open("127.0.0.1", SEAWEEDFS_S3_PORT):
+        existing = f"127.0.0.1:{SEAWEEDFS_S3_PORT}"
         problem = s3_healthy(existing)
         if problem:
             pytest.fail(f"an S3 server on {existing} is not working ({problem}); stop it or set {ENDPOINT_ENV}")

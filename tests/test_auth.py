@@ -26,10 +26,9 @@ from api.rights import RULES
 from api.service import Service
 from storage.memory import MemoryStore
 from tests.fakes import unit_settings
-from tests.servers import ROOT
 from vectordb.errors import InvalidArgument
 from vectordb.settings import Settings
-from vectordb.testing import free_port
+from vectordb.testing import ROOT, free_port
 
 CONFIG = {"embedder": "fake"}
 TENANTS = {"a": "acme-", "b": "beta-"}

@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from tests.servers import ROOT, start_server
 from vectordb.settings import Settings
+from vectordb.testing import ROOT, start_server
 
 pytestmark = [pytest.mark.s3, pytest.mark.integration]
 

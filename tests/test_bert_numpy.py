@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 
-from tests.data import nfcorpus_docs
 from vectordb import embedders
 from vectordb.bert_numpy import NumpyBertEmbedder, read_safetensors, use_for_minilm
 from vectordb.errors import InvalidArgument
 from vectordb.settings import Settings
+from vectordb.testing import nfcorpus_docs
 
 
 @pytest.fixture(scope="module")

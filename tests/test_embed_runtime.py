@@ -16,12 +16,12 @@ import sys
 import numpy as np
 import pytest
 
-from tests.data import nfcorpus_docs
 from vectordb import embedders
 from vectordb.bert_numpy import NumpyBertEmbedder
 from vectordb.errors import InvalidArgument
 from vectordb.onnx_bert import OnnxBertEmbedder
 from vectordb.settings import Settings, load
+from vectordb.testing import nfcorpus_docs
 
 TEXTS = ["Vitamin D is made in the skin under sunlight.", "statins", "", "word " * 600]
 

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from tests.s3server import s3_env
-from tests.servers import Server, start_server
+from vectordb.testing import Server, start_server
 
 pytestmark = [pytest.mark.s3, pytest.mark.integration]
 

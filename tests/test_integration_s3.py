@@ -11,10 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 from minio import Minio
 
-from tests.data import nfcorpus_docs, siftsmall
-from tests.s3server import ACCESS_KEY, SECRET_KEY
 from tests.s3server import s3_env as env_of
-from tests.servers import start_server
+from vectordb.testing import ACCESS_KEY, SECRET_KEY, nfcorpus_docs, siftsmall, start_server
 
 pytestmark = [pytest.mark.s3, pytest.mark.integration]
 

@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from tests.s3server import s3_env
-from tests.servers import ROOT, start_server
+from vectordb.testing import ROOT, start_server
 
 pytestmark = [pytest.mark.s3, pytest.mark.integration]
 

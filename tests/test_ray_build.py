@@ -24,10 +24,9 @@ import pytest
 
 from api.service import Service
 from ingest import ray_build
-from tests.data import siftsmall
 from tests.faultproxy import FaultPlan, FaultProxy
-from tests.s3server import ACCESS_KEY, SECRET_KEY
 from vectordb.manifest import SegmentRef
+from vectordb.testing import ACCESS_KEY, SECRET_KEY, siftsmall
 
 # Ray's own modules use deprecated APIs when imported.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.*")

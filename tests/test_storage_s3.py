@@ -16,9 +16,8 @@ from minio import Minio
 
 from storage.errors import PreconditionFailed, StorageUnavailable
 from storage.s3 import S3Store
-from tests.s3server import ACCESS_KEY, SECRET_KEY
 from vectordb.settings import Settings
-from vectordb.testing import bind_free, free_port
+from vectordb.testing import ACCESS_KEY, SECRET_KEY, bind_free, free_port
 
 # (method, path, body) -> (status, headers, body); a handler may sleep to simulate a timeout.
 Responder = Callable[[str, str, bytes], tuple[int, dict[str, str], bytes]]

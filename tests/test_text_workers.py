@@ -11,11 +11,11 @@ import pytest
 
 from api.service import Service
 from tests.s3server import s3_env
-from tests.servers import start_server
 from tests.test_lagging_workers import _gc
 from vectordb import bm25_blocks, segment
 from vectordb.bm25_blocks import Head
 from vectordb.settings import Settings
+from vectordb.testing import start_server
 
 pytestmark = [pytest.mark.s3, pytest.mark.integration]
 
