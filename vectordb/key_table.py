@@ -28,8 +28,10 @@ with a second GET.
 from __future__ import annotations
 
 import hashlib
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -149,59 +151,172 @@ def build(keys: Sequence[str], rows: np.ndarray, payloads: Sequence[bytes] | Non
 def write(keys: Packed, hashes: np.ndarray, rows: np.ndarray, payloads: Packed,
           emit: Callable[[bytes], object], hash_name: str = "blake2b64") -> TableInfo:
     """:func:`build` from packed keys and payloads and the keys' ``hashes``, the table's
-    bytes handed to ``emit`` in order (a bucket at a time, then the overflow area), so
-    a segment build never holds the whole table."""
-    n = len(keys)
-    buckets = 1 << max(0, int(np.ceil(np.log2(max(1, n / _TARGET_LOAD)))))
-    hashes = np.asarray(hashes, np.uint64)
-    rows = np.asarray(rows, np.int64)
-    which = TableInfo(buckets, 0, hash_name).bucket_of(hashes)
-    sizes = ENTRY.itemsize + keys.lengths() + payloads.lengths()
-    bucket_bytes = np.bincount(which, weights=sizes, minlength=buckets).astype(np.int64) + _HEADER.itemsize
-    order = np.lexsort((rows, hashes))  # hash order (so bucket order), then row order
-    bounds = np.searchsorted(which[order], np.arange(buckets + 1))
-    del which
-    # A few heavy keys (a document of thousands of chunks) must not widen every bucket:
-    # past four times the mean a bucket spills instead.
-    stride = int(np.quantile(bucket_bytes, _SPILL_QUANTILE, method="higher"))
-    stride = min(stride, 4 * int(bucket_bytes.mean()) + 256)
-    stride = max(_HEADER.itemsize, (stride + 7) // 8 * 8)
-    info = TableInfo(buckets, stride, hash_name)
-    del bucket_bytes
-
-    spills: list[bytes] = []
-    spill_at = buckets * stride
-    for b in range(buckets):
-        lo, hi = int(bounds[b]), int(bounds[b + 1])
-        picked = order[lo:hi].tolist()
-        room = stride - _HEADER.itemsize
-        fits = 0
-        for size in sizes[picked].tolist():
-            if size > room:
-                break
-            room -= size
-            fits += 1
-        rest = b""
-        if fits < len(picked):
-            rest = _encode(picked[fits:], hashes, rows, keys, payloads, 0, 0)
-        body = _encode(picked[:fits], hashes, rows, keys, payloads, len(rest), spill_at if rest else 0)
-        emit(body + bytes(stride - len(body)))
-        if rest:
-            spills.append(rest)
-            spill_at += len(rest)
-    for rest in spills:
-        emit(rest)
-    return info
+    bytes handed to ``emit`` in order (a bucket at a time, then the overflow area)."""
+    writer = TableWriter(None, hash_name)
+    writer.add(keys, hashes, rows, payloads)
+    return writer.finish(emit)
 
 
-def _encode(picked: list[int], hashes, rows, keys: Packed, payloads: Packed, spill_bytes: int, spill_at: int) -> bytes:
-    header = np.array([(len(picked), spill_bytes, spill_at)], _HEADER).tobytes()
-    fixed = np.empty(len(picked), ENTRY)
-    fixed["hash"] = hashes[picked] if picked else []
-    fixed["row"] = rows[picked] if picked else []
-    fixed["key_len"] = [len(keys[i]) for i in picked]
-    fixed["payload_len"] = [len(payloads[i]) for i in picked]
-    return header + fixed.tobytes() + b"".join(keys[i] + payloads[i] for i in picked)
+_SHARD_BITS = 6  # a table's entries wait in 2**6 shards by the top bits of their hash
+_SHARDS = 1 << _SHARD_BITS
+_FLUSH_BYTES = 32 * 1024**2
+
+
+class TableWriter:
+    """A table of entries added in any order, written in bounded memory.
+
+    Entries wait in ``directory`` (None: in memory) in 64 shards by the top bits of their
+    hash, so the shards are in hash order; :meth:`finish` sizes the buckets from all the
+    entries' hashes and sizes, then loads, sorts and emits one shard at a time. A segment
+    build of 10M rows used to hold every row's id, hash and record entry and their sort
+    at once (~1.4 GB at the end of the build); this holds a 64th of them.
+    """
+
+    def __init__(self, directory: Path | None, hash_name: str = "blake2b64") -> None:
+        self.hash_name = hash_name
+        self.count = 0
+        self._dir = directory
+        if directory is not None:
+            directory.mkdir(parents=True, exist_ok=True)
+        self._fixed: list[list[np.ndarray]] = [[] for _ in range(_SHARDS)]  # not yet flushed
+        self._var: list[list[bytes]] = [[] for _ in range(_SHARDS)]  # each entry's key, then its payload
+        self._buffered = 0
+
+    def add(self, keys: Packed, hashes: np.ndarray, rows: np.ndarray, payloads: Packed) -> None:
+        """Entries ``keys[i] -> (rows[i], payloads[i])``; ``hashes`` the keys' hashes."""
+        n = len(keys)
+        if not n:
+            return
+        hashes = np.asarray(hashes, np.uint64)
+        fixed = np.empty(n, ENTRY)
+        fixed["hash"] = hashes
+        fixed["row"] = np.asarray(rows, np.int64)
+        fixed["key_len"] = keys.lengths()
+        fixed["payload_len"] = payloads.lengths()
+        # Each entry's key then its payload, from the two blobs.
+        key_blob = np.frombuffer(keys.blob, np.uint8)[keys.offsets[0] : keys.offsets[-1]]
+        payload_blob = np.frombuffer(payloads.blob, np.uint8)[payloads.offsets[0] : payloads.offsets[-1]]
+        starts = np.empty(2 * n, np.int64)
+        starts[0::2] = keys.offsets[:-1] - keys.offsets[0]
+        starts[1::2] = payloads.offsets[:-1] - payloads.offsets[0] + len(key_blob)
+        lengths = np.empty(2 * n, np.int64)
+        lengths[0::2], lengths[1::2] = fixed["key_len"], fixed["payload_len"]
+        var = _gather(np.concatenate([key_blob, payload_blob]), starts, lengths)
+        sizes = lengths[0::2] + lengths[1::2]
+        shard = (hashes >> np.uint64(64 - _SHARD_BITS)).astype(np.int64)
+        order = np.argsort(shard, kind="stable")
+        var = _gather(var, (np.cumsum(sizes) - sizes)[order], sizes[order])
+        fixed = fixed[order]
+        bounds = np.searchsorted(shard[order], np.arange(_SHARDS + 1))
+        var_at = np.concatenate([[0], np.cumsum(sizes[order])])
+        for s in np.flatnonzero(np.diff(bounds)).tolist():
+            lo, hi = int(bounds[s]), int(bounds[s + 1])
+            self._fixed[s].append(fixed[lo:hi])
+            self._var[s].append(var[var_at[lo] : var_at[hi]].tobytes())
+        self.count += n
+        self._buffered += fixed.nbytes + len(var)
+        if self._dir is not None and self._buffered >= _FLUSH_BYTES:
+            self._flush()
+
+    def _flush(self) -> None:
+        for s in range(_SHARDS):
+            if self._fixed[s]:
+                with open(self._dir / f"{s}.entries", "ab") as out:
+                    for part in self._fixed[s]:
+                        out.write(part.tobytes())
+                with open(self._dir / f"{s}.bytes", "ab") as out:
+                    for part in self._var[s]:
+                        out.write(part)
+                self._fixed[s], self._var[s] = [], []
+        self._buffered = 0
+
+    def _shard(self, s: int, with_bytes: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+        if self._dir is None:
+            fixed = np.concatenate(self._fixed[s]) if self._fixed[s] else np.zeros(0, ENTRY)
+            var = np.frombuffer(b"".join(self._var[s]), np.uint8) if with_bytes else None
+            return fixed, var
+        path = self._dir / f"{s}.entries"
+        if not path.exists():
+            return np.zeros(0, ENTRY), np.zeros(0, np.uint8)
+        fixed = np.fromfile(path, ENTRY)
+        return fixed, np.fromfile(self._dir / f"{s}.bytes", np.uint8) if with_bytes else None
+
+    def finish(self, emit: Callable[[bytes], object]) -> TableInfo:
+        """Hand the table's bytes to ``emit`` in order (a bucket at a time, then the
+        overflow area); its info. Removes the shards' files."""
+        if self._dir is not None:
+            self._flush()
+        buckets = 1 << max(0, int(np.ceil(np.log2(max(1, self.count / _TARGET_LOAD)))))
+        sized = TableInfo(buckets, 0, self.hash_name)
+        bucket_bytes = np.full(buckets, _HEADER.itemsize, np.int64)
+        for s in range(_SHARDS):
+            fixed, _ = self._shard(s, with_bytes=False)
+            if len(fixed):
+                sizes = ENTRY.itemsize + fixed["key_len"].astype(np.int64) + fixed["payload_len"]
+                bucket_bytes += np.bincount(sized.bucket_of(fixed["hash"]), weights=sizes, minlength=buckets).astype(np.int64)
+        # A few heavy keys (a document of thousands of chunks) must not widen every bucket:
+        # past four times the mean a bucket spills instead.
+        stride = int(np.quantile(bucket_bytes, _SPILL_QUANTILE, method="higher"))
+        stride = min(stride, 4 * int(bucket_bytes.mean()) + 256)
+        stride = max(_HEADER.itemsize, (stride + 7) // 8 * 8)
+        info = TableInfo(buckets, stride, self.hash_name)
+        del bucket_bytes
+
+        spills: list[bytes] = []
+        spill_at = buckets * stride
+        # Shards in hash order, so their buckets in bucket order: each shard's own buckets,
+        # or (fewer buckets than shards) each bucket's shards together.
+        per = max(1, _SHARDS // buckets)
+        for first in range(0, _SHARDS, per):
+            loaded = [self._shard(s) for s in range(first, first + per)]
+            fixed = np.concatenate([f for f, _ in loaded])
+            var = np.concatenate([v for _, v in loaded])
+            sizes = fixed["key_len"].astype(np.int64) + fixed["payload_len"]
+            order = np.lexsort((fixed["row"], fixed["hash"]))  # hash order (so bucket order), then row order
+            var = _gather(var, (np.cumsum(sizes) - sizes)[order], sizes[order])
+            fixed, sizes = fixed[order], sizes[order]
+            var_at = np.concatenate([[0], np.cumsum(sizes)])
+            entry_at = np.concatenate([[0], np.cumsum(sizes + ENTRY.itemsize)])
+            lo_bucket = first * buckets // _SHARDS
+            hi_bucket = max(lo_bucket + 1, (first + per) * buckets // _SHARDS)
+            bounds = np.searchsorted(info.bucket_of(fixed["hash"]), np.arange(lo_bucket, hi_bucket + 1))
+            for b in range(hi_bucket - lo_bucket):
+                lo, hi = int(bounds[b]), int(bounds[b + 1])
+                # The longest prefix of the bucket's entries that fits its stride.
+                fits = int(np.searchsorted(entry_at[lo : hi + 1] - entry_at[lo], stride - _HEADER.itemsize, "right")) - 1
+                mid = lo + fits
+                rest = b""
+                if mid < hi:
+                    rest = _encode(fixed[mid:hi], var[var_at[mid] : var_at[hi]], 0, 0)
+                body = _encode(fixed[lo:mid], var[var_at[lo] : var_at[mid]], len(rest), spill_at if rest else 0)
+                emit(body + bytes(stride - len(body)))
+                if rest:
+                    spills.append(rest)
+                    spill_at += len(rest)
+        for rest in spills:
+            emit(rest)
+        self._remove()
+        return info
+
+    def _remove(self) -> None:
+        self._fixed = [[] for _ in range(_SHARDS)]
+        self._var = [[] for _ in range(_SHARDS)]
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def _gather(data: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The byte ranges ``data[starts[i] : starts[i] + lengths[i]]``, back to back."""
+    total = int(lengths.sum())
+    if not total:
+        return np.zeros(0, np.uint8)
+    ends = np.cumsum(lengths)
+    return data[np.arange(total, dtype=np.int64) + np.repeat(starts - (ends - lengths), lengths)]
+
+
+def _encode(fixed: np.ndarray, var: np.ndarray, spill_bytes: int, spill_at: int) -> bytes:
+    header = np.array([(len(fixed), spill_bytes, spill_at)], _HEADER).tobytes()
+    return header + fixed.tobytes() + var.tobytes()
 
 
 def decode(data: bytes) -> Bucket:

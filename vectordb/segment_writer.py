@@ -21,13 +21,14 @@ through a working directory in four passes:
    is arrival order: the order of a stable sort of all rows by partition, as the
    in-memory build made. Every file is appended to as its partitions come (vectors,
    fields and row entries, attribute columns' row groups, the whole layout's
-   ``docs.parquet``); what needs every row before it can be written keeps only small
-   things per row until the end: ids and their hashes and record entries (``ids.bin``),
-   chunks' ``doc_id``\\s (``doc_ids.bin``), BM25 postings (24 bytes a posting).
+   ``docs.parquet``); the key tables (``ids.bin``: ids, their hashes and record entries;
+   ``doc_ids.bin``: chunks' ``doc_id``\\s) wait on disk in 64 shards by hash
+   (:class:`vectordb.key_table.TableWriter`) and are written a shard at a time at the end;
+   BM25 postings are kept (24 bytes a posting).
 
 Peak memory is about ``memory_bytes``: an eighth for an input chunk, a quarter for the
-k-means sample, a quarter for a group of partitions, and the per-row state above (~60
-bytes plus the id a row, plus postings). The result is the same bytes whatever
+k-means sample, a quarter for a group of partitions, and the per-row state above (a few
+bytes a row, plus postings). The result is the same bytes whatever
 ``memory_bytes`` (unless a bound so small that it shrinks the k-means sample), and the same
 as the in-memory build's before this module existed.
 
@@ -349,7 +350,7 @@ class Spilled:
                   else ("vectors.bin", "docs.parquet"))}
         part_bytes = np.zeros(nlist + 1, np.int64)
         lexical = bm25.BM25Builder()
-        keys = _Keys()
+        keys = _Keys(self.workdir)
         with open(files["vectors.bin"], "wb") as vectors:
             writer = _DocsWriter(self.workdir, plan) if by_range else _WholeDocsWriter(files["docs.parquet"])
             for p, rows in enumerate(self._partitions(runs, part_rows)):
@@ -365,43 +366,29 @@ class Spilled:
 
 
 class _Keys:
-    """What the key tables need of every row, packed: ids, their hashes, the rows' record
-    entries; and (row, doc_id, id) of the chunks."""
+    """The key tables of the rows as they come (:class:`vectordb.key_table.TableWriter`,
+    waiting on disk in the working directory): id -> (row, record entry), and a chunk's
+    ``doc_id`` -> (row, id)."""
 
-    def __init__(self) -> None:
-        self.ids: list[key_table.Packed] = []
-        self.hashes: list[np.ndarray] = []
-        self.entries: list[bytes] = []
-        self.doc_rows: list[int] = []
-        self.doc_keys: list[bytes] = []
-        self.doc_ids: list[bytes] = []
+    def __init__(self, workdir: Path) -> None:
+        self.ids = key_table.TableWriter(workdir / "ids.table")
+        self.doc_ids = key_table.TableWriter(workdir / "doc_ids.table")
 
     def add(self, ids: list[str], entries: bytes, parsed: list[dict], first_row: int) -> None:
-        self.ids.append(key_table.Packed.of([i.encode() for i in ids]))
-        self.hashes.append(key_table.blake2b64(ids))
-        self.entries.append(entries)
-        # What a {"doc_id": {"$in": [...]}} filter finds: rows whose doc_id is a string.
-        for row, attrs in enumerate(parsed, first_row):
-            parent = attrs.get(DOC_ID)
-            if isinstance(parent, str):
-                self.doc_rows.append(row)
-                self.doc_keys.append(parent.encode())
-                self.doc_ids.append(ids[row - first_row].encode())
-
-    def write_tables(self, ids_out: BinaryIO, doc_ids_out: BinaryIO, n: int):
+        n = len(ids)
         size = doc_fields.ENTRY.itemsize
-        entries = b"".join(self.entries)
-        self.entries = []
-        payloads = key_table.Packed(entries, np.arange(n + 1, dtype=np.int64) * size)
-        hashes = np.concatenate(self.hashes) if self.hashes else np.zeros(0, np.uint64)
-        ids_info = key_table.write(key_table.Packed.concat(self.ids), hashes, np.arange(n), payloads, ids_out.write)
-        del payloads, entries, hashes
-        self.ids = self.hashes = []
-        doc_keys = key_table.Packed.of(self.doc_keys)
-        doc_hashes = key_table.blake2b64([k.decode() for k in self.doc_keys])
-        doc_info = key_table.write(doc_keys, doc_hashes, np.array(self.doc_rows, np.int64),
-                                   key_table.Packed.of(self.doc_ids), doc_ids_out.write)
-        return ids_info, doc_info
+        self.ids.add(key_table.Packed.of([i.encode() for i in ids]), key_table.blake2b64(ids),
+                     np.arange(first_row, first_row + n), key_table.Packed(entries, np.arange(n + 1, dtype=np.int64) * size))
+        # What a {"doc_id": {"$in": [...]}} filter finds: rows whose doc_id is a string.
+        chunks = [(row, attrs[DOC_ID]) for row, attrs in enumerate(parsed) if isinstance(attrs.get(DOC_ID), str)]
+        if chunks:
+            self.doc_ids.add(key_table.Packed.of([parent.encode() for _, parent in chunks]),
+                             key_table.blake2b64([parent for _, parent in chunks]),
+                             np.array([first_row + row for row, _ in chunks], np.int64),
+                             key_table.Packed.of([ids[row].encode() for row, _ in chunks]))
+
+    def write_tables(self, ids_out: BinaryIO, doc_ids_out: BinaryIO):
+        return self.ids.finish(ids_out.write), self.doc_ids.finish(doc_ids_out.write)
 
 
 class _DocsWriter:
@@ -432,7 +419,7 @@ class _DocsWriter:
             columns = self.columns.finish(out.write)
         files["ids.bin"], files["doc_ids.bin"] = self.workdir / "ids.bin", self.workdir / "doc_ids.bin"
         with open(files["ids.bin"], "wb") as ids_out, open(files["doc_ids.bin"], "wb") as doc_ids_out:
-            ids_info, doc_info = keys.write_tables(ids_out, doc_ids_out, n)
+            ids_info, doc_info = keys.write_tables(ids_out, doc_ids_out)
         return DocsLayout(n, ids_info, doc_info, columns)
 
 
