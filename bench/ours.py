@@ -70,6 +70,18 @@ def proc_memory(pid: int) -> dict:
     return out
 
 
+def _rate_by_tenth(acked: list[tuple[float, int]], started: float) -> list[float]:
+    """Vectors/s acknowledged in each tenth of the rows (is the rate sustained?)."""
+    total = sum(n for _, n in acked)
+    rates, done, prev_rows, prev_t = [], 0, 0, started
+    for when, n in sorted(acked):
+        done += n
+        if done >= total * (len(rates) + 1) / 10:
+            rates.append(round((done - prev_rows) / max(when - prev_t, 1e-9), 1))
+            prev_rows, prev_t = done, when
+    return rates
+
+
 def reset_peak_rss(pid: int) -> None:
     """Restart the kernel's high-water mark of ``pid``'s RSS (VmHWM) from its RSS now."""
     Path(f"/proc/{pid}/clear_refs").write_text("5")
@@ -271,6 +283,7 @@ def ingest(data: ds_mod.Dataset, env: dict, workdir: Path, clients: int, batch: 
                   json={"embedder": "none", "dimensions": ds_mod.DIMS, "metric": "cosine",
                         "vector_dtype": vector_dtype}).raise_for_status()
         latencies: list[float] = []
+        acked: list[tuple[float, int]] = []  # (when, rows) of each acknowledged upsert
         lock = threading.Lock()
         queue = iter(range(len(starts)))
 
@@ -288,6 +301,7 @@ def ingest(data: ds_mod.Dataset, env: dict, workdir: Path, clients: int, batch: 
                     r.raise_for_status()
                     with lock:
                         latencies.append(time.perf_counter() - t)
+                        acked.append((time.perf_counter(), min(batch, data.rows - starts[n])))
 
         started = time.perf_counter()
         with ThreadPoolExecutor(clients) as pool:
@@ -302,6 +316,7 @@ def ingest(data: ds_mod.Dataset, env: dict, workdir: Path, clients: int, batch: 
             "ingest_clients": clients,
             "vector_encoding": encoding,
             "ingest_batch": batch,
+            "ingest_vectors_per_s_by_tenth": _rate_by_tenth(acked, started),
         })
         log(f"ours: ingested {data.rows:,} rows in {ingest_s:.1f} s ({data.rows / ingest_s:,.0f} vectors/s)")
         bodies.clear()  # free the JSON before the index build
@@ -564,7 +579,8 @@ def text_queries(settings: Settings, query_texts: list[str], log) -> dict:
 
 
 def run(data: ds_mod.Dataset, endpoint: str, bucket: str, prefix: str, access: str, secret: str, workdir: Path, *,
-        clients: int, batch: int, encoding: str, colds: int, quick: bool, log, vector_dtype: str = "float32") -> dict:
+        clients: int, batch: int, encoding: str, colds: int, quick: bool, log, vector_dtype: str = "float32",
+        background_builds: bool = False) -> dict:
     store_uri = f"s3://{bucket}/{prefix}"
     env = {
         "VECTORDB_STORE_URI": store_uri,
@@ -572,14 +588,16 @@ def run(data: ds_mod.Dataset, endpoint: str, bucket: str, prefix: str, access: s
         "VECTORDB_S3_ACCESS_KEY": access,
         "VECTORDB_S3_SECRET_KEY": secret,
         # One index build after the ingest (POST /index), measured on its own; with the
-        # default, background builds every 20,000 rows would compete with the upserts.
-        "VECTORDB_AUTO_INDEX": "false",
+        # default (``background_builds``), background builds compete with the upserts and
+        # POST /index builds what is left.
+        "VECTORDB_AUTO_INDEX": "true" if background_builds else "false",
     }
     settings = Settings(store_uri=store_uri, s3_endpoint=endpoint, s3_access_key=access, s3_secret_key=secret,
                         preload_embedder="")
     nlist = ds_mod.nlist_for(data.rows)
     out: dict = {"store_uri": store_uri, "nlist": nlist, "nprobe": default_nprobe(nlist)}
     out["vector_dtype"] = vector_dtype
+    out["background_builds"] = background_builds
     out["ingest"] = ingest(data, env, workdir, clients, batch, encoding, log, vector_dtype)
     out["in_process"] = in_process(data, settings, colds, log)
     starts = 1 if quick else 3

@@ -235,7 +235,10 @@ def report(result: dict) -> str:
                         if "client_encode_s" in ing else "bodies encoded by the clients while sending")
                      + f"); POST /index {ing['build_s']} s "
                      f"(server {ing['index_response']['seconds']} s); ingest worker peak RSS "
-                     f"{ing['ingest_worker_peak_rss_mb']:,.0f} MB")
+                     f"{ing['ingest_worker_peak_rss_mb']:,.0f} MB ({ing.get('after_ingest_peak_rss_mb')} MB while "
+                     f"ingesting, {ing.get('build_peak_rss_mb')} MB while building)")
+        parts.append(f"  background builds during the ingest: {'on' if ours.get('background_builds') else 'off'}; "
+                     f"vectors/s by tenth of the rows: {ing.get('ingest_vectors_per_s_by_tenth')}")
         parts.append(f"* cold query, fresh Service (empty cache), median of {len(inp['cold_runs'])}: "
                      f"{inp['connect_first_ms']} ms = connect {inp['cold_connect_ms']} ms + first query "
                      f"{inp['cold_first_query_ms']} ms; object store: {inp['cold_requests']} requests, "
@@ -305,6 +308,10 @@ def main() -> int:
     parser.add_argument("--cache-bytes", type=int,
                         help="our query workers' RAM cache (VECTORDB_CACHE_BYTES; default the service's, 2 GiB). "
                              "int8 partitions are held as their codes: 10M x 384 needs ~4.0 GB to be held whole")
+    parser.add_argument("--background-builds", action="store_true",
+                        help="ingest with the service's background builds on (VECTORDB_AUTO_INDEX, the default "
+                             "of a deployment), then POST /index for what is left; default: off during the "
+                             "ingest, one POST /index after it")
     parser.add_argument("--out", help="JSON path (default bench/results/<time>-<rows>.json)")
     args = parser.parse_args()
     if args.cache_bytes:  # read by the in-process Settings and inherited by the worker processes
@@ -350,6 +357,7 @@ def main() -> int:
                         data, ep, BUCKET, prefixes[-1], ACCESS_KEY, SECRET_KEY, workdir, clients=args.clients,
                         batch=args.batch, encoding=args.vector_encoding, colds=3 if args.quick else 5,
                         quick=args.quick, log=log, vector_dtype=args.vector_dtype,
+                        background_builds=args.background_builds,
                     )
                 except Exception as exc:  # still run the peers; the report says what failed
                     log(f"ours failed: {exc!r}")
