@@ -30,6 +30,9 @@ from vectordb.reader import NamespaceReader
 from vectordb.segment import Layout
 
 _TIE_ROOM = exact_filter.TIE_ROOM
+# A broad filter keeping a fraction f of a segment's rows probes nprobe × (1/f) ** this
+# many partitions. 1 scans about as many kept rows as an unfiltered query scans rows.
+PROBE_GROWTH = 1.0
 
 
 def search(
@@ -230,10 +233,9 @@ def _search_segment_filtered(reader, ctx: Context, seg: SegmentRef, q, k, metric
         # ``allowed``, per tail version): a later query with another vector reads nothing.
         key = (seg.id, seg.tombstones_key, ctx.filter_key, ctx.tail.serial if layout.docs is None else None)
         return exact_filter.search(reader, ctx, seg, layout, allowed, q, k, metric, key)
-    # Probe more partitions the more the filter drops, so about as many allowed rows
-    # are scanned as an unfiltered query would scan.
+    # Probe more partitions the more the filter drops (PROBE_GROWTH).
     base_nprobe = _nprobe(ctx, layout.nlist)
-    wanted = min(layout.nlist, math.ceil(base_nprobe * seg.rows / n_allowed))
+    wanted = min(layout.nlist, math.ceil(base_nprobe * (seg.rows / n_allowed) ** PROBE_GROWTH))
     parts = ivf.probe(layout.centroids, q.reshape(1, -1), wanted, metric)[0]
     parts = np.array([p for p in parts if p >= 0 and layout.rows_in(int(p)) > 0], np.int64)
     if ctx.fields:
