@@ -39,7 +39,7 @@ class WalTail:
 
     store: ObjectStore
     manifest: Manifest
-    touched: frozenset[str] = frozenset()  # every id the tail upserts or deletes
+    touched: frozenset[str] = frozenset()  # every id the tail upserts or deletes (when there are segments)
     _keep: list[np.ndarray] = field(default_factory=list)  # per WAL object, its rows that stay
     rows: int = 0
 
@@ -64,7 +64,9 @@ class WalTail:
             b, r = where >> 32, where & 0xFFFFFFFF
             if not deletes[b][r]:
                 keep[b].append(r)
-        tail = cls(store, manifest, frozenset(last))
+        # Only a build that keeps or merges segments needs the touched ids (their strings
+        # held as a set: ~100 bytes an id, through the whole build).
+        tail = cls(store, manifest, frozenset(last) if manifest.segments else frozenset())
         tail._keep = [np.sort(np.array(k, np.int64)) for k in keep]
         tail.rows = sum(len(k) for k in keep)
         return tail
