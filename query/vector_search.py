@@ -65,14 +65,14 @@ def search(
 
 
 def _shared_probes(reader: NamespaceReader, ctx: Context, q, metric, fetch: bool = True) -> dict[str, list[int]]:
-    """One probe budget for all segments: ``nprobe`` as for one segment of all their
-    partitions, shared among the sets of centroids in proportion to their partitions
-    (:func:`_shares`), each set scanning its own best ones; a one-partition segment
-    always. So a namespace in many segments scans about the rows one compacted segment
-    would, not ``nprobe`` per segment. Segments that share one set of centroids (a Ray
-    build's shards: ``Layout.centroid_set``) count it once: its centroid ``p`` is ranked
-    once and, when picked, partition ``p`` of each of them is scanned (together they are
-    the partition one segment of all their rows would have). Layouts and then the picked
+    """One probe budget for all segments: every distinct centroid ranked together, the
+    best ``nprobe`` partitions of the namespace (``nprobe`` as for one segment of all
+    their partitions) scanned, wherever they are; a one-partition segment always. So a
+    namespace in many segments scans about the rows one compacted segment would, not
+    ``nprobe`` per segment. Segments that share one set of centroids (a Ray build's
+    shards: ``Layout.centroid_set``) count it once: its centroid ``p`` is ranked once
+    and, when picked, partition ``p`` of each of them is scanned (together they are the
+    partition one segment of all their rows would have). Layouts and then the picked
     partitions are fetched in one round of parallel reads each, however many segments
     there are."""
     segments = ctx.manifest.segments
@@ -81,17 +81,22 @@ def _shared_probes(reader: NamespaceReader, ctx: Context, q, metric, fetch: bool
     groups = centroid_groups(layouts)
     total = sum(layouts[members[0]].nlist for members in groups)
     budget = min(total, ctx.nprobe or ivf.default_nprobe(total))
+    owner, part, scores = [], [], []
     picked: dict[str, list[int]] = {}
-    shares = _shares(budget, [layouts[members[0]].nlist for members in groups])
-    for members, take in zip(groups, shares):
+    for g, members in enumerate(groups):
         layout = layouts[members[0]]
         if layout.nlist == 1:
             for i in members:
                 picked[segments[i].id] = [0] if layouts[i].rows_in(0) else []
             continue
-        scores = ivf.exact_scores(layout.centroids, q.reshape(-1), metric)
-        for p in np.argsort(-scores, kind="stable")[:take].tolist():
-            for i in members:
+        owner.append(np.full(layout.nlist, g))
+        part.append(np.arange(layout.nlist))
+        scores.append(ivf.exact_scores(layout.centroids, q.reshape(-1), metric))
+    if scores:
+        order = np.argsort(-np.concatenate(scores), kind="stable")[:budget]
+        owners, parts = np.concatenate(owner)[order], np.concatenate(part)[order]
+        for g, p in zip(owners.tolist(), parts.tolist()):
+            for i in groups[g]:
                 if layouts[i].rows_in(p):
                     picked.setdefault(segments[i].id, []).append(p)
     if not fetch:  # a torch device holds the segments (query.gpu)
@@ -108,20 +113,6 @@ def _shared_probes(reader: NamespaceReader, ctx: Context, q, metric, fetch: bool
                     for p, h in zip(parts, held) if not h]
     _parallel(reader, missing, len(missing) <= 1)
     return picked
-
-
-def _shares(budget: int, nlists: list[int]) -> list[int]:
-    """How many of its own best partitions each set of centroids probes: ``budget`` shared
-    in proportion to their partitions (largest remainders), at least one each. The sets
-    overlap in space, so ranking all their centroids together left a segment's share of
-    the neighbours unprobed (recall@10 0.945 at 1M rows in four segments, 0.972 in one)."""
-    total = sum(nlists)
-    exact = [budget * n / total for n in nlists]
-    shares = [max(1, math.floor(e)) for e in exact]
-    left = budget - sum(shares)
-    for g in sorted(range(len(nlists)), key=lambda g: math.floor(exact[g]) - exact[g])[: max(0, left)]:
-        shares[g] += 1
-    return [min(s, n) for s, n in zip(shares, nlists)]
 
 
 def centroid_groups(layouts: list[Layout]) -> list[list[int]]:

@@ -117,20 +117,15 @@ def test_the_centroid_set_trailer_follows_any_other_and_old_layouts_read_without
 
 
 def _ranked(layouts: list[segment.Layout], q: np.ndarray, budget: int) -> list[list[int]]:
-    """Each layout's cells: its share of ``budget`` (in proportion to its centroids, at
-    least one) of its own best ones, best first."""
-    shares = vector_search._shares(budget, [lay.nlist for lay in layouts])
-    return [[int(p) for p in np.argsort(-ivf.exact_scores(lay.centroids, q, METRIC), kind="stable")[:take]]
-            for lay, take in zip(layouts, shares)]
-
-
-def test_the_budget_is_shared_by_partitions_at_least_one_each():
-    assert vector_search._shares(8, [25] * 6) == [2, 2, 1, 1, 1, 1]  # largest remainders, then order
-    assert vector_search._shares(10, [20, 85, 245, 650]) == [1, 1, 2, 6]
-    assert vector_search._shares(10, [1000]) == [10]
-    assert vector_search._shares(3, [5, 5, 5, 5, 5]) == [1, 1, 1, 1, 1]  # more sets than budget: one each
-    assert vector_search._shares(20, [2, 100]) == [1, 19]
-    assert vector_search._shares(20, [1, 5]) == [1, 5]  # never more than a set has
+    """Each layout's cells among the best ``budget`` of all their centroids ranked
+    together (as the budget was spent before centroids were shared), best first."""
+    scores = np.concatenate([ivf.exact_scores(lay.centroids, q, METRIC) for lay in layouts])
+    owner = np.concatenate([np.full(lay.nlist, i) for i, lay in enumerate(layouts)])
+    part = np.concatenate([np.arange(lay.nlist) for lay in layouts])
+    cells: list[list[int]] = [[] for _ in layouts]
+    for i in np.argsort(-scores, kind="stable")[:budget]:
+        cells[owner[i]].append(int(part[i]))
+    return cells
 
 
 def _held(layout: segment.Layout, cells: list[int]) -> list[int]:
@@ -150,7 +145,7 @@ def test_a_centroid_shared_by_segments_counts_once_in_the_probe_budget(world, np
             assert picked.get(seg.id, []) == _held(reader.layout(NS, seg), cells)
 
 
-def test_segments_with_their_own_centroids_share_the_budget_by_their_partitions(world):
+def test_segments_with_their_own_centroids_spend_the_budget_as_before(world):
     _, reader, segs, vectors = world
     a, b, c, d = (reader.layout(NS, segs[name]) for name in "abcd")
     budget = ivf.default_nprobe(2 * NLIST)
