@@ -304,8 +304,8 @@ class _CountingStore(MemoryStore):
 
 def test_many_segments_share_one_probe_budget_and_keep_recall():
     """Six segments of 40-row partitions: a query reads the namespace's best
-    ``default_nprobe(150)`` = 8 partitions, not 8 in each segment, and recall@10 against
-    brute force stays high."""
+    ``default_nprobe(150)`` = 8 partitions and tops each segment up to 2 of its own, not 8
+    in each segment, and recall@10 against brute force stays high."""
     store = _CountingStore()
     svc = _service(store)
     svc.create_namespace("ns", "none", 16, "cosine")
@@ -324,7 +324,7 @@ def test_many_segments_share_one_probe_budget_and_keep_recall():
         truth = {f"v{i}" for i in np.argsort(-(vectors @ q))[:10]}
         before = store.partition_reads
         hits = _service(store).query("ns", vector=q.tolist(), top_k=10).hits  # cold: every partition read counts
-        assert store.partition_reads - before <= 8
+        assert store.partition_reads - before <= 8 + 2 * 6  # the budget, and at most 2 more per segment
         found += len(truth & {h.id for h in hits})
     assert found / 300 >= 0.9
 

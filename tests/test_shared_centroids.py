@@ -118,13 +118,19 @@ def test_the_centroid_set_trailer_follows_any_other_and_old_layouts_read_without
 
 def _ranked(layouts: list[segment.Layout], q: np.ndarray, budget: int) -> list[list[int]]:
     """Each layout's cells among the best ``budget`` of all their centroids ranked
-    together (as the budget was spent before centroids were shared), best first."""
-    scores = np.concatenate([ivf.exact_scores(lay.centroids, q, METRIC) for lay in layouts])
+    together, best first; then, with several layouts, each tops up to
+    ``MIN_PROBES_PER_SET`` of its own best (the default budget's minimum)."""
+    own = [ivf.exact_scores(lay.centroids, q, METRIC) for lay in layouts]
+    scores = np.concatenate(own)
     owner = np.concatenate([np.full(lay.nlist, i) for i, lay in enumerate(layouts)])
     part = np.concatenate([np.arange(lay.nlist) for lay in layouts])
     cells: list[list[int]] = [[] for _ in layouts]
     for i in np.argsort(-scores, kind="stable")[:budget]:
         cells[owner[i]].append(int(part[i]))
+    if len(layouts) > 1:
+        for mine, sc in zip(cells, own):
+            want = min(len(sc), vector_search.MIN_PROBES_PER_SET)
+            mine += [p for p in np.argsort(-sc, kind="stable")[:want].tolist() if p not in mine][: max(0, want - len(mine))]
     return cells
 
 
@@ -145,7 +151,7 @@ def test_a_centroid_shared_by_segments_counts_once_in_the_probe_budget(world, np
             assert picked.get(seg.id, []) == _held(reader.layout(NS, seg), cells)
 
 
-def test_segments_with_their_own_centroids_spend_the_budget_as_before(world):
+def test_segments_with_their_own_centroids_share_the_budget_each_probing_a_few_of_its_own(world):
     _, reader, segs, vectors = world
     a, b, c, d = (reader.layout(NS, segs[name]) for name in "abcd")
     budget = ivf.default_nprobe(2 * NLIST)
