@@ -106,16 +106,12 @@ def _shared_probes(reader: NamespaceReader, ctx: Context, q, metric, fetch: bool
             # Every set of centroids probes at least MIN_PROBES_PER_SET of its own best.
             extra_o, extra_p = [], []
             for o, sc in zip(owner, scores):
-                g = int(o[0])
+                g, want = int(o[0]), min(len(sc), MIN_PROBES_PER_SET)
                 have = set(parts[owners == g].tolist())
-                want = min(len(sc), MIN_PROBES_PER_SET)
-                for p in np.argsort(-sc, kind="stable")[:want].tolist():
-                    if len(have) >= want:
-                        break
-                    if p not in have:
-                        have.add(p)
-                        extra_o.append(g)
-                        extra_p.append(p)
+                more = [p for p in np.argsort(-sc, kind="stable")[:want].tolist() if p not in have]
+                more = more[: max(0, want - len(have))]
+                extra_o += [g] * len(more)
+                extra_p += more
             owners = np.concatenate([owners, np.array(extra_o, np.int64)])
             parts = np.concatenate([parts, np.array(extra_p, np.int64)])
         for g, p in zip(owners.tolist(), parts.tolist()):

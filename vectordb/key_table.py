@@ -188,27 +188,24 @@ class TableWriter:
         if not n:
             return
         hashes = np.asarray(hashes, np.uint64)
+        shard = (hashes >> np.uint64(64 - _SHARD_BITS)).astype(np.int64)
+        order = np.argsort(shard, kind="stable")  # by shard, in arrival order within one
         fixed = np.empty(n, ENTRY)
-        fixed["hash"] = hashes
-        fixed["row"] = np.asarray(rows, np.int64)
-        fixed["key_len"] = keys.lengths()
-        fixed["payload_len"] = payloads.lengths()
-        # Each entry's key then its payload, from the two blobs.
+        fixed["hash"] = hashes[order]
+        fixed["row"] = np.asarray(rows, np.int64)[order]
+        fixed["key_len"] = keys.lengths()[order]
+        fixed["payload_len"] = payloads.lengths()[order]
+        # Each entry's key then its payload, in that order, gathered from the two blobs.
         key_blob = np.frombuffer(keys.blob, np.uint8)[keys.offsets[0] : keys.offsets[-1]]
         payload_blob = np.frombuffer(payloads.blob, np.uint8)[payloads.offsets[0] : payloads.offsets[-1]]
         starts = np.empty(2 * n, np.int64)
-        starts[0::2] = keys.offsets[:-1] - keys.offsets[0]
-        starts[1::2] = payloads.offsets[:-1] - payloads.offsets[0] + len(key_blob)
+        starts[0::2] = (keys.offsets[:-1] - keys.offsets[0])[order]
+        starts[1::2] = (payloads.offsets[:-1] - payloads.offsets[0])[order] + len(key_blob)
         lengths = np.empty(2 * n, np.int64)
         lengths[0::2], lengths[1::2] = fixed["key_len"], fixed["payload_len"]
         var = _gather(np.concatenate([key_blob, payload_blob]), starts, lengths)
-        sizes = lengths[0::2] + lengths[1::2]
-        shard = (hashes >> np.uint64(64 - _SHARD_BITS)).astype(np.int64)
-        order = np.argsort(shard, kind="stable")
-        var = _gather(var, (np.cumsum(sizes) - sizes)[order], sizes[order])
-        fixed = fixed[order]
         bounds = np.searchsorted(shard[order], np.arange(_SHARDS + 1))
-        var_at = np.concatenate([[0], np.cumsum(sizes[order])])
+        var_at = np.concatenate([[0], np.cumsum(lengths[0::2] + lengths[1::2])])
         for s in np.flatnonzero(np.diff(bounds)).tolist():
             lo, hi = int(bounds[s]), int(bounds[s + 1])
             self._fixed[s].append(fixed[lo:hi])

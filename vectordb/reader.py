@@ -109,8 +109,8 @@ class NamespaceReader:
             data = self.store.get_range(key, start, length) if length else b""
             part = segment.decode_partition(data, layout.rows_in(p), layout.dims, layout.vector_dtype, held_codes=True)
             if layout.vector_dtype != "float32" and length and hasattr(self.store, "discard"):
-                # Widened (float16) or int8 codes copied: this memo holds the partition
-                # now, and the read cache need not hold its bytes too.
+                # This memo holds the partition now (float16 widened, int8 codes), and the
+                # read cache need not hold its bytes too.
                 self.store.discard(key, start, length)
             return part
 

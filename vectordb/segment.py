@@ -265,7 +265,7 @@ def decode_partition(data: bytes, rows: int, dims: int, vector_dtype: str = "flo
                      held_codes: bool = False) -> Partition:
     """A partition's vectors and ids. float32 vectors share ``data``'s memory; float16 ones
     are widened into a new array; int8 codes are dequantized into one, or with
-    ``held_codes`` copied as they are (:class:`vectordb.int8_rows.Int8Rows`: what a reader
+    ``held_codes`` kept as they are (:class:`vectordb.int8_rows.Int8Rows`: what a reader
     holds, a quarter of the float32)."""
     stored = _STORED[vector_dtype]
     at = 0
@@ -274,7 +274,9 @@ def decode_partition(data: bytes, rows: int, dims: int, vector_dtype: str = "flo
         at = quantizer.nbytes
     vectors = np.frombuffer(data, stored, rows * dims, at).reshape(rows, dims)
     if vector_dtype == "int8" and rows:
-        vectors = Int8Rows(vectors.copy(), quantizer.copy()) if held_codes else dequantize(vectors, quantizer)
+        # Held codes view ``data`` until FAISS's index copies them (the first FAISS scan):
+        # one copy of them, not two.
+        vectors = Int8Rows(vectors, quantizer.copy()) if held_codes else dequantize(vectors, quantizer)
     elif stored != np.float32:
         vectors = vectors.astype(np.float32)
     at += rows * dims * stored.itemsize
