@@ -70,14 +70,16 @@ def test_cli_keys_guard_two_servers_on_s3(s3_settings, tmp_path):
         assert acme["id"] in listed and acme["token"] not in listed
 
         # Both workers hold the record (read just now); the revocation must still reach
-        # them within the cache time of the moment it was written.
+        # them, with no restart, once the cache time has passed. (The exact edges of the
+        # cache time are checked with a controlled clock in test_auth.py; here the bound is
+        # loose, so a loaded machine does not fail it.)
         assert one.get("/v1/namespaces", headers=a).status_code == two.get("/v1/namespaces", headers=a).status_code == 200
-        before = time.monotonic()
         revoked = _keys(env, "revoke", acme["id"])
         assert revoked["revoked_at"] is not None
+        written = time.monotonic()
         for client in (one, two):
             while client.get("/v1/namespaces", headers=a).status_code == 200:
-                assert time.monotonic() - before < CACHE_S + 1.0, "revocation not seen within the cache time"
+                assert time.monotonic() - written < CACHE_S + 10.0, "revocation not seen within the cache time"
                 time.sleep(0.05)
             assert client.get("/v1/namespaces", headers=a).status_code == 401
         assert two.get("/v1/namespaces", headers=b).json() == {"namespaces": ["beta-v"]}  # other keys unaffected

