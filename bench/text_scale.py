@@ -22,7 +22,9 @@ default). Warm is reported twice: "unwarmed", the queries after the cold one on 
 and "warmed", the same queries on one more fresh worker after the warm hint
 (``query.warm``, budget = its cache, documents included: what a worker that warms on
 scale-up holds), with the requests they still send (a strong read's manifest probe) and
-whether their answers equal the unwarmed ones. Before them one query of each kind on a throwaway worker pays what a process does
+whether their answers equal the unwarmed ones. Then four more warmed workers, with
+``speculative_reads`` off, on, off, on: each kind's median warmed p50 with and without
+speculative strong reads (the search overlapping the newest-manifest probe), and on / off. Before them one query of each kind on a throwaway worker pays what a process does
 once (imports, first use of each code path): its times are kept as ``first_in_process_cold_ms``.
 The warm queries use other vectors and NFCorpus test queries, so they read partitions and
 posting blocks the cold one did not.
@@ -43,8 +45,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import gc
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -199,6 +203,24 @@ def worker(spec_path: Path) -> dict:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(("VmHWM:", "VmRSS:")):
             out["peak_rss_mb" if line.startswith("VmHWM") else "rss_mb"] = round(int(line.split()[1]) / 1024, 1)
+    # (After the peak RSS was read: these workers come and go one at a time.)
+    # The baseline of speculative strong reads, in this run: warmed workers with
+    # speculative_reads off and on, alternately (off, on, off, on), the median p50 of each.
+    p50s: dict[str, dict[str, list[float]]] = {key: {"off": [], "on": []} for key in KINDS}
+    for setting in ("off", "on", "off", "on"):
+        rounds, answers, _ = corpus.warmed_then_queried(store, NS, runs, spec["warm"], cache_bytes=cache_bytes,
+                                                        speculative_reads=setting == "on", **over)
+        for key in KINDS:
+            p50s[key][setting].append(rounds[key]["warmed_p50_ms"])
+            if answers[key] != unwarmed[key]:
+                out["kinds"][key]["warmed_answers_equal"] = False
+        del rounds, answers
+        gc.collect()
+    for key in KINDS:
+        off, on = statistics.median(p50s[key]["off"]), statistics.median(p50s[key]["on"])
+        out["kinds"][key]["speculation"] = {"p50_ms_off": round(off, 2), "p50_ms_on": round(on, 2),
+                                            "on_over_off": round(on / off, 3) if off else None}
+        log(f"ours {key} warmed, speculative reads off / on: {out['kinds'][key]['speculation']}")
     return out
 
 
@@ -303,6 +325,11 @@ def report(result: dict) -> list[str]:
                      f"{hint.get('rss_mb_before')} -> {hint.get('rss_mb_after')} MB, partitions "
                      f"{hint['partitions']}/{hint['partitions_total']}, skipped {hint['skipped'] or 'nothing'}; "
                      f"warmed answers equal the unwarmed: {all(o.get('warmed_answers_equal', True) for o in ours.values())}")
+    if all("speculation" in o for o in ours.values()):
+        lines += ["| warmed p50 ms | speculative reads off | on | on / off |", "| --- " * 4 + "|"]
+        lines += [f"| {name} | {ours[key]['speculation']['p50_ms_off']} | {ours[key]['speculation']['p50_ms_on']} | "
+                  f"{ours[key]['speculation']['on_over_off']} |" for key, name in KINDS.items()]
+        lines.append("")
     lines.append(f"Our query worker: peak RSS {w['peak_rss_mb']} MB (cache_bytes {w['cache_bytes'] / 2**20:.0f} MiB, "
                  f"no model loaded: the queries bring vectors)")
     if lance:

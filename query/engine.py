@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -34,6 +35,9 @@ from vectordb.vectors import check_vector
 INCLUDABLE = ("text", "attributes", "vector")
 CONSISTENCY = ("strong", "eventual")
 MODES = ("vector", "bm25", "hybrid")
+# After a probe finds a newer version, strong queries of that namespace wait for their
+# probe before searching for this long (a namespace being written would search twice).
+_SPECULATION_PAUSE_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,9 @@ class QueryEngine:
         # Reads the ids of several segments' rows at once (lexical.name); its tasks wait
         # only for the fetch pool's.
         self._naming = ThreadPoolExecutor(max_workers=8, thread_name_prefix="naming")
+        # Runs the newest-manifest probe of a speculated strong query (see _speculate).
+        self._probes = ThreadPoolExecutor(max_workers=8, thread_name_prefix="probe")
+        self._moved_at: dict[str, float] = {}  # namespace -> when a probe last found a newer version
 
     # --- public ------------------------------------------------------------------------
     def query(self, ns: str, **kwargs) -> QueryResult:
@@ -102,20 +109,53 @@ class QueryEngine:
             terms = analyze(req.text) if isinstance(req.text, str) else []
             self._hint(ns, lambda seg: self.reader.prefetch_bm25(ns, seg, terms))
             self._hint(ns, lambda seg: self.reader.prefetch_ids(ns, seg))
-        manifest = self._manifest(ns, req.consistency, req.as_of)
-        q = self._query_vector(manifest, req) if req.mode in ("vector", "hybrid") else None
+        manifest = None
         try:
+            speculated, manifest = self._speculate(ns, req, filt)
+            if speculated is not None:
+                return speculated
+            if manifest is None:
+                manifest = self._manifest(ns, req.consistency, req.as_of)
+            q = self._query_vector(manifest, req) if req.mode in ("vector", "hybrid") else None
             return self._search(manifest, req, q, filt)
         except ObjectNotFound:
+            if manifest is None:  # no version to search was found
+                raise
             if req.as_of is not None:  # that very version was collected meanwhile
                 raise VersionNotRetained(f"version {manifest.version} of {ns!r} was pruned while it was read") from None
             # Garbage collection removed an object of an old version under our feet:
             # the newest manifest never references removed objects.
             manifest = self._latest(ns, "strong")
+            q = self._query_vector(manifest, req) if req.mode in ("vector", "hybrid") else None
             return self._search(manifest, req, q, filt)
         finally:
             self.answered.set()
             ivf.load_faiss_soon()  # a fresh worker's first answers are numpy's; FAISS after that
+
+    def _speculate(self, ns: str, req: QueryRequest, filt) -> tuple[QueryResult | None, Manifest | None]:
+        """A strong query on a worker that knows ``ns``: search the newest version it knows
+        while the probe asks the store for the next one. (answer, None) when the probe found
+        no newer version: the answer is then of a version that was the newest during the
+        query, which is what a strong read promises. (None, newest) when it found one (or
+        the search failed): the caller searches ``newest``. (None, None): not speculated."""
+        if req.consistency != "strong" or req.as_of is not None or not self.settings.speculative_reads:
+            return None, None
+        start = self.catalog.trusted(ns)
+        if start is None or time.monotonic() - self._moved_at.get(ns, -_SPECULATION_PAUSE_S) < _SPECULATION_PAUSE_S:
+            return None, None
+        # Started after this query arrived, so it sees every write acknowledged before.
+        probe = self._probes.submit(self._strong.latest, ns)
+        answer = None
+        try:
+            q = self._query_vector(start, req) if req.mode in ("vector", "hybrid") else None
+            answer = self._search(start, req, q, filt)
+        except Exception:  # noqa: BLE001 - searched again below, where the error counts
+            answer = None
+        newest = probe.result()  # NamespaceNotFound (dropped meanwhile) and store errors propagate
+        if newest.version != start.version:
+            self._moved_at[ns] = time.monotonic()
+            return None, newest
+        return answer, newest
 
     def _manifest(self, ns: str, consistency: str, as_of) -> Manifest:
         """The newest version (strong or eventual), or the one ``as_of`` names."""

@@ -88,6 +88,16 @@ class Catalog:
             raise NamespaceNotFound(f"namespace {ns!r} does not exist")
         return manifest
 
+    def trusted(self, ns: str) -> Manifest | None:
+        """The newest version this process has seen of ``ns``, if it may still start a probe
+        from it without resyncing (see the module docstring) and it is not a drop; else None.
+        Only where to start: whether it is still the newest takes a probe."""
+        with self._lock:
+            known = self._known.get(ns)
+        if known is None or known[0].deleted or self.clock() - known[1] >= self.trust_s:
+            return None
+        return known[0]
+
     def newest(self, ns: str, consistency: str = "strong", on_start=None) -> Manifest | None:
         """The newest manifest, dropped or not; None if the namespace never existed.
 

@@ -70,6 +70,12 @@ class Settings(BaseModel):
         "of its kind has answered before (saves two thread hand-offs, ~0.3-1 ms); false: every query in the "
         "thread pool.",
     )
+    speculative_reads: bool = Field(
+        True, description="A strong query on a worker that knows a namespace's newest version searches that "
+        "version while it asks the store whether a newer one exists, and answers at once when none does (a "
+        "round trip off each warm query); false: search only after the answer. Off for a second after a "
+        "probe finds a newer version (a namespace being written), so constant writes do not search twice.",
+    )
 
     # --- access control ----------------------------------------------------------------
     auth: Literal["auto", "keys", "off"] = Field(
