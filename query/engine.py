@@ -12,8 +12,10 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 
@@ -38,6 +40,8 @@ MODES = ("vector", "bm25", "hybrid")
 # After a probe finds a newer version, strong queries of that namespace wait for their
 # probe before searching for this long (a namespace being written would search twice).
 _SPECULATION_PAUSE_S = 1.0
+_MISSED = object()  # no speculative answer
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -109,15 +113,19 @@ class QueryEngine:
             terms = analyze(req.text) if isinstance(req.text, str) else []
             self._hint(ns, lambda seg: self.reader.prefetch_bm25(ns, seg, terms))
             self._hint(ns, lambda seg: self.reader.prefetch_ids(ns, seg))
-        manifest = None
-        try:
-            speculated, manifest = self._speculate(ns, req, filt)
-            if speculated is not None:
-                return speculated
-            if manifest is None:
-                manifest = self._manifest(ns, req.consistency, req.as_of)
+
+        def search(manifest: Manifest) -> QueryResult:
             q = self._query_vector(manifest, req) if req.mode in ("vector", "hybrid") else None
             return self._search(manifest, req, q, filt)
+
+        manifest = None
+        try:
+            answer, manifest = self._speculate(ns, req.consistency, req.as_of, search)
+            if answer is not _MISSED:
+                return answer
+            if manifest is None:
+                manifest = self._manifest(ns, req.consistency, req.as_of)
+            return search(manifest)
         except ObjectNotFound:
             if manifest is None:  # no version to search was found
                 raise
@@ -125,36 +133,33 @@ class QueryEngine:
                 raise VersionNotRetained(f"version {manifest.version} of {ns!r} was pruned while it was read") from None
             # Garbage collection removed an object of an old version under our feet:
             # the newest manifest never references removed objects.
-            manifest = self._latest(ns, "strong")
-            q = self._query_vector(manifest, req) if req.mode in ("vector", "hybrid") else None
-            return self._search(manifest, req, q, filt)
+            return search(self._latest(ns, "strong"))
         finally:
             self.answered.set()
             ivf.load_faiss_soon()  # a fresh worker's first answers are numpy's; FAISS after that
 
-    def _speculate(self, ns: str, req: QueryRequest, filt) -> tuple[QueryResult | None, Manifest | None]:
-        """A strong query on a worker that knows ``ns``: search the newest version it knows
-        while the probe asks the store for the next one. (answer, None) when the probe found
-        no newer version: the answer is then of a version that was the newest during the
-        query, which is what a strong read promises. (None, newest) when it found one (or
-        the search failed): the caller searches ``newest``. (None, None): not speculated."""
-        if req.consistency != "strong" or req.as_of is not None or not self.settings.speculative_reads:
-            return None, None
+    def _speculate(self, ns: str, consistency: str, as_of, work: Callable[[Manifest], T]) -> tuple[T, Manifest | None]:
+        """A strong read on a worker that knows ``ns``: ``work`` on the newest version it
+        knows while the probe asks the store for the next one. (answer, newest) when the
+        probe found no newer version: the answer is then of a version that was the newest
+        during the read, which is what a strong read promises. (_MISSED, newest) when it
+        found one, or ``work`` failed: the caller works on ``newest``, where an error
+        counts. (_MISSED, None): not speculated."""
+        if consistency != "strong" or as_of is not None or not self.settings.speculative_reads:
+            return _MISSED, None
         start = self.catalog.trusted(ns)
         if start is None or time.monotonic() - self._moved_at.get(ns, -_SPECULATION_PAUSE_S) < _SPECULATION_PAUSE_S:
-            return None, None
-        # Started after this query arrived, so it sees every write acknowledged before.
+            return _MISSED, None
+        # Started after this read arrived, so it sees every write acknowledged before.
         probe = self._probes.submit(self._strong.latest, ns)
-        answer = None
         try:
-            q = self._query_vector(start, req) if req.mode in ("vector", "hybrid") else None
-            answer = self._search(start, req, q, filt)
-        except Exception:  # noqa: BLE001 - searched again below, where the error counts
-            answer = None
+            answer = work(start)
+        except Exception:  # noqa: BLE001 - done again on the newest version, where the error counts
+            answer = _MISSED
         newest = probe.result()  # NamespaceNotFound (dropped meanwhile) and store errors propagate
         if newest.version != start.version:
             self._moved_at[ns] = time.monotonic()
-            return None, newest
+            return _MISSED, newest
         return answer, newest
 
     def _manifest(self, ns: str, consistency: str, as_of) -> Manifest:
@@ -229,7 +234,7 @@ class QueryEngine:
     def get_document(self, ns: str, doc_id: str, consistency: str = "strong", as_of=None) -> Hit:
         """The row ``doc_id`` with its text and attributes. Raises DocumentNotFound."""
         self._hint(ns, lambda seg: self.reader.prefetch_id(ns, seg, doc_id))
-        record = documents.find(self.reader, self._manifest(ns, consistency, as_of), doc_id)
+        record = self._read(ns, consistency, as_of, lambda manifest: documents.find(self.reader, manifest, doc_id))
         if record is None:
             raise DocumentNotFound(f"document {doc_id!r} not found in {ns!r}")
         return _record_hit(record)
@@ -238,7 +243,7 @@ class QueryEngine:
         """The row ``doc_id``, or the chunked document ``doc_id``: its chunks in order (see
         :class:`query.documents.Document`). Raises DocumentNotFound."""
         self._hint(ns, lambda seg: self.reader.prefetch_id(ns, seg, doc_id))
-        found = documents.document(self.reader, self._manifest(ns, consistency, as_of), doc_id)
+        found = self._read(ns, consistency, as_of, lambda manifest: documents.document(self.reader, manifest, doc_id))
         if found is None:
             raise DocumentNotFound(f"document {doc_id!r} not found in {ns!r}")
         return found
@@ -246,9 +251,19 @@ class QueryEngine:
     def documents(self, ns: str, ids: list[str], consistency: str = "strong", as_of=None) -> list[documents.Document]:
         """Those of ``ids`` found (rows or chunked documents, as :meth:`document`), in the
         order asked, all read from one version."""
-        manifest = self._manifest(ns, consistency, as_of)
-        found = (documents.document(self.reader, manifest, doc_id) for doc_id in dict.fromkeys(ids))
-        return [doc for doc in found if doc is not None]
+        def read(manifest: Manifest) -> list[documents.Document]:
+            found = (documents.document(self.reader, manifest, doc_id) for doc_id in dict.fromkeys(ids))
+            return [doc for doc in found if doc is not None]
+
+        return self._read(ns, consistency, as_of, read)
+
+    def _read(self, ns: str, consistency: str, as_of, work: Callable[[Manifest], T]) -> T:
+        """``work`` on the version a read of ``consistency`` (or ``as_of``) sees, speculated
+        where it can be (see :meth:`_speculate`)."""
+        answer, manifest = self._speculate(ns, consistency, as_of, work)
+        if answer is not _MISSED:
+            return answer
+        return work(manifest or self._manifest(ns, consistency, as_of))
 
     def list_documents(self, ns: str, limit: int, cursor: str | None = None, as_of=None, vectors: bool = False
                        ) -> tuple[list[documents.Document], list | None, str | None, int]:
