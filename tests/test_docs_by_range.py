@@ -114,6 +114,44 @@ def test_column_filters_agree_with_python_and_skip_only_groups_without_matches(s
                 assert not any(group)  # skipped: statistics ruled every row out
 
 
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(segments(), st.lists(FILTERS, min_size=1, max_size=3))
+def test_array_operations_agree_with_duckdb_and_python(segment_rows, filters):
+    rows, part_rows = segment_rows
+    reader, base, layout = _docs_reader([r[0] for r in rows], [json.dumps(r[1]) for r in rows], part_rows)
+    for raw in filters:
+        filt = parse_filter(raw)
+        names = filter_columns.columns(filt, layout.kinds)
+        if not names:
+            continue  # no column to read: the statistics answer (filter_mask reads nothing)
+        table = reader.columns(base, layout, names, range(len(part_rows) - 1))
+        expected = [evaluate(filt, doc_id, attrs) for doc_id, attrs in rows]
+        assert filter_columns.sql_mask(filt, layout.kinds, names, table).tolist() == expected
+        typed = filter_columns.typed_mask(filt, layout.kinds, names, table)
+        assert typed is None or typed.tolist() == expected
+
+
+def test_typed_filters_take_array_operations():
+    ids = [f"r{i}" for i in range(300)]
+    attrs = [json.dumps({"year": 1990 + i % 30, "tenant": f"t{i % 7}", "ok": i % 2 == 0, **({"x": i} if i % 3 else {})})
+             for i in range(300)]
+    reader, base, layout = _docs_reader(ids, attrs, [0, 100, 200, 300])
+    for raw in ({"year": {"$gte": 2013}}, {"tenant": "t3", "year": 2000}, {"tenant": {"$in": ["t1", "t2"]}},
+                {"$or": [{"ok": True}, {"x": {"$exists": False}}]}, {"tenant": {"$gt": "t4"}},
+                {"$not": {"year": {"$in": [1991, 1992.0]}}}, {"tenant": {"$contains": "5"}}, {"absent": None, "ok": False},
+                {"x": {"$ne": 4}}, {"year": "1990"}):
+        filt = parse_filter(raw)
+        names = filter_columns.columns(filt, layout.kinds)
+        table = reader.columns(base, layout, names, range(3))
+        typed = filter_columns.typed_mask(filt, layout.kinds, names, table)
+        assert typed is not None, raw
+        assert typed.tolist() == [evaluate(filt, i, json.loads(a)) for i, a in zip(ids, attrs)], raw
+    for raw in ({"id": "r1"}, {"x": {"$exists": True}, "id": {"$in": ["r2", "r4"]}}):  # left to DuckDB
+        filt = parse_filter(raw)
+        names = filter_columns.columns(filt, layout.kinds)
+        assert filter_columns.typed_mask(filt, layout.kinds, names, reader.columns(base, layout, names, range(3))) is None
+
+
 def test_typed_columns_and_rest():
     ids = [f"r{i}" for i in range(600)]
     attrs = [json.dumps({"year": 1990 + i % 30, "tenant": f"t{i % 7}", "ok": i % 2 == 0, "tags": ["a", i % 3],
