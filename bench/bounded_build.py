@@ -19,7 +19,9 @@ On SeaweedFS (started here unless ``--s3`` names an endpoint), with the MiniLM-l
    then the same rows compacted (``index(compact=True)``) and the same measures. Each state
    also gets a cold query: a fresh Service (empty cache, FAISS already imported) per query,
    connect -> answer, and the requests, bytes and sequential round trips that reached the
-   store (``counting.py``); the median of 3.
+   store (``counting.py``); the median of 3. With ``--share-centroids both`` (the
+   default) the same batches grow a second namespace with ``share_centroids`` off (each
+   build trains centroids of its own, as before), measured the same way beside it.
 """
 
 from __future__ import annotations
@@ -170,8 +172,9 @@ def cold_measures(settings: Settings, ns: str, data: ds_mod.Dataset, colds: int 
     return sorted(runs, key=lambda run: run["connect_answer_ms"])[len(runs) // 2]
 
 
-def grow(endpoint: str, prefix: str, data: ds_mod.Dataset, rows: int, batches: int, queries: int) -> dict:
-    settings = settings_for(endpoint, prefix)
+def grow(endpoint: str, prefix: str, data: ds_mod.Dataset, rows: int, batches: int, queries: int,
+         share: bool = True, compact: bool = True) -> dict:
+    settings = settings_for(endpoint, prefix, share_centroids=share)
     svc = Service(settings)
     svc.create_namespace(NS, "none", data.base.shape[1], "cosine")
     step = rows // batches
@@ -187,7 +190,12 @@ def grow(endpoint: str, prefix: str, data: ds_mod.Dataset, rows: int, batches: i
             builds += 1
     out = {"grow_s": round(time.perf_counter() - started, 1), "builds": builds}
     out["grown"] = query_measures(svc, NS, data, queries)
+    manifest = svc.catalog.latest(NS)
+    out["grown"]["centroid_sets"] = len({svc.reader.layout(NS, seg).centroid_set or seg.id for seg in manifest.segments})
     out["grown_cold"] = cold_measures(settings, NS, data)
+    if not compact:
+        svc.close()
+        return out
     started = time.perf_counter()
     svc.index(NS, compact=True)
     out["compact_s"] = round(time.perf_counter() - started, 1)
@@ -233,6 +241,8 @@ def main() -> int:
     parser.add_argument("--grow-rows", type=int, default=200_000)
     parser.add_argument("--batches", type=int, default=100)
     parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument("--share-centroids", choices=("on", "off", "both"), default="both",
+                        help="the grow phase's share_centroids; both: grow again with it off, beside (the baseline)")
     parser.add_argument("--s3", default=None, help="host:port of an S3 endpoint (default: SeaweedFS started here)")
     parser.add_argument("--child", nargs=2, metavar=("SETTINGS_JSON", "NS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -248,10 +258,18 @@ def main() -> int:
             if args.rows:
                 build_phase(args, data, endpoint, prefix, workdir, result)
             log(f"growing a namespace of {args.grow_rows:,} rows by {args.batches} batches")
-            result["grow"] = grow(endpoint, prefix + "-grow", ds_mod.prepare(args.grow_rows, sanity=False), args.grow_rows,
-                                  args.batches, args.queries)
+            grow_data = ds_mod.prepare(args.grow_rows, sanity=False)
+            result["grow"] = grow(endpoint, prefix + "-grow", grow_data, args.grow_rows, args.batches, args.queries,
+                                  share=args.share_centroids != "off")
+            if args.share_centroids == "both":  # the baseline, in this run: every build with centroids of its own
+                log("again, each build training centroids of its own (share_centroids off)")
+                unshared = grow(endpoint, prefix + "-grow-unshared", grow_data, args.grow_rows, args.batches,
+                                args.queries, share=False, compact=False)
+                result["grow"]["unshared"] = unshared
+                result["grow"]["unshared_p50_ratio"] = round(
+                    unshared["grown"]["warm_p50_ms"] / result["grow"]["compacted"]["warm_p50_ms"], 2)
         finally:
-            s3_mod.remove_prefixes(endpoint, [prefix + "-build", prefix + "-grow"], log)
+            s3_mod.remove_prefixes(endpoint, [prefix + "-build", prefix + "-grow", prefix + "-grow-unshared"], log)
     print(report(result))
     out = ROOT / "bench" / "results" / f"{time.strftime('%Y%m%d-%H%M%S')}-bounded-build-{args.rows}.json"
     out.write_text(json.dumps(result, indent=1))
@@ -279,6 +297,13 @@ def report(r: dict) -> str:
         lines.append(f"  grown by {g.get('batches', '?')} batches, {g['builds']} background builds ({g['grow_s']} s): {g['grown']}")
         lines.append(f"  compacted ({g['compact_s']} s): {g['compacted']}")
         lines.append(f"  warm p50 grown / compacted: {g['p50_ratio']}")
+        if "unshared" in g:
+            u = g["unshared"]
+            lines.append(f"  grown with centroids of its own per build ({u['builds']} builds, {u['grow_s']} s): {u['grown']}")
+            lines.append(f"  warm p50 grown without shared centroids / compacted: {g['unshared_p50_ratio']}")
+            lines.append(f"  unshared_cold: fresh process connect -> answer {u['grown_cold']['connect_answer_ms']} ms, "
+                         f"{u['grown_cold']['round_trips']} sequential round trips, {u['grown_cold']['requests']} "
+                         f"requests, {u['grown_cold']['bytes']:,} bytes")
         for name in ("grown_cold", "compacted_cold"):
             if name in g:
                 c = g[name]

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ingest import compaction
+from ingest import centroid_sets, compaction
 from ingest.background import OnePerNamespace
 from ingest.build_input import Chained, SegmentRows, WalTail
 from storage.base import ObjectStore
@@ -214,12 +214,31 @@ class Indexer:
             build.remote = ray_build.build(s, self.reader, base, tail, merging, touched, base.version + 1)
             build.rows = build.remote.rows
             return build
+        centroids_for = self._centroids_for(base, build.kept) if s.share_centroids else None
         build.built = segment.build(
             Chained(sources, config.dimensions), config.metric, s.rows_per_partition, s.flat_max_rows,
             config.vector_dtype, memory_bytes=s.build_memory_bytes, temp_dir=s.build_temp_dir,
+            centroids_for=centroids_for,
         )
         build.rows = build.built.rows if build.built is not None else 0
         return build
+
+    def _centroids_for(self, base: Manifest, kept: list[SegmentRef]):
+        """The build's choice of centroids given its row count (:mod:`ingest.centroid_sets`)
+        among the named sets of the segments it keeps (a compaction of every segment keeps
+        none: it trains centroids for all the rows)."""
+        layouts = [self.reader.layout(base.namespace, seg) for seg in kept]  # held by queries, mostly
+        sets: dict[str, tuple] = {}
+        for seg, layout in zip(kept, layouts):
+            if layout.centroid_set is None:
+                continue
+            centroids, rows = sets.get(layout.centroid_set, (layout.centroids, 0))
+            sets[layout.centroid_set] = (centroids, rows + seg.live_rows)
+        candidates = [centroid_sets.CentroidSet(c, rows) for c, rows in sets.values()]
+        kept_rows = sum(seg.live_rows for seg in kept)
+        s = self.settings
+        return lambda rows: centroid_sets.choose(candidates, rows, kept_rows + rows, s.rows_per_partition,
+                                                 s.flat_max_rows)
 
     def _dead_after(self, ns: str, seg: SegmentRef, touched: frozenset[str]) -> segment.Tombstones | None:
         """Every dead id of ``seg`` once the tail's ``touched`` ids override it, with their

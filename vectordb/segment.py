@@ -304,6 +304,7 @@ def build(
     docs: str = "by_range",
     memory_bytes: int = DEFAULT_BUILD_MEMORY,
     temp_dir: str | None = None,
+    centroids_for=None,
 ) -> BuiltSegment | None:
     """Cluster ``rows`` (in memory, or a :class:`~vectordb.segment_writer.RowSource` read
     in chunks) into an IVF segment, in about ``memory_bytes`` of memory, its files in a
@@ -312,14 +313,16 @@ def build(
     (float32, float16 or int8); ``key_version`` the version the build means to commit at
     (it names the segment); ``docs`` the documents' layout (:mod:`vectordb.docs_format`):
     ``by_range``, or ``whole`` (``docs.parquet``, the layout before issue 12, kept to test
-    that it stays readable). None when there are no rows. The caller closes the result."""
+    that it stays readable); ``centroids_for`` which centroids (see
+    :func:`vectordb.segment_writer.build`). None when there are no rows. The caller closes
+    the result."""
     from vectordb import segment_writer
 
     if docs not in ("by_range", "whole"):
         raise ValueError(f"unknown docs layout {docs!r}")
     source = segment_writer.BatchSource(rows) if isinstance(rows, RowBatch) else rows
     return segment_writer.build(source, metric, rows_per_partition, flat_max_rows, vector_dtype,
-                                new_segment_id(key_version), docs, memory_bytes, temp_dir)
+                                new_segment_id(key_version), docs, memory_bytes, temp_dir, centroids_for)
 
 
 def file_key(ns: str, segment_id: str, name: str) -> str:

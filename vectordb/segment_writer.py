@@ -114,17 +114,24 @@ class BuiltSegment:
 
 def build(source: RowSource, metric: str, rows_per_partition: int, flat_max_rows: int,
           vector_dtype: str, segment_id: str, docs: str, memory_bytes: int,
-          temp_dir: str | None = None) -> BuiltSegment | None:
+          temp_dir: str | None = None, centroids_for=None) -> BuiltSegment | None:
     """Build a segment of ``source``'s rows in a fresh working directory under ``temp_dir``
     (the system's default: None), in about ``memory_bytes`` of memory, on centroids
-    trained on its own rows. None if the source has no rows. Callers
-    :meth:`~BuiltSegment.close` it once uploaded; an exception removes the directory."""
+    trained on its own rows; or, with ``centroids_for(rows)`` -> (centroids or None, nlist)
+    (:func:`ingest.centroid_sets.choose`), on the centroids it gives, else on ``nlist``
+    trained ones, the set named in ``ivf.bin`` so that later builds can join it. None if
+    the source has no rows. Callers :meth:`~BuiltSegment.close` it once uploaded; an
+    exception removes the directory."""
     spilled = spill(source, metric, vector_dtype, docs, memory_bytes, temp_dir)
     try:
         if not spilled.rows:
             return None
-        nlist = ivf.choose_nlist(spilled.rows, rows_per_partition, flat_max_rows)
-        return spilled.finish(spilled.train(nlist), segment_id)
+        if centroids_for is None:
+            nlist = ivf.choose_nlist(spilled.rows, rows_per_partition, flat_max_rows)
+            return spilled.finish(spilled.train(nlist), segment_id)
+        joined, nlist = centroids_for(spilled.rows)
+        centroids = joined if joined is not None else spilled.train(nlist)
+        return spilled.finish(centroids, segment_id, shared=len(centroids) > 1)
     finally:
         spilled.close()  # nothing left to remove once the built segment holds the directory
 

@@ -179,6 +179,12 @@ class Settings(BaseModel):
         5_000_000, ge=1, description="No merge makes a segment of more live rows than this (a build of the tail "
         "alone may); bigger namespaces keep several segments.",
     )
+    share_centroids: bool = Field(
+        True, description="An index build clusters its rows on the finest set of centroids the namespace's "
+        "segments already use while that set has room (its rows at most 2 x nlist x rows_per_partition), else "
+        "trains a set sized for the whole namespace that later builds join; queries probe a shared set once "
+        "(see ingest.centroid_sets). false: every build trains centroids of its own.",
+    )
     build_memory_bytes: int = Field(
         2 * 1024**3, ge=16 * 1024**2, description="Memory an index build or compaction may use (about): it "
         "spills rows to build_temp_dir and streams files out, whatever the size of the namespace.",
