@@ -149,7 +149,12 @@ class ColumnWriter:
             arrow_type = {"number": pa.float64(), "bool": pa.bool_()}.get(kind, pa.string())
             schema = pa.schema([(name, arrow_type)])
             self.sinks.append(sink)
-            self.writers.append(pq.ParquetWriter(sink, schema, compression="zstd", write_statistics=kind in TYPED))
+            # A filter decodes a column's chunk in every row group it reads (a partition
+            # each): zstd's set-up per chunk made a year column of 1M rows in 1,000 groups
+            # take ~50 ms to decode, snappy ~8 ms for ~2 % more bytes. The ids are read a few
+            # groups at a time (a query's partitions), where zstd's smaller chunks win.
+            compression = "zstd" if kind == "id" else "snappy"
+            self.writers.append(pq.ParquetWriter(sink, schema, compression=compression, write_statistics=kind in TYPED))
 
     def write(self, ids: Sequence[str], parsed: Sequence[dict]) -> None:
         """One partition's rows (``parsed``: see :func:`parse`)."""
