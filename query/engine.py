@@ -251,6 +251,7 @@ class QueryEngine:
     def documents(self, ns: str, ids: list[str], consistency: str = "strong", as_of=None) -> list[documents.Document]:
         """Those of ``ids`` found (rows or chunked documents, as :meth:`document`), in the
         order asked, all read from one version."""
+
         def read(manifest: Manifest) -> list[documents.Document]:
             found = (documents.document(self.reader, manifest, doc_id) for doc_id in dict.fromkeys(ids))
             return [doc for doc in found if doc is not None]
