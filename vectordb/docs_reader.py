@@ -31,7 +31,9 @@ from vectordb.memo import Memo
 
 # Ranges closer than this are one GET: a round trip costs more than the bytes between.
 _COLUMN_GAP = 16 * 1024
-_WHOLE_COLUMN = 1024 * 1024  # a column file this small is read whole with its footer
+# A column file this small is read whole with its footer: one round trip, not two (a
+# number column of 1M rows is ~1.1 MB).
+_WHOLE_COLUMN = 2 * 1024 * 1024
 ENTRY_GAP = 1024
 _RECORD_GAP = 4096
 # Past this share of a table's buckets, one GET of the whole table beats a GET per bucket.
