@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TypeVar
 
 import numpy as np
 
@@ -41,7 +40,6 @@ MODES = ("vector", "bm25", "hybrid")
 # probe before searching for this long (a namespace being written would search twice).
 _SPECULATION_PAUSE_S = 1.0
 _MISSED = object()  # no speculative answer
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -138,13 +136,16 @@ class QueryEngine:
             self.answered.set()
             ivf.load_faiss_soon()  # a fresh worker's first answers are numpy's; FAISS after that
 
-    def _speculate(self, ns: str, consistency: str, as_of, work: Callable[[Manifest], T]) -> tuple[T, Manifest | None]:
-        """A strong read on a worker that knows ``ns``: ``work`` on the newest version it
+    def _speculate(self, ns: str, consistency: str, as_of,
+                   work: Callable[[Manifest], QueryResult]) -> tuple[object, Manifest | None]:
+        """A strong query on a worker that knows ``ns``: ``work`` on the newest version it
         knows while the probe asks the store for the next one. (answer, newest) when the
         probe found no newer version: the answer is then of a version that was the newest
         during the read, which is what a strong read promises. (_MISSED, newest) when it
         found one, or ``work`` failed: the caller works on ``newest``, where an error
-        counts. (_MISSED, None): not speculated."""
+        counts. (_MISSED, None): not speculated. (Not for GET by id: its work, ~1-2 ms
+        warm, gained less than the hand-off to the probe's thread cost,
+        bench/speculative_reads.py.)"""
         if consistency != "strong" or as_of is not None or not self.settings.speculative_reads:
             return _MISSED, None
         start = self.catalog.trusted(ns)
@@ -234,7 +235,7 @@ class QueryEngine:
     def get_document(self, ns: str, doc_id: str, consistency: str = "strong", as_of=None) -> Hit:
         """The row ``doc_id`` with its text and attributes. Raises DocumentNotFound."""
         self._hint(ns, lambda seg: self.reader.prefetch_id(ns, seg, doc_id))
-        record = self._read(ns, consistency, as_of, lambda manifest: documents.find(self.reader, manifest, doc_id))
+        record = documents.find(self.reader, self._manifest(ns, consistency, as_of), doc_id)
         if record is None:
             raise DocumentNotFound(f"document {doc_id!r} not found in {ns!r}")
         return _record_hit(record)
@@ -243,7 +244,7 @@ class QueryEngine:
         """The row ``doc_id``, or the chunked document ``doc_id``: its chunks in order (see
         :class:`query.documents.Document`). Raises DocumentNotFound."""
         self._hint(ns, lambda seg: self.reader.prefetch_id(ns, seg, doc_id))
-        found = self._read(ns, consistency, as_of, lambda manifest: documents.document(self.reader, manifest, doc_id))
+        found = documents.document(self.reader, self._manifest(ns, consistency, as_of), doc_id)
         if found is None:
             raise DocumentNotFound(f"document {doc_id!r} not found in {ns!r}")
         return found
@@ -251,20 +252,9 @@ class QueryEngine:
     def documents(self, ns: str, ids: list[str], consistency: str = "strong", as_of=None) -> list[documents.Document]:
         """Those of ``ids`` found (rows or chunked documents, as :meth:`document`), in the
         order asked, all read from one version."""
-
-        def read(manifest: Manifest) -> list[documents.Document]:
-            found = (documents.document(self.reader, manifest, doc_id) for doc_id in dict.fromkeys(ids))
-            return [doc for doc in found if doc is not None]
-
-        return self._read(ns, consistency, as_of, read)
-
-    def _read(self, ns: str, consistency: str, as_of, work: Callable[[Manifest], T]) -> T:
-        """``work`` on the version a read of ``consistency`` (or ``as_of``) sees, speculated
-        where it can be (see :meth:`_speculate`)."""
-        answer, manifest = self._speculate(ns, consistency, as_of, work)
-        if answer is not _MISSED:
-            return answer
-        return work(manifest or self._manifest(ns, consistency, as_of))
+        manifest = self._manifest(ns, consistency, as_of)
+        found = (documents.document(self.reader, manifest, doc_id) for doc_id in dict.fromkeys(ids))
+        return [doc for doc in found if doc is not None]
 
     def list_documents(self, ns: str, limit: int, cursor: str | None = None, as_of=None, vectors: bool = False
                        ) -> tuple[list[documents.Document], list | None, str | None, int]:

@@ -10,11 +10,10 @@ import threading
 import pytest
 
 from api.service import Service
-from query import documents
 from storage.memory import MemoryStore
 from tests.fakes import unit_settings
 from vectordb import keys
-from vectordb.errors import DocumentNotFound, NamespaceNotFound
+from vectordb.errors import NamespaceNotFound
 
 
 class _WatchedStore(MemoryStore):
@@ -111,29 +110,6 @@ def test_the_probe_is_awaited_even_when_the_search_is_done(pair):
     store.gate.set()
     worker.join(10)
     assert result and [h.id for h in result[0].hits][0] == "d0"
-
-
-def test_get_by_id_is_speculated_and_sees_another_workers_write(pair):
-    store, reader, writer = pair
-    assert reader.get_document("n", "d1")["id"] == "d1"
-    finds: list[bool] = []
-    real = documents.find
-
-    def find(reader_, manifest, doc_id):
-        finds.append(store.probing > 0)
-        store.gate.set()
-        return real(reader_, manifest, doc_id)
-
-    store.gate.clear()
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(documents, "find", find)
-        assert reader.get_document("n", "d2")["id"] == "d2"
-        assert finds == [True]  # read while the probe was out
-        writer.upsert("n", [{"id": "fresh", "vector": _vector(3)}])
-        assert reader.get_document("n", "fresh")["id"] == "fresh"
-        writer.delete("n", ["d3"])
-        with pytest.raises(DocumentNotFound):
-            reader.get_document("n", "d3")
 
 
 def test_a_drop_seen_by_the_probe_wins_over_the_speculative_answer(pair):
