@@ -11,13 +11,15 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import duckdb
 import numpy as np
 import pyarrow as pa
 
 from vectordb.filters import ID_FIELD, MATCH_ALL, And, Condition, Filter, Not, Or, Scalar, is_number
+
+if TYPE_CHECKING:
+    import duckdb
 
 # --- DuckDB SQL -------------------------------------------------------------------------------
 
@@ -202,8 +204,13 @@ def matching_rows(
 
 
 def _shared_connection() -> duckdb.DuckDBPyConnection:
+    """The process's DuckDB connection. DuckDB (~0.1 s to import) is imported by the first
+    filter that needs it: one over typed columns only never does
+    (:func:`vectordb.filter_columns.typed_mask`)."""
     global _connection
     with _connection_lock:
         if _connection is None:
+            import duckdb
+
             _connection = duckdb.connect()
         return _connection
