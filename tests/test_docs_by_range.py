@@ -114,7 +114,7 @@ def test_column_filters_agree_with_python_and_skip_only_groups_without_matches(s
                 assert not any(group)  # skipped: statistics ruled every row out
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(segments(), st.lists(FILTERS, min_size=1, max_size=3))
 def test_array_operations_agree_with_duckdb_and_python(segment_rows, filters):
     rows, part_rows = segment_rows
