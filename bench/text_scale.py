@@ -25,7 +25,8 @@ scale-up holds), with the requests they still send (a strong read's manifest pro
 whether their answers equal the unwarmed ones. Then four more warmed workers, with
 ``speculative_reads`` off, on, off, on: each kind's median warmed p50 with and without
 speculative strong reads (the search overlapping the newest-manifest probe), and on / off.
-Before them one query of each kind on a throwaway worker pays what a process does once (imports, first use of each code path): its times are kept as ``first_in_process_cold_ms``.
+Before them one query of each kind on a throwaway worker pays what a process does once
+(imports, first use of each code path): its times are kept as ``first_in_process_cold_ms``.
 The warm queries use other vectors and NFCorpus test queries, so they read partitions and
 posting blocks the cold one did not.
 

@@ -112,13 +112,19 @@ class QueryEngine:
             self._hint(ns, lambda seg: self.reader.prefetch_bm25(ns, seg, terms))
             self._hint(ns, lambda seg: self.reader.prefetch_ids(ns, seg))
 
+        vectors: dict = {}  # config -> query vector: a search redone on a newer version embeds once
+
         def search(manifest: Manifest) -> QueryResult:
-            q = self._query_vector(manifest, req) if req.mode in ("vector", "hybrid") else None
+            q = None
+            if req.mode in ("vector", "hybrid"):
+                if manifest.config not in vectors:
+                    vectors[manifest.config] = self._query_vector(manifest, req)
+                q = vectors[manifest.config]
             return self._search(manifest, req, q, filt)
 
         manifest = None
         try:
-            answer, manifest = self._speculate(ns, req.consistency, req.as_of, search)
+            answer, manifest = self._speculate(ns, req, search)
             if answer is not _MISSED:
                 return answer
             if manifest is None:
@@ -136,25 +142,25 @@ class QueryEngine:
             self.answered.set()
             ivf.load_faiss_soon()  # a fresh worker's first answers are numpy's; FAISS after that
 
-    def _speculate(self, ns: str, consistency: str, as_of,
-                   work: Callable[[Manifest], QueryResult]) -> tuple[object, Manifest | None]:
-        """A strong query on a worker that knows ``ns``: ``work`` on the newest version it
+    def _speculate(self, ns: str, req: QueryRequest,
+                   search: Callable[[Manifest], QueryResult]) -> tuple[object, Manifest | None]:
+        """A strong query on a worker that knows ``ns``: ``search`` the newest version it
         knows while the probe asks the store for the next one. (answer, newest) when the
         probe found no newer version: the answer is then of a version that was the newest
-        during the read, which is what a strong read promises. (_MISSED, newest) when it
-        found one, or ``work`` failed: the caller works on ``newest``, where an error
+        during the query, which is what a strong read promises. (_MISSED, newest) when it
+        found one, or the search failed: the caller searches ``newest``, where an error
         counts. (_MISSED, None): not speculated. (Not for GET by id: its work, ~1-2 ms
         warm, gained less than the hand-off to the probe's thread cost,
         bench/speculative_reads.py.)"""
-        if consistency != "strong" or as_of is not None or not self.settings.speculative_reads:
+        if req.consistency != "strong" or req.as_of is not None or not self.settings.speculative_reads:
             return _MISSED, None
         start = self.catalog.trusted(ns)
         if start is None or time.monotonic() - self._moved_at.get(ns, -_SPECULATION_PAUSE_S) < _SPECULATION_PAUSE_S:
             return _MISSED, None
-        # Started after this read arrived, so it sees every write acknowledged before.
+        # Started after this query arrived, so it sees every write acknowledged before.
         probe = self._probes.submit(self._strong.latest, ns)
         try:
-            answer = work(start)
+            answer = search(start)
         except Exception:  # noqa: BLE001 - done again on the newest version, where the error counts
             answer = _MISSED
         newest = probe.result()  # NamespaceNotFound (dropped meanwhile) and store errors propagate

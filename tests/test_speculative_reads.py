@@ -98,6 +98,18 @@ def test_a_write_by_another_worker_is_in_the_answer(pair):
     assert seen == [(latest.version, False)]
 
 
+def test_a_search_redone_on_a_newer_version_makes_the_query_vector_once(pair):
+    _, reader, writer = pair
+    reader.query("n", vector=_vector(2), top_k=5)
+    writer.upsert("n", [{"id": "new", "vector": [0.0, 0.0, 1.0, 0.0]}])
+    made = []
+    real = reader.engine._query_vector
+    reader.engine._query_vector = lambda manifest, req: made.append(manifest.version) or real(manifest, req)
+    seen = _searches(reader)
+    reader.query("n", vector=_vector(2), top_k=5)
+    assert len(seen) == 2 and len(made) == 1  # two versions searched, one vector (the config is the same)
+
+
 def test_the_probe_is_awaited_even_when_the_search_is_done(pair):
     store, reader, _ = pair
     reader.query("n", vector=_vector(0), top_k=3)
