@@ -1,8 +1,8 @@
 """int8 segments across separate processes on one real S3 store (SeaweedFS): an ingest
 worker, a query worker that holds a small segment's int8 codes (scanned by FAISS's 8-bit
 kernel) and then sits idle, `vectordb gc`, and a namespace drop. Meanwhile the namespace
-grows into several segments with centroids of their own (the per-segment probe minimum),
-rows are overwritten and deleted, garbage collection runs, and a broad filter takes the
+grows into several segments, on centroid sets they share (the default) or with centroids
+of their own (the per-set probe minimum), rows are overwritten and deleted, garbage collection runs, and a broad filter takes the
 probing path. The stale worker's answers must equal a fresh reader's and never name a
 deleted row or an overwritten vector; after a drop and re-create it sees only the new
 namespace."""
@@ -41,11 +41,12 @@ def _answers(client, body: dict) -> list[tuple[str, float]]:
     return [(h["id"], round(h["score"], 4)) for h in r.json()["results"]]
 
 
+@pytest.mark.parametrize("share", ["true", "false"])
 def test_a_stale_query_worker_answers_int8_segments_after_growth_overwrites_deletes_gc_and_a_drop(
-        s3_endpoint, tmp_path):
-    env = s3_env(s3_endpoint, "int8", VECTORDB_AUTO_INDEX="false", VECTORDB_GROUP_COMMIT_MS="5",
+        s3_endpoint, tmp_path, share):
+    env = s3_env(s3_endpoint, f"int8-share-{share}", VECTORDB_AUTO_INDEX="false", VECTORDB_GROUP_COMMIT_MS="5",
                  VECTORDB_FLAT_MAX_ROWS="200", VECTORDB_ROWS_PER_PARTITION="100",
-                 VECTORDB_FILTER_EXACT_MAX_ROWS="300")
+                 VECTORDB_FILTER_EXACT_MAX_ROWS="300", VECTORDB_SHARE_CENTROIDS=share)
     ingest = start_server(env, tmp_path, "ingest")
     query = start_server(env, tmp_path, "query")
     rng = np.random.default_rng(5)
@@ -58,7 +59,7 @@ def test_a_stale_query_worker_answers_int8_segments_after_growth_overwrites_dele
             assert w.post("/v1/namespaces/n/index", json={}).status_code == 200
             assert all(_answers(q, body) for body in QUERIES)  # the query worker now holds codes
 
-            for lo in range(1500, 6000, 1500):  # one segment per batch, each on centroids of its own
+            for lo in range(1500, 6000, 1500):  # one segment per batch
                 r = w.post("/v1/namespaces/n/documents", json={"documents": _docs(lo, lo + 1500, rng)})
                 assert r.status_code == 200, r.text
                 assert w.post("/v1/namespaces/n/index", json={}).status_code == 200
@@ -75,6 +76,12 @@ def test_a_stale_query_worker_answers_int8_segments_after_growth_overwrites_dele
                                      s3_secret_key=env["VECTORDB_S3_SECRET_KEY"], preload_embedder="",
                                      flat_max_rows=200, rows_per_partition=100, filter_exact_max_rows=300))
             try:
+                manifest = fresh.catalog.latest("n")
+                sets = [fresh.reader.layout("n", seg).centroid_set for seg in manifest.segments]
+                if share == "true":
+                    assert None not in sets and len(set(sets)) < len(sets)  # builds joined a set
+                else:
+                    assert sets == [None] * len(sets)
                 for body in QUERIES:
                     got = _answers(q, body)
                     want = [(h.id, round(h.score, 4)) for h in fresh.query("n", **body).hits]
