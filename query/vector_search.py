@@ -1,7 +1,8 @@
 """Vector search over the segments and the tail of one manifest.
 
 Unfiltered: probe ``nprobe`` partitions (with several segments, one budget for all of
-them: :func:`_shared_probes`) and scan them exactly, asking for a
+them: :func:`_shared_probes`, the clean segments' partitions scanned as one:
+:func:`_search_shared`) and scan them exactly, asking for a
 few extra rows wherever rows are dead (tombstoned, or overridden by the tail). Which rows
 are dead comes from the reader's per-partition live masks, derived from the previous tail
 version's with a writer beside us, so a scan never walks a partition's ids in Python.
@@ -61,12 +62,42 @@ def search(
     tensors = gpu.segment_tensors(reader, torch_device, device_bytes) if torch_device else None
     segments = ctx.manifest.segments
     shared = _shared_probes(reader, ctx, q, metric, tensors is None) if ctx.filter is None and len(segments) > 1 else None
+    if shared is not None and tensors is None:
+        return out + _search_shared(reader, ctx, shared, q, k, metric)
     for seg in segments:
         if ctx.filter is None:
             probes = shared.get(seg.id, []) if shared is not None else None
             out += _search_segment(reader, ctx, seg, q, k, metric, tensors, probes)
         else:
             out += _search_segment_filtered(reader, ctx, seg, q, k, metric, exact_max_rows)
+    return out
+
+
+def _search_shared(reader: NamespaceReader, ctx: Context, shared: dict[str, list[int]], q, k, metric) -> list[Candidate]:
+    """The segments' shares of one probe budget (:func:`_shared_probes`) searched: the
+    probed partitions of every segment without dead rows scanned as one
+    (:func:`vectordb.ivf.scan_many`), so only the best ``k`` of them all become candidates
+    (a namespace grown in batches has ~10 segments, and ~50 probed partitions, many small:
+    scoring, sorting and naming each segment's own top k cost more than its scan);
+    a segment with dead rows alone (:func:`_search_segment`)."""
+    out: list[Candidate] = []
+    blocks, where = [], []
+    for seg in ctx.manifest.segments:
+        probes = shared.get(seg.id)
+        if not probes:
+            continue
+        if ctx.tail.touched or reader.tombstones(ctx.ns, seg):
+            out += _search_segment(reader, ctx, seg, q, k, metric, None, probes)
+            continue
+        layout = reader.layout(ctx.ns, seg)
+        parts = reader.partitions(ctx.ns, seg, layout, probes)
+        blocks += [part.vectors for part in parts]
+        where += [(seg, int(layout.part_rows[p]), part) for p, part in zip(probes, parts)]
+    if blocks:
+        scores, which, rows = ivf.scan_many(blocks, q, k, metric)
+        for s, w, r in zip(scores.tolist(), which.tolist(), rows.tolist()):
+            seg, first, part = where[w]
+            out.append(Candidate(s, part.ids[r], seg, first + r))
     return out
 
 

@@ -179,3 +179,38 @@ def test_halves_on_shared_centroids_answer_as_one_segment_on_them(world, device)
             hits = vector_search.search(reader, _ctx(parts), q, 10, exact_max_rows=0, device=device)
             found[name] = sorted((round(h.score, 5), h.id) for h in hits)[-10:]
         assert found["halves"] == found["one"]
+
+
+def _per_segment(reader: NamespaceReader, ctx: Context, q: np.ndarray, k: int) -> list[tuple[float, str]]:
+    """What the namespace's segments answer searched one by one on their shares of the
+    budget (each segment's own top k, then the best k of them all)."""
+    shared = vector_search._shared_probes(reader, ctx, q, METRIC)
+    found = []
+    for seg in ctx.manifest.segments:
+        if shared.get(seg.id):
+            found += vector_search._search_segment(reader, ctx, seg, q, k, METRIC, None, shared[seg.id])
+    return sorted(((round(c.score, 5), c.id) for c in found), reverse=True)[:k]
+
+
+def test_segments_scanned_as_one_answer_as_each_searched_alone_and_skip_dead_rows(world):
+    """The probed partitions of all clean segments are scanned at once (``_search_shared``);
+    a segment with tombstones is searched alone, its dead rows never returned: the answer
+    is what each segment's own search would have merged into."""
+    store, reader, segs, vectors = world
+    queries = _vectors(30, seed=13)
+    # Tombstone, in segment c, the ids that the clean segments' search finds best.
+    ctx = _ctx([segs["a"], segs["b"], segs["c"], segs["d"]])
+    best = {c.id for q in queries[:10] for c in vector_search.search(reader, ctx, q, 3, exact_max_rows=0)}
+    c_ids = {f"v{i}" for i in range(2000)}
+    dead = best & c_ids
+    assert dead
+    key = segment.tombstones_key(NS, segs["c"].id, 2)
+    store.put(key, segment.encode_tombstones(dead))
+    c_dead = SegmentRef(segs["c"].id, segs["c"].rows, segs["c"].nlist, segs["c"].bytes, key, len(dead))
+    ctx = _ctx([segs["a"], segs["b"], c_dead, segs["d"]])
+    for q in queries:
+        hits = vector_search.search(reader, ctx, q, 10, exact_max_rows=0)
+        got = sorted(((round(h.score, 5), h.id) for h in hits), reverse=True)[:10]
+        assert got == _per_segment(reader, ctx, q, 10)
+        assert not {h.id for h in hits if h.segment.id == c_dead.id} & dead
+        assert len(got) == 10
