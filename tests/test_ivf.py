@@ -142,3 +142,31 @@ def test_two_level_assignment_finds_nearly_every_nearest_centroid(metric):
     small = ivf.Assigner(centroids[:500], metric)
     assert small.groups is None and np.array_equal(small(rows), ivf.assign(rows, centroids[:500], metric))
     assert ivf.Assigner(centroids, "dot").groups is None
+
+
+def test_query_scans_run_faiss_on_one_thread_and_builds_get_every_thread_back():
+    """A query scans one vector: FAISS's OpenMP team only spins beside it (libgomp keeps
+    the thread count per calling thread). Builds in the same thread get every thread back;
+    other threads are untouched."""
+    import threading
+
+    import faiss
+
+    default = faiss.omp_get_max_threads()
+    rng = np.random.default_rng(3)
+    vectors = rng.standard_normal((500, 16)).astype(np.float32)
+    seen = {}
+
+    def query_then_build():
+        ivf.scan(vectors, vectors[0], 5, "cosine")
+        seen["after scan"] = faiss.omp_get_max_threads()
+        ivf.train_centroids(vectors, 4, "cosine")
+        seen["after build"] = faiss.omp_get_max_threads()
+        ivf.scan_rows(vectors, np.arange(0, 500, 3), vectors[1], 5, "cosine")
+        seen["after filtered scan"] = faiss.omp_get_max_threads()
+
+    thread = threading.Thread(target=query_then_build)
+    thread.start()
+    thread.join()
+    assert seen == {"after scan": 1, "after build": default, "after filtered scan": 1}
+    assert faiss.omp_get_max_threads() == default
