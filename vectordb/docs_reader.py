@@ -97,11 +97,16 @@ class DocsReader:
         mask = np.zeros(docs.rows, bool)
         for g in np.flatnonzero(every).tolist():
             mask[starts[g] : starts[g + 1]] = True
-        groups = np.flatnonzero(read).tolist()
-        if groups:
-            table = self.columns(base, docs, names, groups)
-            rows = np.concatenate([np.arange(starts[g], starts[g + 1]) for g in groups])
-            mask[rows] = filter_columns.matching_rows(filt, docs.kinds, names, table)
+        groups = np.flatnonzero(read)
+        if len(groups):
+            table = self.columns(base, docs, names, groups.tolist())
+            matched = filter_columns.matching_rows(filt, docs.kinds, names, table)
+            lo, hi = starts[groups], starts[groups + 1]
+            if np.array_equal(lo[1:], hi[:-1]):  # adjacent row groups (often all of them): one slice
+                mask[lo[0] : hi[-1]] = matched
+            else:
+                sizes = hi - lo
+                mask[np.repeat(lo - (np.cumsum(sizes) - sizes), sizes) + np.arange(int(sizes.sum()))] = matched
         return mask
 
     def column_ranges(self, base: str, docs: DocsLayout, names: Sequence[str], groups: Sequence[int]) -> list[tuple[int, int]]:
@@ -127,8 +132,10 @@ class DocsReader:
         for name in names:
             info = footers[name].info
             held = footers[name].data
+            # A column held whole is read from memory by pyarrow itself: through a Python file
+            # object it made ~2 calls per row group (1,000 at 1M rows: ~5 ms of a cold query).
             source = ranged_reads.SpanFile(self.store, key, info.size, spans, base=info.offset) if held is None else \
-                ranged_reads.SpanFile(self.store, key, info.size, ranged_reads.Spans({info.offset: held}), base=info.offset)
+                pa.BufferReader(held)
             parquet = pq.ParquetFile(source, metadata=footers[name].metadata, pre_buffer=False)
             arrays.append(parquet.read_row_groups(list(groups), use_threads=False).column(0))
         return pa.table(arrays, names=list(names))
