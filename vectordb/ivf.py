@@ -38,8 +38,8 @@ def _faiss():
 # in one thread anyway, but each Python thread that calls it gets an OpenMP team of its
 # own whose idle threads spin: with the reader's pool and the probe executor calling
 # FAISS, a 1,000-row int8 partition scan took ~1.2 ms in a warm worker on this 2-core
-# machine, ~40 us single-threaded (and ~0.3-3.5 ms against ~30-120 us while other
-# processes kept the cores busy).
+# machine. Alone, the same scan took 50 us on two threads and 40-43 us on one; with other
+# processes busy, 110-660 us on two and 40-44 us on one.
 _omp = threading.local()
 _default_threads: int | None = None
 
