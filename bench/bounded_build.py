@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -250,26 +251,31 @@ def main() -> int:
         child_build(*args.child)
         return 0
     data = ds_mod.prepare(max(args.rows, args.grow_rows), sanity=False)
+    # The SeaweedFS started here keeps its data in the work dir (GBs at 1M rows): removed at
+    # the end, with the server stopped first.
     workdir = Path(tempfile.mkdtemp(prefix="bounded-build-"))
-    prefix = f"bounded-{int(time.time())}"
-    result: dict = {"rows": args.rows, "memory_bytes": args.memory, "cpus": os.cpu_count()}
-    with s3_mod.endpoint(args.s3, workdir, log) as endpoint:
-        try:
-            if args.rows:
-                build_phase(args, data, endpoint, prefix, workdir, result)
-            log(f"growing a namespace of {args.grow_rows:,} rows by {args.batches} batches")
-            grow_data = ds_mod.prepare(args.grow_rows, sanity=False)
-            result["grow"] = grow(endpoint, prefix + "-grow", grow_data, args.grow_rows, args.batches, args.queries,
-                                  share=args.share_centroids != "off")
-            if args.share_centroids == "both":  # the baseline, in this run: every build with centroids of its own
-                log("again, each build training centroids of its own (share_centroids off)")
-                unshared = grow(endpoint, prefix + "-grow-unshared", grow_data, args.grow_rows, args.batches,
-                                args.queries, share=False, compact=False)
-                result["grow"]["unshared"] = unshared
-                result["grow"]["unshared_p50_ratio"] = round(
-                    unshared["grown"]["warm_p50_ms"] / result["grow"]["compacted"]["warm_p50_ms"], 2)
-        finally:
-            s3_mod.remove_prefixes(endpoint, [prefix + "-build", prefix + "-grow", prefix + "-grow-unshared"], log)
+    try:
+        prefix = f"bounded-{int(time.time())}"
+        result: dict = {"rows": args.rows, "memory_bytes": args.memory, "cpus": os.cpu_count()}
+        with s3_mod.endpoint(args.s3, workdir, log) as endpoint:
+            try:
+                if args.rows:
+                    build_phase(args, data, endpoint, prefix, workdir, result)
+                log(f"growing a namespace of {args.grow_rows:,} rows by {args.batches} batches")
+                grow_data = ds_mod.prepare(args.grow_rows, sanity=False)
+                result["grow"] = grow(endpoint, prefix + "-grow", grow_data, args.grow_rows, args.batches, args.queries,
+                                      share=args.share_centroids != "off")
+                if args.share_centroids == "both":  # the baseline, in this run: every build with centroids of its own
+                    log("again, each build training centroids of its own (share_centroids off)")
+                    unshared = grow(endpoint, prefix + "-grow-unshared", grow_data, args.grow_rows, args.batches,
+                                    args.queries, share=False, compact=False)
+                    result["grow"]["unshared"] = unshared
+                    result["grow"]["unshared_p50_ratio"] = round(
+                        unshared["grown"]["warm_p50_ms"] / result["grow"]["compacted"]["warm_p50_ms"], 2)
+            finally:
+                s3_mod.remove_prefixes(endpoint, [prefix + "-build", prefix + "-grow", prefix + "-grow-unshared"], log)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
     print(report(result))
     out = ROOT / "bench" / "results" / f"{time.strftime('%Y%m%d-%H%M%S')}-bounded-build-{args.rows}.json"
     out.write_text(json.dumps(result, indent=1))
