@@ -2,8 +2,8 @@
 worker, a query worker that holds a small segment's int8 codes (scanned by FAISS's 8-bit
 kernel) and then sits idle, `vectordb gc`, and a namespace drop. Meanwhile the namespace
 grows into several segments, on centroid sets they share (the default) or with centroids
-of their own (the per-set probe minimum), rows are overwritten and deleted, garbage collection runs, and a broad filter takes the
-probing path. The stale worker's answers must equal a fresh reader's and never name a
+of their own (the per-set probe minimum), rows are overwritten and deleted, garbage
+collection runs, and a broad filter takes the probing path. The stale worker's answers must equal a fresh reader's and never name a
 deleted row or an overwritten vector; after a drop and re-create it sees only the new
 namespace."""
 
