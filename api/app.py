@@ -100,7 +100,8 @@ def _write_routes(r: APIRouter, db: EmbeddedDatabase) -> APIRouter:
             source = readable(request, body.from_.namespace)
             return _created(db.branch(ns, source, as_of=body.from_.resolve()).info)
         chunking = body.chunking.model_dump() if isinstance(body.chunking, BaseModel) else body.chunking
-        kb = db.create_namespace(ns, body.embedder, body.dimensions, body.metric, chunking, body.vector_dtype)
+        kb = db.create_namespace(ns, body.embedder, body.dimensions, body.metric, chunking, body.vector_dtype,
+                                 body.cluster_by)
         return _created(kb.info)
 
     @r.put("/v1/namespaces/{ns}/tags/{name}", response_model=TagResponse,

@@ -155,6 +155,8 @@ def _config_for(args, path: Path, directory: bool) -> dict:
         if recorded:
             # An export's rows are stored rows (chunks included): stored again as they are.
             config = {k: recorded[k] for k in ("embedder", "dimensions", "metric", "vector_dtype")}
+            if recorded.get("cluster_by"):
+                config["cluster_by"] = recorded["cluster_by"]
             config["chunking"] = False
         elif args.dimensions is None:
             first = next(bulk_sources.read_batches(path, 1, generate_ids=True), None)

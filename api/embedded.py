@@ -170,8 +170,9 @@ class EmbeddedDatabase:
 
     def create_namespace(self, name: str, embedder: str = "minilm", dimensions: int | None = None,
                          metric: str = "cosine", chunking: dict | bool | None = None,
-                         vector_dtype: str = "float32") -> EmbeddedNamespace:
-        manifest, created = self.service.create_namespace(name, embedder, dimensions, metric, chunking, vector_dtype)
+                         vector_dtype: str = "float32", cluster_by: list[str] | None = None) -> EmbeddedNamespace:
+        manifest, created = self.service.create_namespace(name, embedder, dimensions, metric, chunking, vector_dtype,
+                                                          cluster_by)
         info = NamespaceInfo.from_json({"name": name, "version": manifest.version, **manifest.config.to_json(),
                                         "created": created})
         return EmbeddedNamespace(self.service, name, info)

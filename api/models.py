@@ -89,6 +89,12 @@ class NamespaceCreate(_Strict):
         description="How indexed segments store vectors: float16 halves cold reads, int8 (8-bit codes per "
         "component over each partition's range) quarters them; both answer from float32 in memory.",
     )
+    cluster_by: list[str] | None = Field(
+        None, max_length=4,
+        description="Up to 4 top-level attribute keys (e.g. [\"tenant\", \"year\"]) that each segment also "
+        "groups its vectors by (a float16 copy): a selective filter on these keys alone reads a few "
+        "contiguous ranges instead of each kept row.",
+    )
 
 
 class Document(_Strict):
@@ -239,6 +245,7 @@ class NamespaceConfigOut(BaseModel):
     chunk_tokens: int | None = Field(description="Texts longer than this are split into chunks (null: never).")
     overlap_tokens: int
     vector_dtype: Literal["float32", "float16", "int8"]
+    cluster_by: list[str] = Field(default_factory=list, description="Attribute keys segments group vectors by.")
 
 
 class BranchOrigin(BaseModel):

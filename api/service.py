@@ -22,6 +22,7 @@ from storage import CachedStore, open_store
 from storage.base import ObjectStore
 from vectordb import embedders, versions
 from vectordb.catalog import Catalog
+from vectordb.clusters import check_names as check_cluster_by
 from vectordb.errors import InvalidArgument, PayloadTooLarge
 from vectordb.manifest import Manifest, TagRef
 from vectordb.namespace import NamespaceConfig, check_namespace_name
@@ -137,12 +138,15 @@ class Service:
         metric: str = "cosine",
         chunking: dict | bool | None = None,
         vector_dtype: str = "float32",
+        cluster_by: list[str] | tuple[str, ...] | None = None,
     ) -> tuple[Manifest, bool]:
         """Create ``ns`` (or return it if it exists with the same configuration).
 
         ``chunking``: ``{"chunk_tokens", "overlap_tokens"}``, ``False`` for none, or None for
         the default (256/32 tokens with an embedder, none when the client sends vectors).
         ``vector_dtype``: ``float32``, ``float16`` or ``int8``, how indexed segments store vectors.
+        ``cluster_by``: up to 4 attribute keys each segment also groups its vectors by
+        (:mod:`vectordb.clusters`): a selective filter on them reads a few ranges.
         """
         check_namespace_name(ns)
         fixed = embedders.dimensions_of(embedder)
@@ -167,6 +171,7 @@ class Service:
             chunk_tokens=chunking.chunk_tokens if chunking else None,
             overlap_tokens=chunking.overlap_tokens if chunking else 0,
             vector_dtype=vector_dtype,
+            cluster_by=check_cluster_by(cluster_by),
         ).validate()
         return self.catalog.create(ns, config)
 

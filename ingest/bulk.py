@@ -256,6 +256,7 @@ def export(
         "vector_dtype": info.vector_dtype,
         "chunk_tokens": info.chunk_tokens,
         "overlap_tokens": info.overlap_tokens,
+        "cluster_by": list(info.cluster_by),
     }
     writer = (
         _ParquetRows(temporary, info.dimensions, config, row_group_rows) if kind == "parquet" else _JsonlRows(temporary)

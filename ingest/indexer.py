@@ -218,7 +218,7 @@ class Indexer:
         build.built = segment.build(
             Chained(sources, config.dimensions), config.metric, s.rows_per_partition, s.flat_max_rows,
             config.vector_dtype, memory_bytes=s.build_memory_bytes, temp_dir=s.build_temp_dir,
-            centroids_for=centroids_for,
+            centroids_for=centroids_for, cluster_by=config.cluster_by,
         )
         build.rows = build.built.rows if build.built is not None else 0
         return build

@@ -308,7 +308,8 @@ class Shard:
         try:
             source = _source(store, reader, self.ns, self.config.dimensions, self.pieces, self.touched)
             self.spilled = segment_writer.spill(source, self.config.metric, self.config.vector_dtype, "by_range",
-                                                self.settings.build_memory_bytes, self.settings.build_temp_dir)
+                                                self.settings.build_memory_bytes, self.settings.build_temp_dir,
+                                                self.config.cluster_by)
         finally:
             reader.pool.shutdown()  # a Ray worker may run other work after: leave no threads behind
         return self.spilled.rows, self.spilled.vector_sum

@@ -5,9 +5,11 @@ exactly: every kept row is scored, so the answer is the true top-k among them wh
 the partitions. The kept rows' vectors are gathered once per segment, tombstone list
 and filter (:class:`MatchedRows`, memoised by the reader): from partitions already
 held or where the filter keeps many rows, else row by row by range (a selective filter's
-rows are scattered over most partitions). A later query with the same filter and another
-vector reads at most the ``$id`` of the best rows' partitions, and only once per partition
-(memoised), and scans one matrix. Which kept rows are dead (tombstoned, or overridden by
+rows are scattered over most partitions); or, for a filter on a namespace's
+``cluster_by`` keys alone, from the groups of ``clusters.bin`` it keeps (a few contiguous
+ranges). A later query with the same filter and another vector reads at most the
+``$id`` of the best rows' partitions, and only once per partition (memoised), and scans
+one matrix. Which kept rows are dead (tombstoned, or overridden by
 the tail) is decided per query, from the segment's live mask (by row).
 """
 
@@ -80,10 +82,14 @@ class MatchedRows:
             return self._positions
 
 
-def search(reader: NamespaceReader, ctx: Context, seg: SegmentRef, layout: Layout, allowed: np.ndarray,
-           q: np.ndarray, k: int, metric: str, memo_key: tuple) -> list[Candidate]:
-    """The top k (and rows tied with the k-th) of the live rows among ``allowed``."""
-    matched = reader.matched_rows(memo_key, lambda: gather(reader, ctx, seg, layout, allowed))
+def search(reader: NamespaceReader, ctx: Context, seg: SegmentRef, layout: Layout, allowed: np.ndarray | None,
+           q: np.ndarray, k: int, metric: str, memo_key: tuple, groups: np.ndarray | None = None) -> list[Candidate]:
+    """The top k (and rows tied with the k-th) of the live rows among ``allowed``, or
+    among the rows of ``groups`` of the segment's ``clusters.bin`` (:mod:`vectordb.clusters`)."""
+    if groups is not None:
+        matched = reader.matched_rows(memo_key, lambda: gather_groups(reader, ctx, seg, layout, groups))
+    else:
+        matched = reader.matched_rows(memo_key, lambda: gather(reader, ctx, seg, layout, allowed))
     live = matched.live(reader, ctx, seg)
     idx = np.arange(len(matched.rows)) if live is None else np.flatnonzero(live)
     if not len(idx):
@@ -118,6 +124,17 @@ def _ids(reader: NamespaceReader, ctx: Context, seg: SegmentRef, matched: Matche
         for j, i in zip(rest, reader.row_ids(ctx.ns, seg, rows[rest])):
             ids[j] = i
     return ids  # type: ignore[return-value]
+
+
+def gather_groups(reader: NamespaceReader, ctx: Context, seg: SegmentRef, layout: Layout,
+                  groups: np.ndarray) -> MatchedRows:
+    """The rows of ``groups`` of the segment's ``clusters.bin`` and their (float16) vectors:
+    one round of parallel GETs, a range per run of adjacent groups."""
+    rows, vectors = reader.group_rows(ctx.ns, seg, layout, groups)
+    order = np.argsort(rows, kind="stable")  # ascending, as gather's: ties go to the lower row
+    rows, vectors = rows[order], vectors[order]
+    vectors.flags.writeable = False
+    return MatchedRows(rows, vectors)
 
 
 def gather(reader: NamespaceReader, ctx: Context, seg: SegmentRef, layout: Layout, allowed: np.ndarray) -> MatchedRows:

@@ -9,10 +9,11 @@ version's with a writer beside us, so a scan never walks a partition's ids in Py
 
 Filtered: the filter is evaluated over the segment's attributes (DuckDB) first. When it
 keeps few rows they are searched exactly (:mod:`query.exact_filter`), so a selective
-filter never loses recall. When it keeps many, more partitions are probed the more it
-drops (``nprobe × sqrt(rows / kept)``: ``PROBE_GROWTH``), and the scan skips rows the
-filter rejects. Dead rows are dropped per
-partition from its ids (in memory).
+filter never loses recall (a filter on the namespace's ``cluster_by`` keys alone is
+decided per group of ``clusters.bin`` and reads only the groups it keeps). When it keeps
+many, more partitions are probed the more it drops (``nprobe × sqrt(rows / kept)``:
+``PROBE_GROWTH``), and the scan skips rows the filter rejects. Dead rows are dropped
+per partition from its ids (in memory).
 
 With ``search_device`` set to a torch device (:mod:`query.gpu`), unfiltered segment search
 runs on tensors that device holds; filtered search and the tail stay on this FAISS path.
@@ -271,8 +272,16 @@ def _search_segment_tensors(tensors, index: gpu.DeviceIndex, seg: SegmentRef, q,
 
 
 def _search_segment_filtered(reader, ctx: Context, seg: SegmentRef, q, k, metric, exact_max_rows) -> list[Candidate]:
-    allowed = reader.filter_mask(ctx.ns, seg, ctx.filter, ctx.filter_key)
     layout = reader.layout(ctx.ns, seg)
+    groups = layout.clusters.matching(ctx.filter, ctx.filter_key) if layout.clusters is not None else None
+    if groups is not None and layout.clusters.rows_in(groups) <= exact_max_rows:
+        # A filter on the namespace's cluster_by keys alone: its rows are the groups it
+        # keeps in clusters.bin, read as a few ranges; no attribute column is read.
+        if not len(groups):
+            return []
+        key = (seg.id, seg.tombstones_key, ctx.filter_key, "clusters")
+        return exact_filter.search(reader, ctx, seg, layout, None, q, k, metric, key, groups)
+    allowed = reader.filter_mask(ctx.ns, seg, ctx.filter, ctx.filter_key)
     if layout.docs is None:
         # The whole docs are read for the filter anyway: their ids give the live mask.
         live = reader.live_mask(ctx.ns, seg, ctx.tail)

@@ -125,8 +125,10 @@ class Database(Protocol):
         metric: str = "cosine",
         chunking: dict | bool | None = None,
         vector_dtype: str = "float32",
+        cluster_by: list[str] | None = None,
     ) -> Namespace:
-        """Create (or open, if it exists with the same configuration) a namespace."""
+        """Create (or open, if it exists with the same configuration) a namespace.
+        ``cluster_by``: attribute keys whose selective filters read a few ranges."""
 
     def namespace(self, name: str) -> Namespace:
         """An existing namespace (NamespaceNotFound if there is none)."""

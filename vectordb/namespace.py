@@ -42,9 +42,16 @@ class NamespaceConfig:
     chunk_tokens: int | None = None
     overlap_tokens: int = 0
     vector_dtype: str = "float32"
+    # Attribute keys each segment's clusters.bin groups its vectors by (vectordb.clusters):
+    # a selective filter on them reads a few ranges. Empty: no copy.
+    cluster_by: tuple[str, ...] = ()
 
     def to_json(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        data["cluster_by"] = list(self.cluster_by)
+        if not self.cluster_by:  # manifests of namespaces without it stay as they were
+            del data["cluster_by"]
+        return data
 
     @classmethod
     def from_json(cls, data: dict) -> NamespaceConfig:
@@ -55,6 +62,7 @@ class NamespaceConfig:
             chunk_tokens=data.get("chunk_tokens"),
             overlap_tokens=int(data.get("overlap_tokens", 0)),
             vector_dtype=data.get("vector_dtype", "float32"),
+            cluster_by=tuple(data.get("cluster_by", ())),
         )
 
     def validate(self) -> NamespaceConfig:
@@ -64,4 +72,7 @@ class NamespaceConfig:
             raise InvalidArgument(f"vector_dtype must be one of {', '.join(VECTOR_DTYPES)}, not {self.vector_dtype!r}")
         if not 1 <= self.dimensions <= 4096:
             raise InvalidArgument(f"dimensions must be between 1 and 4096, not {self.dimensions}")
+        from vectordb.clusters import check_names
+
+        check_names(self.cluster_by)
         return self

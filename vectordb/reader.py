@@ -54,6 +54,8 @@ _DEFAULT_MEMO_BYTES = 256 * 1024**2
 # ids touched since): past that, making it from scratch costs about as much.
 _MAX_DERIVE_STEPS = 64
 _MAX_DERIVE_IDS = 4096
+# clusters.bin is read in pieces of at most this many bytes, in parallel.
+_GROUP_PIECE = 1024 * 1024
 
 
 def _partition_bytes(part: Partition) -> int:
@@ -264,6 +266,28 @@ class NamespaceReader:
         entries = self.documents.entries(base, layout.part_rows, rows, spans[ekey]) if with_entries else None
         return vectors, ids, entries
 
+    def group_rows(self, ns: str, seg: SegmentRef, layout: Layout, groups) -> tuple[np.ndarray, np.ndarray]:
+        """The rows (int64) and vectors (float32, from float16) of ``groups`` of the
+        segment's ``clusters.bin``, group after group: one round of parallel GETs of at
+        most ``_GROUP_PIECE`` bytes each (adjacent groups read together)."""
+        directory = layout.clusters
+        groups = np.asarray(groups, np.int64)
+        key = segment.file_key(ns, seg.id, "clusters.bin")
+        ranges = directory.ranges(groups)
+        merged = ranged_reads.coalesce(ranges, 0)
+        pieces = [(s, min(_GROUP_PIECE, start + n - s)) for start, n in merged
+                  for s in range(start, start + n, _GROUP_PIECE)]
+        fetched = dict(zip((s for s, _ in pieces), self.pool.map(lambda r: self.store.get_range(key, *r), pieces)))
+        spans = ranged_reads.Spans({start: b"".join(fetched[s] for s in range(start, start + n, _GROUP_PIECE))
+                                    for start, n in merged})
+        rows, vectors = [np.zeros(0, np.int64)], [np.zeros((0, layout.dims), np.float32)]
+        for g, (start, length) in zip(groups.tolist(), ranges):
+            if length:
+                r, v = directory.decode(spans.get(start, length), g)
+                rows.append(r)
+                vectors.append(v)
+        return np.concatenate(rows), np.concatenate(vectors)
+
     def matched_rows(self, key: tuple, make):
         """The rows a selective filter keeps, with their vectors (query.exact_filter),
         memoised under ``key`` (a segment, its tombstones, the filter): ``make()`` when not
@@ -272,14 +296,17 @@ class NamespaceReader:
 
     def prefetch_filter(self, ns: str, seg: SegmentRef, filt: Filter) -> None:
         """Start fetching the footers of the columns ``filt`` names (a by-range segment's
-        first reads for it), each on its own thread of the pool; loads the layout first."""
+        first reads for it), each on its own thread of the pool; loads the layout first.
+        A filter that ``clusters.bin``'s groups decide reads no column: only the ``$id``
+        footer (the ids of its best rows)."""
         layout = self.layout(ns, seg)
         if layout.docs is None:
             return
         from vectordb.filter_columns import columns
 
         base = segment.file_key(ns, seg.id, "")
-        for name in [*columns(filt, layout.docs.kinds), ID_COLUMN]:
+        grouped = layout.clusters is not None and layout.clusters.covers(filt)
+        for name in [*([] if grouped else columns(filt, layout.docs.kinds)), ID_COLUMN]:
             self.pool.submit(self.documents.footers, base, layout.docs, [name])
 
     def prefetch_bm25(self, ns: str, seg: SegmentRef, terms: list[str]) -> None:

@@ -299,8 +299,10 @@ class _DatabaseCalls:
     def _exec(self, call: _Call) -> Any:  # pragma: no cover - set by the subclasses
         raise NotImplementedError
 
-    def _create_call(self, name, embedder, dimensions, metric, chunking, vector_dtype) -> _Call:
+    def _create_call(self, name, embedder, dimensions, metric, chunking, vector_dtype, cluster_by) -> _Call:
         body = {"embedder": embedder, "metric": metric, "vector_dtype": vector_dtype}
+        if cluster_by:
+            body["cluster_by"] = list(cluster_by)
         if dimensions is not None:
             body["dimensions"] = dimensions
         if chunking is not None:
@@ -371,8 +373,9 @@ class RemoteDatabase(_DatabaseCalls):
         metric: str = "cosine",
         chunking: dict | bool | None = None,
         vector_dtype: str = "float32",
+        cluster_by: list[str] | None = None,
     ) -> RemoteNamespace:
-        info = self._exec(self._create_call(name, embedder, dimensions, metric, chunking, vector_dtype))
+        info = self._exec(self._create_call(name, embedder, dimensions, metric, chunking, vector_dtype, cluster_by))
         return RemoteNamespace(self, name, info)
 
     def namespace(self, name: str) -> RemoteNamespace:
@@ -439,8 +442,10 @@ class AsyncRemoteDatabase(_DatabaseCalls):
         metric: str = "cosine",
         chunking: dict | bool | None = None,
         vector_dtype: str = "float32",
+        cluster_by: list[str] | None = None,
     ) -> AsyncRemoteNamespace:
-        info = await self._exec(self._create_call(name, embedder, dimensions, metric, chunking, vector_dtype))
+        info = await self._exec(self._create_call(name, embedder, dimensions, metric, chunking, vector_dtype,
+                                                  cluster_by))
         return AsyncRemoteNamespace(self, name, info)
 
     async def namespace(self, name: str) -> AsyncRemoteNamespace:

@@ -35,6 +35,7 @@ class NamespaceInfo(_Json):
     chunk_tokens: int | None = None
     overlap_tokens: int = 0
     vector_dtype: str = "float32"
+    cluster_by: list[str] = field(default_factory=list)
     rows: dict[str, int] = field(default_factory=dict)  # {"indexed", "unindexed"}
     segments: list[dict] = field(default_factory=list)
     wal_objects: int = 0

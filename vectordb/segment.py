@@ -15,8 +15,10 @@ A segment ``<ns>/segments/<id>/`` has these objects:
     A segment that shares its centroids with others (the shards of a Ray build) ends it
     with one more trailer, magic ``VDBCSET1``, a u32 length and the 16-byte id of that
     centroid set (a hash of the centroids): a query ranks a shared centroid once
-    (:mod:`query.vector_search`). Each trailer is magic, u32 length, body; readers skip
-    those they do not know, and a segment without this one has centroids of its own.
+    (:mod:`query.vector_search`). A segment of a namespace created with ``cluster_by``
+    ends it with the directory of ``clusters.bin`` (magic ``VDBCLUS1``, JSON). Each trailer
+    is magic, u32 length, body; readers skip those they do not know; a segment without the
+    centroid-set one has centroids of its own, one without the clusters one no copy.
 ``vectors.bin``
     the partitions back to back. Partition ``p`` is one contiguous byte range: vectors
     (n × dims, float32, float16 or uint8 codes as ``ivf.bin`` says), int32 id offsets
@@ -40,6 +42,11 @@ A segment ``<ns>/segments/<id>/`` has these objects:
     hash tables in fixed-size buckets (:mod:`vectordb.key_table`): id -> row (and its
     ``rows.bin`` entry), and a chunk's string ``doc_id`` attribute -> its rows and ids.
     A lookup reads one bucket.
+``clusters.bin`` (namespaces created with ``cluster_by``)
+    the vectors again, grouped by the values of the ``cluster_by`` attributes: per group
+    its rows (uint32) then their vectors (float16). A filter on those attributes alone
+    reads its groups, a few contiguous ranges, instead of each kept row by range
+    (:mod:`vectordb.clusters`).
 ``docs.parquet`` (segments written before the by-range layout)
     ``id``, ``text``, ``attributes`` (JSON text), one row group per partition (empty ones
     included), rows in the same order as ``vectors.bin``; read whole.
@@ -69,7 +76,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from vectordb import docs_format, keys
+from vectordb import clusters, docs_format, keys
+from vectordb.clusters import ClusterDirectory
 from vectordb.docs_format import DocsLayout
 from vectordb.errors import VectorDBError
 from vectordb.int8_rows import Int8Rows, dequantize
@@ -87,12 +95,13 @@ if TYPE_CHECKING:
 MAGIC_V1 = b"VDBIVF01"  # float32 vectors, no type word
 MAGIC = b"VDBIVF02"
 CENTROID_SET_MAGIC = b"VDBCSET1"  # ivf.bin's trailer naming the centroid set a segment shares
+CLUSTERS_MAGIC = clusters.MAGIC  # ivf.bin's trailer: clusters.bin's directory
 _DTYPES = ("float32", "float16", "int8")  # the type word indexes this
 _CENTROID_TYPES = ("float32", "float16")  # the centroid type word indexes this
 _STORED = {"float32": np.dtype(np.float32), "float16": np.dtype(np.float16), "int8": np.dtype(np.uint8)}
 # Every file a segment may have (garbage collection keeps exactly these): a segment has the
 # whole-docs layout (docs.parquet) or the by-range one (docs_format.FILES), not both.
-FILES = ("ivf.bin", "vectors.bin", "docs.parquet", "bm25.bin", *docs_format.FILES)
+FILES = ("ivf.bin", "vectors.bin", "docs.parquet", "bm25.bin", *docs_format.FILES, "clusters.bin")
 
 
 @dataclass(frozen=True)
@@ -105,6 +114,7 @@ class Layout:
     vector_dtype: str = "float32"  # how vectors.bin stores the partitions' vectors
     docs: DocsLayout | None = None  # a by-range segment's documents (ivf.bin's trailer); None: docs.parquet
     centroid_set: str | None = None  # the id of centroids shared with other segments; None: its own
+    clusters: ClusterDirectory | None = None  # the vectors grouped by cluster_by (clusters.bin); None: no copy
 
     @property
     def nlist(self) -> int:
@@ -153,8 +163,10 @@ class Layout:
         part_bytes = np.frombuffer(data, np.int64, nlist + 1, at)
         part_rows = np.frombuffer(data, np.int64, nlist + 1, at + (nlist + 1) * 8)
         at += 2 * (nlist + 1) * 8
+        centroid_set, clusters = _trailer(data, at, CENTROID_SET_MAGIC), _trailer(data, at, CLUSTERS_MAGIC)
         return cls(centroids, part_bytes, part_rows, vector_dtype, DocsLayout.from_trailer(data, at),
-                   _centroid_set(data, at))
+                   bytes(centroid_set).hex() if centroid_set is not None else None,
+                   ClusterDirectory.from_body(clusters) if clusters is not None else None)
 
 
 def centroid_set_id(centroids: np.ndarray) -> str:
@@ -168,12 +180,13 @@ def centroid_set_trailer(centroid_set: str) -> bytes:
     return CENTROID_SET_MAGIC + len(body).to_bytes(4, "little") + body
 
 
-def _centroid_set(data: bytes, at: int) -> str | None:
-    """The centroid-set id among ``ivf.bin``'s trailers from ``at``; None: none there."""
+def _trailer(data: bytes, at: int, magic: bytes) -> bytes | None:
+    """The body of ``ivf.bin``'s trailer ``magic`` (trailers from ``at``: magic, length,
+    body); None: none there."""
     while at + 12 <= len(data):
         length = int.from_bytes(data[at + 8 : at + 12], "little")
-        if data[at : at + 8] == CENTROID_SET_MAGIC:
-            return bytes(data[at + 12 : at + 12 + length]).hex()
+        if data[at : at + 8] == magic:
+            return data[at + 12 : at + 12 + length]
         at += 12 + length
     return None
 
@@ -305,6 +318,7 @@ def build(
     memory_bytes: int = DEFAULT_BUILD_MEMORY,
     temp_dir: str | None = None,
     centroids_for=None,
+    cluster_by: tuple[str, ...] = (),
 ) -> BuiltSegment | None:
     """Cluster ``rows`` (in memory, or a :class:`~vectordb.segment_writer.RowSource` read
     in chunks) into an IVF segment, in about ``memory_bytes`` of memory, its files in a
@@ -314,7 +328,8 @@ def build(
     (it names the segment); ``docs`` the documents' layout (:mod:`vectordb.docs_format`):
     ``by_range``, or ``whole`` (``docs.parquet``, the layout before issue 12, kept to test
     that it stays readable); ``centroids_for`` which centroids (see
-    :func:`vectordb.segment_writer.build`). None when there are no rows. The caller closes
+    :func:`vectordb.segment_writer.build`); ``cluster_by`` the attributes ``clusters.bin``
+    groups the vectors by (none: no copy). None when there are no rows. The caller closes
     the result."""
     from vectordb import segment_writer
 
@@ -322,7 +337,8 @@ def build(
         raise ValueError(f"unknown docs layout {docs!r}")
     source = segment_writer.BatchSource(rows) if isinstance(rows, RowBatch) else rows
     return segment_writer.build(source, metric, rows_per_partition, flat_max_rows, vector_dtype,
-                                new_segment_id(key_version), docs, memory_bytes, temp_dir, centroids_for)
+                                new_segment_id(key_version), docs, memory_bytes, temp_dir, centroids_for,
+                                cluster_by)
 
 
 def file_key(ns: str, segment_id: str, name: str) -> str:

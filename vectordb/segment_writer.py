@@ -24,7 +24,10 @@ through a working directory in four passes:
    ``docs.parquet``); the key tables (``ids.bin``: ids, their hashes and record entries;
    ``doc_ids.bin``: chunks' ``doc_id``\\s) wait on disk in 64 shards by hash
    (:class:`vectordb.key_table.TableWriter`) and are written a shard at a time at the end;
-   BM25 postings are kept (24 bytes a posting).
+   BM25 postings are kept (24 bytes a posting). With ``cluster_by``, each row's vector
+   also goes to ``clusters.spill`` as float16 and its group is kept (4 bytes a row);
+   ``clusters.bin`` is written from it, group by group, at the end
+   (:class:`vectordb.clusters.ClusterWriter`).
 
 Peak memory is about ``memory_bytes``: an eighth for an input chunk, a quarter for the
 k-means sample, a quarter for a group of partitions, and the per-row state above (a few
@@ -53,7 +56,7 @@ from typing import BinaryIO, Protocol
 
 import numpy as np
 
-from vectordb import attr_columns, bm25, bm25_blocks, doc_fields, ivf, key_table
+from vectordb import attr_columns, bm25, bm25_blocks, clusters, doc_fields, ivf, key_table
 from vectordb.docs_format import DOC_ID, DocsLayout
 from vectordb.rows import RowBatch
 
@@ -114,15 +117,17 @@ class BuiltSegment:
 
 def build(source: RowSource, metric: str, rows_per_partition: int, flat_max_rows: int,
           vector_dtype: str, segment_id: str, docs: str, memory_bytes: int,
-          temp_dir: str | None = None, centroids_for=None) -> BuiltSegment | None:
+          temp_dir: str | None = None, centroids_for=None, cluster_by: tuple[str, ...] = ()) -> BuiltSegment | None:
     """Build a segment of ``source``'s rows in a fresh working directory under ``temp_dir``
     (the system's default: None), in about ``memory_bytes`` of memory, on centroids
     trained on its own rows; or, with ``centroids_for(rows)`` -> (centroids or None, nlist)
     (:func:`ingest.centroid_sets.choose`), on the centroids it gives, else on ``nlist``
     trained ones, the set named in ``ivf.bin`` so that later builds can join it. None if
-    the source has no rows. Callers :meth:`~BuiltSegment.close` it once uploaded; an
-    exception removes the directory."""
-    spilled = spill(source, metric, vector_dtype, docs, memory_bytes, temp_dir)
+    the source has no rows. ``cluster_by``: the attribute keys a by-range segment's
+    ``clusters.bin`` groups its vectors by (:mod:`vectordb.clusters`; none: no copy).
+    Callers :meth:`~BuiltSegment.close` it once uploaded; an exception removes the
+    directory."""
+    spilled = spill(source, metric, vector_dtype, docs, memory_bytes, temp_dir, cluster_by)
     try:
         if not spilled.rows:
             return None
@@ -137,7 +142,7 @@ def build(source: RowSource, metric: str, rows_per_partition: int, flat_max_rows
 
 
 def spill(source: RowSource, metric: str, vector_dtype: str, docs: str, memory_bytes: int,
-          temp_dir: str | None = None) -> Spilled:
+          temp_dir: str | None = None, cluster_by: tuple[str, ...] = ()) -> Spilled:
     """The first pass of a build (``input.spill`` in a fresh working directory), for a
     caller that brings its own centroids: several shards of one Ray build
     (:mod:`ingest.ray_build`) spill their rows, train one set of centroids on a sample
@@ -145,7 +150,7 @@ def spill(source: RowSource, metric: str, vector_dtype: str, docs: str, memory_b
     removes the directory."""
     _sweep_killed_builds(temp_dir)
     workdir = Path(tempfile.mkdtemp(prefix=f"{_WORKDIR_PREFIX}{_host()}-{os.getpid()}-", dir=temp_dir))
-    spilled = Spilled(source, metric, vector_dtype, docs, memory_bytes, workdir)
+    spilled = Spilled(source, metric, vector_dtype, docs, memory_bytes, workdir, cluster_by)
     try:
         spilled.spill()
     except BaseException:
@@ -202,8 +207,9 @@ class Spilled:
     segment, or :meth:`close` removes the directory."""
 
     def __init__(self, source: RowSource, metric: str, vector_dtype: str, docs: str, memory_bytes: int,
-                 workdir: Path) -> None:
+                 workdir: Path, cluster_by: tuple[str, ...] = ()) -> None:
         self.source, self.metric, self.vector_dtype, self.docs = source, metric, vector_dtype, docs
+        self.cluster_by = tuple(cluster_by)
         self.memory_bytes = memory_bytes
         self.workdir: Path | None = workdir  # None once finished (the segment's) or closed
         self.dims = source.dims
@@ -232,13 +238,14 @@ class Spilled:
         centroids = centroids.astype(segment.centroid_type(centroids, self.vector_dtype)).astype(np.float32)
         runs, part_rows = self._runs(self.chunks, centroids, nlist)
         (self.workdir / "input.spill").unlink()
-        files, part_bytes, described = self._write(runs, part_rows, self.plan)
+        files, part_bytes, described, grouped = self._write(runs, part_rows, self.plan)
         (self.workdir / "runs.spill").unlink()
         centroid_set = segment.centroid_set_id(centroids) if shared else None
-        layout = segment.Layout(centroids, part_bytes, part_rows, self.vector_dtype, described, centroid_set)
+        layout = segment.Layout(centroids, part_bytes, part_rows, self.vector_dtype, described, centroid_set, grouped)
         ivf_path = self.workdir / "ivf.bin"
         ivf_path.write_bytes(layout.to_bytes() + (described.to_bytes() if described is not None else b"")
-                             + (segment.centroid_set_trailer(centroid_set) if centroid_set else b""))
+                             + (segment.centroid_set_trailer(centroid_set) if centroid_set else b"")
+                             + (grouped.to_trailer() if grouped is not None else b""))
         built = BuiltSegment(segment_id, nlist, self.rows, {"ivf.bin": ivf_path, **files}, self.workdir)
         self.workdir = None
         return built
@@ -358,18 +365,29 @@ class Spilled:
         part_bytes = np.zeros(nlist + 1, np.int64)
         lexical = bm25.BM25Builder()
         keys = _Keys(self.workdir)
+        grouping = clusters.ClusterWriter(self.cluster_by, self.dims, self.workdir) if by_range and self.cluster_by \
+            else None
         with open(files["vectors.bin"], "wb") as vectors:
             writer = _DocsWriter(self.workdir, plan) if by_range else _WholeDocsWriter(files["docs.parquet"])
             for p, rows in enumerate(self._partitions(runs, part_rows)):
                 vectors.write(segment.encode_partition(rows.vectors, rows.ids, self.vector_dtype))
                 part_bytes[p + 1] = vectors.tell()
                 lexical.add(t or "" for t in rows.texts)
-                writer.write(rows, int(part_rows[p]), keys)
+                parsed = writer.write(rows, int(part_rows[p]), keys)
+                if grouping is not None:
+                    grouping.add(parsed, rows.vectors)
         described = writer.finish(files, keys, int(part_rows[-1]))
         with open(self.workdir / "bm25.bin", "wb") as out:
             out.write(bm25_blocks.encode(lexical.finish()))
         files["bm25.bin"] = self.workdir / "bm25.bin"
-        return files, part_bytes, described
+        grouped = None
+        if grouping is not None:
+            grouped = grouping.finish(self.workdir / "clusters.bin")
+            if grouped is not None:
+                files["clusters.bin"] = self.workdir / "clusters.bin"
+            else:
+                log.info("segment without clusters.bin: %s", grouping.skipped or "no rows")
+        return files, part_bytes, described, grouped
 
 
 class _Keys:
@@ -407,7 +425,8 @@ class _DocsWriter:
         self.entries = open(workdir / "rows.bin", "wb")  # noqa: SIM115
         self.columns = attr_columns.ColumnWriter(plan, workdir)
 
-    def write(self, rows: RowBatch, first_row: int, keys: _Keys) -> None:
+    def write(self, rows: RowBatch, first_row: int, keys: _Keys) -> list[dict]:
+        """Write one partition's rows; their attributes, parsed."""
         fields, entries = doc_fields.encode(rows.ids, rows.texts, rows.attributes)
         if len(rows):
             table = np.frombuffer(entries, doc_fields.ENTRY).copy()
@@ -418,6 +437,7 @@ class _DocsWriter:
         parsed = attr_columns.parse(rows.attributes)
         self.columns.write(rows.ids, parsed)
         keys.add(rows.ids, entries, parsed, first_row)
+        return parsed
 
     def finish(self, files: dict[str, Path], keys: _Keys, n: int) -> DocsLayout:
         self.fields.close()
