@@ -12,7 +12,8 @@ vectors, attributes ``{year, tenant, tags, doc_id}``, seeded. It is written once
 shards (LanceDB reads those) while our namespace ingests the same tables.
 
 Ours: one namespace on a SeaweedFS of its own (``s3.py``; ``--endpoint`` names another),
-``vector_dtype`` int8 as in the vector benchmark, indexed into one segment, then 1 % of the
+``vector_dtype`` int8 as in the vector benchmark, ``cluster_by`` tenant and year
+(``--cluster-by``: the tenant + year filter reads its group of ``clusters.bin``), indexed into one segment, then 1 % of the
 chunks deleted and indexed again (a tombstone list). A query worker process measures each
 kind on a fresh worker (``docs_on_demand.cold_then_warm``: connect -> answer, bytes, requests
 and sequential round trips that reached the store, then ``--warm`` more for p50 / p99) and
@@ -127,14 +128,15 @@ def our_kinds(n: int, texts: list[str]) -> dict:
 # --------------------------------------------------------------------------- ours
 
 
-def build_ours(store, n: int, seed: int, shards: Path) -> dict:
-    """Our namespace from the generated tables (each also written to ``shards``), indexed,
-    1 % deleted, indexed again. Returns timings and the segment's file sizes."""
+def build_ours(store, n: int, seed: int, shards: Path, cluster_by: list[str]) -> dict:
+    """Our namespace (grouped by ``cluster_by``) from the generated tables (each also written
+    to ``shards``), indexed, 1 % deleted, indexed again. Returns timings and the segment's
+    file sizes."""
     import pyarrow.parquet as pq
 
     words, p = word_frequencies(DATA)
     svc = Service(corpus.settings(), store=store)
-    svc.create_namespace(NS, "none", corpus.DIMS, "cosine", chunking=False, vector_dtype="int8")
+    svc.create_namespace(NS, "none", corpus.DIMS, "cosine", chunking=False, vector_dtype="int8", cluster_by=cluster_by)
     shards.mkdir()
     out = {"generate_s": 0.0, "upsert_s": 0.0}
     batches = -(-n // corpus.BATCH)
@@ -388,6 +390,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", metavar="PREFIX",
                         help="build our namespace under this prefix of the bucket and keep it; a later run with the "
                              "same --keep (and --endpoint) reuses it instead of building (needs --skip-lancedb)")
+    parser.add_argument("--cluster-by", default="tenant,year",
+                        help="our namespace's cluster_by (comma-separated; '' for none): a filter on these keys "
+                             "alone reads their groups of clusters.bin")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)  # the query worker process
     args = parser.parse_args(argv)
@@ -402,6 +407,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.keep and not (args.skip_lancedb and args.endpoint):
         raise SystemExit("--keep needs --skip-lancedb and --endpoint (a store that outlives this run)")
     prefix = args.keep or f"text-scale-{uuid.uuid4().hex[:8]}"
+    cluster_by = [name for name in args.cluster_by.split(",") if name]
+    result["cluster_by"] = cluster_by
     with tempfile.TemporaryDirectory() as tmp_name, contextlib.ExitStack() as stack:
         tmp = Path(tmp_name)
         endpoint = args.endpoint or stack.enter_context(s3.seaweedfs(tmp / "seaweedfs", s3.weed_binary(), log))
@@ -419,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
             result["ours_build"] = {**json.loads(kept), "reused": prefix}
             log(f"ours: reusing the namespace kept under {prefix}")
         else:
-            result["ours_build"] = build_ours(store, args.chunks, args.seed, tmp / "shards")
+            result["ours_build"] = build_ours(store, args.chunks, args.seed, tmp / "shards", cluster_by)
             if args.keep:
                 store.put(marker, json.dumps(result["ours_build"]).encode())
         spec = tmp / "worker.json"
