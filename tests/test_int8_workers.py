@@ -3,9 +3,10 @@ worker, a query worker that holds a small segment's int8 codes (scanned by FAISS
 kernel) and then sits idle, `vectordb gc`, and a namespace drop. Meanwhile the namespace
 grows into several segments, on centroid sets they share (the default) or with centroids
 of their own (the per-set probe minimum), rows are overwritten and deleted, garbage
-collection runs, and a broad filter takes the probing path. The stale worker's answers must equal a fresh reader's and never name a
-deleted row or an overwritten vector; after a drop and re-create it sees only the new
-namespace."""
+collection runs, a broad filter takes the probing path and a selective one on the
+namespace's ``cluster_by`` key reads each segment's ``clusters.bin``. The stale worker's
+answers must equal a fresh reader's and never name a deleted row or an overwritten vector;
+after a drop and re-create it sees only the new namespace."""
 
 from __future__ import annotations
 
@@ -32,6 +33,8 @@ QUERIES = [
     {"vector": [0.3] * DIMS, "top_k": 10},
     {"vector": [-0.5, 0.2] * (DIMS // 2), "top_k": 10, "include": ["vector"]},
     {"vector": [0.1, -0.4] * (DIMS // 2), "top_k": 10, "filter": {"year": {"$gte": 2008}}},  # broad: probes
+    # Selective, on the namespace's cluster_by key: each segment's clusters.bin group.
+    {"vector": [0.2, 0.1] * (DIMS // 2), "top_k": 10, "filter": {"year": {"$in": [2003, 2011]}}},
 ]
 
 
@@ -53,7 +56,7 @@ def test_a_stale_query_worker_answers_int8_segments_after_growth_overwrites_dele
     try:
         with ingest.client() as w, query.client() as q:
             r = w.put("/v1/namespaces/n", json={"embedder": "none", "dimensions": DIMS, "metric": "l2",
-                                                "vector_dtype": "int8"})
+                                                "vector_dtype": "int8", "cluster_by": ["year"]})
             assert r.status_code in (200, 201), r.text
             assert w.post("/v1/namespaces/n/documents", json={"documents": _docs(0, 1500, rng)}).status_code == 200
             assert w.post("/v1/namespaces/n/index", json={}).status_code == 200
@@ -78,6 +81,7 @@ def test_a_stale_query_worker_answers_int8_segments_after_growth_overwrites_dele
             try:
                 manifest = fresh.catalog.latest("n")
                 sets = [fresh.reader.layout("n", seg).centroid_set for seg in manifest.segments]
+                assert all(fresh.reader.layout("n", seg).clusters is not None for seg in manifest.segments)
                 if share == "true":
                     assert None not in sets and len(set(sets)) < len(sets)  # builds joined a set
                 else:
