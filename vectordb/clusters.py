@@ -162,7 +162,9 @@ class ClusterDirectory:
 class ClusterWriter:
     """Collects a segment's rows as the build writes them (in segment order): each row's
     group, its vector as float16 in a spill file; :meth:`finish` writes ``clusters.bin``
-    grouped. Memory: 4 bytes a row and the groups' keys; the spill holds the vectors."""
+    grouped. Memory: 4 bytes a row and the groups' keys while collecting, ~20 bytes a row
+    while writing (the rows' order); the spill (2 × dims bytes a row, on disk) holds the
+    vectors and is read through a memory map."""
 
     def __init__(self, names: Sequence[str], dims: int, workdir: Path) -> None:
         self.names, self.dims = tuple(names), dims
