@@ -236,3 +236,21 @@ def test_vectors_beyond_float16_get_no_copy():
     q = vectors[17].copy()
     assert svc.query("h", vector=q.tolist(), top_k=1, filter={"n": 2}).hits[0].id == "r17"
     svc.close()
+
+
+def test_long_keys_get_no_copy(monkeypatch):
+    """The directory rides in ivf.bin, which every cold query reads: keys of more than
+    MAX_KEY_BYTES in all make no copy."""
+    monkeypatch.setattr(clusters, "MAX_KEY_BYTES", 2000)
+    store = MemoryStore()
+    svc = _service(store)
+    svc.create_namespace("k", "none", DIMS, "l2", cluster_by=["title"])
+    rng = np.random.default_rng(8)
+    vectors = rng.normal(size=(120, DIMS)).astype(np.float32)
+    svc.upsert("k", [{"id": f"r{i}", "vector": v.tolist(), "attributes": {"title": f"{i % 12}" + "x" * 300}}
+                     for i, v in enumerate(vectors)])
+    svc.index("k")
+    seg, = svc.catalog.latest("k").segments
+    assert svc.reader.layout("k", seg).clusters is None
+    assert [h.id for h in svc.query("k", vector=vectors[5].tolist(), top_k=1, filter={"title": "5" + "x" * 300}).hits] == ["r5"]
+    svc.close()

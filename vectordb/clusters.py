@@ -22,7 +22,9 @@ each component, finer than an int8 segment's codes (the IVF path's, so one row's
 may differ between the two paths by that much).
 
 A segment gets no copy (and filters read its columns as before) when its rows make more
-than :data:`MAX_GROUPS` groups, or a vector component lies beyond float16's range.
+than :data:`MAX_GROUPS` groups or keys of more than :data:`MAX_KEY_BYTES` in all (the
+directory is in ``ivf.bin``, which every cold query reads), or a vector component lies
+beyond float16's range.
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ from vectordb.filters import And, Condition, Filter, Not, Or
 MAGIC = b"VDBCLUS1"
 MAX_NAMES = 4
 # More groups than this and a copy stops paying: a group per few rows is a GET per few rows.
-MAX_GROUPS = 65_536
+MAX_GROUPS = 16_384
+MAX_KEY_BYTES = 512 * 1024  # the groups' keys, all together
 _STORED = np.dtype(np.float16)
 _FLOAT16_MAX = 65504.0
 _GATHER_ROWS = 65_536  # rows gathered from the spill per write
@@ -172,6 +175,7 @@ class ClusterWriter:
         self._spill = open(self.spill_path, "wb")  # noqa: SIM115
         self._groups: dict[tuple[str | None, ...], int] = {}
         self._of_rows: list[np.ndarray] = []
+        self._key_bytes = 0
         self.skipped: str | None = None  # why this segment gets no copy
 
     def add(self, parsed: Sequence[dict], vectors: np.ndarray) -> None:
@@ -188,9 +192,13 @@ class ClusterWriter:
             g = groups.get(key)
             if g is None:
                 g = groups[key] = len(groups)
+                self._key_bytes += sum(len(v) for v in key if v is not None)
             of_rows[i] = g
         if len(groups) > MAX_GROUPS:
             self._skip(f"its rows make more than {MAX_GROUPS} groups")
+            return
+        if self._key_bytes > MAX_KEY_BYTES:
+            self._skip(f"its groups' keys take more than {MAX_KEY_BYTES} bytes")
             return
         self._of_rows.append(of_rows)
         self._spill.write(np.ascontiguousarray(vectors, _STORED).tobytes())
