@@ -16,6 +16,7 @@ from bench.counting import CountingStore
 from storage.cache import CachedStore
 from storage.memory import MemoryStore
 from tests.fakes import unit_settings
+from tests.test_selective_filter import check_later_deletes
 from vectordb import clusters, segment
 from vectordb.errors import InvalidArgument
 
@@ -138,19 +139,7 @@ def test_filter_on_another_attribute_reads_the_columns(corpus):
 
 def test_later_deletes_are_seen(corpus):
     store, live = corpus
-    mine = MemoryStore()
-    for info in store.list(""):
-        mine.put(info.key, store.get(info.key))
-    worker = _service(CachedStore(mine, 64 << 20))
-    q = np.random.default_rng(5).normal(size=DIMS).astype(np.float32)
-    first = [h.id for h in worker.query("s", vector=q.tolist(), top_k=5, filter=FILTER).hits]
-    worker.delete("s", first[:2])
-    live = {i: row for i, row in live.items() if i not in first[:2]}
-    again = [h.id for h in worker.query("s", vector=q.tolist(), top_k=5, filter=FILTER).hits]
-    assert again == _expected(live, q, 5, FILTER)
-    worker.index("s")  # a new tombstone list: the memo is keyed by it
-    assert [h.id for h in worker.query("s", vector=q.tolist(), top_k=5, filter=FILTER).hits] == again
-    worker.close()
+    check_later_deletes(_service, store, live, lambda live, q, k: _expected(live, q, k, FILTER), FILTER)
 
 
 def test_merged_segments_and_garbage_collection_keep_the_copy():
@@ -180,21 +169,47 @@ def test_merged_segments_and_garbage_collection_keep_the_copy():
     svc.close()
 
 
-def test_a_segment_past_the_group_limit_gets_no_copy(monkeypatch):
-    monkeypatch.setattr(clusters, "MAX_GROUPS", 10)
+def _without_copy(ns: str, cluster_by: list[str], vectors: np.ndarray, attrs_of) -> Service:
+    """A namespace grouped by ``cluster_by`` whose one segment (``vectors``, row i's
+    attributes ``attrs_of(i)``) must get no clusters.bin; its service, to query."""
     store = MemoryStore()
     svc = _service(store)
-    svc.create_namespace("g", "none", DIMS, "l2", cluster_by=["n"])
+    svc.create_namespace(ns, "none", DIMS, "l2", cluster_by=cluster_by)
+    svc.upsert(ns, [{"id": f"r{i}", "vector": v.tolist(), "attributes": attrs_of(i)} for i, v in enumerate(vectors)])
+    svc.index(ns)
+    seg, = svc.catalog.latest(ns).segments
+    assert svc.reader.layout(ns, seg).clusters is None
+    assert store.head(segment.file_key(ns, seg.id, "clusters.bin")) is None
+    return svc
+
+
+def test_a_segment_past_the_group_limit_gets_no_copy(monkeypatch):
+    monkeypatch.setattr(clusters, "MAX_GROUPS", 10)
     rng = np.random.default_rng(6)
     vectors = rng.normal(size=(200, DIMS)).astype(np.float32)
-    svc.upsert("g", [{"id": f"r{i}", "vector": v.tolist(), "attributes": {"n": i % 40}} for i, v in enumerate(vectors)])
-    svc.index("g")
-    seg, = svc.catalog.latest("g").segments
-    assert svc.reader.layout("g", seg).clusters is None
-    assert store.head(segment.file_key("g", seg.id, "clusters.bin")) is None
+    svc = _without_copy("g", ["n"], vectors, lambda i: {"n": i % 40})
     q = rng.normal(size=DIMS).astype(np.float32)
     want = sorted(range(3, 200, 40), key=lambda i: float(np.sum((vectors[i] - q) ** 2)))
     assert [h.id for h in svc.query("g", vector=q.tolist(), top_k=5, filter={"n": 3}).hits] == [f"r{i}" for i in want]
+    svc.close()
+
+
+def test_vectors_beyond_float16_get_no_copy():
+    vectors = np.random.default_rng(7).normal(size=(150, DIMS)).astype(np.float32)
+    vectors[17, 3] = 1e6
+    svc = _without_copy("h", ["n"], vectors, lambda i: {"n": i % 3})
+    assert svc.query("h", vector=vectors[17].tolist(), top_k=1, filter={"n": 2}).hits[0].id == "r17"
+    svc.close()
+
+
+def test_long_keys_get_no_copy(monkeypatch):
+    """The directory rides in ivf.bin, which every cold query reads: keys of more than
+    MAX_KEY_BYTES in all make no copy."""
+    monkeypatch.setattr(clusters, "MAX_KEY_BYTES", 2000)
+    vectors = np.random.default_rng(8).normal(size=(120, DIMS)).astype(np.float32)
+    svc = _without_copy("k", ["title"], vectors, lambda i: {"title": f"{i % 12}" + "x" * 300})
+    hits = svc.query("k", vector=vectors[5].tolist(), top_k=1, filter={"title": "5" + "x" * 300}).hits
+    assert [h.id for h in hits] == ["r5"]
     svc.close()
 
 
@@ -219,38 +234,4 @@ def test_cluster_by_is_checked_and_described():
         assert client.get("/v1/namespaces/c").json()["cluster_by"] == ["tenant"]
         plain = client.put("/v1/namespaces/p", json={"embedder": "none", "dimensions": 4})
         assert plain.json()["cluster_by"] == []
-    svc.close()
-
-
-def test_vectors_beyond_float16_get_no_copy():
-    store = MemoryStore()
-    svc = _service(store)
-    svc.create_namespace("h", "none", DIMS, "l2", cluster_by=["n"])
-    rng = np.random.default_rng(7)
-    vectors = rng.normal(size=(150, DIMS)).astype(np.float32)
-    vectors[17, 3] = 1e6
-    svc.upsert("h", [{"id": f"r{i}", "vector": v.tolist(), "attributes": {"n": i % 3}} for i, v in enumerate(vectors)])
-    svc.index("h")
-    seg, = svc.catalog.latest("h").segments
-    assert svc.reader.layout("h", seg).clusters is None
-    q = vectors[17].copy()
-    assert svc.query("h", vector=q.tolist(), top_k=1, filter={"n": 2}).hits[0].id == "r17"
-    svc.close()
-
-
-def test_long_keys_get_no_copy(monkeypatch):
-    """The directory rides in ivf.bin, which every cold query reads: keys of more than
-    MAX_KEY_BYTES in all make no copy."""
-    monkeypatch.setattr(clusters, "MAX_KEY_BYTES", 2000)
-    store = MemoryStore()
-    svc = _service(store)
-    svc.create_namespace("k", "none", DIMS, "l2", cluster_by=["title"])
-    rng = np.random.default_rng(8)
-    vectors = rng.normal(size=(120, DIMS)).astype(np.float32)
-    svc.upsert("k", [{"id": f"r{i}", "vector": v.tolist(), "attributes": {"title": f"{i % 12}" + "x" * 300}}
-                     for i, v in enumerate(vectors)])
-    svc.index("k")
-    seg, = svc.catalog.latest("k").segments
-    assert svc.reader.layout("k", seg).clusters is None
-    assert [h.id for h in svc.query("k", vector=vectors[5].tolist(), top_k=1, filter={"title": "5" + "x" * 300}).hits] == ["r5"]
     svc.close()

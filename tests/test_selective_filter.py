@@ -95,18 +95,26 @@ def test_selective_filter_is_exact_and_reads_little(corpus):
 def test_selective_filter_sees_later_deletes(corpus):
     """The kept rows are memoised per filter, but which are live is decided per query."""
     store, live, _ = corpus
+    check_later_deletes(_service, store, live, lambda live, q, k: _expected(live, q, k, FILTER), FILTER)
+
+
+def check_later_deletes(service, store, live: dict, expected, filt: dict) -> None:
+    """On a copy of ``store`` (namespace ``s``): the best two rows ``filt`` keeps are
+    deleted, and the next answer is ``expected(live, q, k)`` without them, before and after
+    an index run writes a new tombstone list (the memo of kept rows is keyed by it)."""
     mine = MemoryStore()
     for info in store.list(""):
         mine.put(info.key, store.get(info.key))
-    worker = _service(CachedStore(mine, 64 << 20))
+    worker = service(CachedStore(mine, 64 << 20))
     q = np.random.default_rng(5).normal(size=DIMS).astype(np.float32)
-    first = [h.id for h in worker.query("s", vector=q.tolist(), top_k=5, filter=FILTER).hits]
+    first = [h.id for h in worker.query("s", vector=q.tolist(), top_k=5, filter=filt).hits]
     worker.delete("s", first[:2])
     live = {i: row for i, row in live.items() if i not in first[:2]}
-    again = [h.id for h in worker.query("s", vector=q.tolist(), top_k=5, filter=FILTER).hits]
-    assert again == _expected(live, q, 5, FILTER) and not set(first[:2]) & set(again)
-    worker.index("s")  # a new tombstone list: the memo is keyed by it
-    assert [h.id for h in worker.query("s", vector=q.tolist(), top_k=5, filter=FILTER).hits] == again
+    again = [h.id for h in worker.query("s", vector=q.tolist(), top_k=5, filter=filt).hits]
+    assert again == expected(live, q, 5) and not set(first[:2]) & set(again)
+    worker.index("s")
+    assert [h.id for h in worker.query("s", vector=q.tolist(), top_k=5, filter=filt).hits] == again
+    worker.close()
 
 
 def test_selective_filter_with_fields_reads_records_once(corpus):
