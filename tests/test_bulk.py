@@ -296,3 +296,15 @@ def test_cli_import_export_round_trip(tmp_path):
         assert copy.describe().dimensions == DIMS and copy.describe().embedder == "none"
         queries = np.random.default_rng(3).standard_normal((4, DIMS)).tolist()
         _assert_same_answers(copy, source, queries)
+
+
+def test_an_export_carries_cluster_by_to_the_namespace_an_import_creates(tmp_path):
+    store = f"file://{tmp_path}/store"
+    with vectordb.connect(store, **OVERRIDES) as db:
+        source = db.create_namespace("src", "none", DIMS, cluster_by=["k"])
+        source.upsert(_rows(50))
+        bulk.export(source, tmp_path / "src.parquet")
+    copied = _cli("import", "copy", str(tmp_path / "src.parquet"), "--create", "--quiet", store=store)
+    assert copied.returncode == 0, copied.stderr
+    with vectordb.connect(store, **OVERRIDES) as db:
+        assert db.namespace("copy").describe().cluster_by == ["k"]
