@@ -33,6 +33,7 @@ import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,7 @@ _STORED = np.dtype(np.float16)
 _FLOAT16_MAX = 65504.0
 _GATHER_ROWS = 65_536  # rows gathered from the spill per write
 _REMEMBERED_FILTERS = 1024  # per segment
+_UNSEEN = object()
 
 
 def check_names(names: Any) -> tuple[str, ...]:
@@ -98,16 +100,19 @@ class ClusterDirectory:
     keys: tuple[tuple[str | None, ...], ...]
     counts: np.ndarray  # rows per group (int64)
     offsets: np.ndarray = field(init=False, repr=False)  # byte offset per group, and the end
-    _values: list = field(init=False, repr=False, compare=False)  # per group: its key as attributes
-    _matched: dict = field(init=False, repr=False, compare=False)  # filter key -> matching groups
+    _matched: dict = field(init=False, repr=False)  # filter key -> matching groups (or None)
 
     def __post_init__(self) -> None:
         offsets = np.zeros(len(self.counts) + 1, np.int64)
         np.cumsum(self.counts * self.row_bytes, out=offsets[1:])
         object.__setattr__(self, "offsets", offsets)
-        object.__setattr__(self, "_values", [{n: json.loads(v) for n, v in zip(self.names, key) if v is not None}
-                                             for key in self.keys])
         object.__setattr__(self, "_matched", {})
+
+    @cached_property
+    def _values(self) -> list[dict]:
+        """Each group's key as the attributes a filter sees: parsed when a filter first asks
+        (a layout is loaded by every query, most of which never filter)."""
+        return [{n: json.loads(v) for n, v in zip(self.names, key) if v is not None} for key in self.keys]
 
     @property
     def row_bytes(self) -> int:
@@ -121,9 +126,9 @@ class ClusterDirectory:
         """The groups (ascending) whose rows match ``filt``; None when it names a field
         outside the ``cluster_by`` keys (the groups cannot tell). Remembered under
         ``filter_key`` (the filter's canonical JSON) when given."""
-        found = self._matched.get(filter_key) if filter_key is not None else None
-        if found is not None:
-            return found[0]
+        found = self._matched.get(filter_key, _UNSEEN)  # one lookup: another thread may clear()
+        if found is not _UNSEEN:
+            return found
         groups = None
         if self.covers(filt):
             groups = np.asarray([g for g, values in enumerate(self._values) if filters.evaluate(filt, "", values)],
@@ -131,7 +136,7 @@ class ClusterDirectory:
         if filter_key is not None:
             if len(self._matched) >= _REMEMBERED_FILTERS:
                 self._matched.clear()
-            self._matched[filter_key] = (groups,)
+            self._matched[filter_key] = groups
         return groups
 
     def rows_in(self, groups: np.ndarray) -> int:
