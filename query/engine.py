@@ -104,7 +104,7 @@ class QueryEngine:
         self._validate(req)
         filt = parse_filter(req.filter) if req.filter is not None else None
         if filt is not None and self._first_time((ns, filter_key(req.filter))):
-            self._hint(ns, lambda seg: self.reader.prefetch_filter(ns, seg, filt))
+            self._hint(ns, lambda seg: self.reader.prefetch_filter(ns, seg, filt, self.settings.filter_exact_max_rows))
         if req.mode in ("bm25", "hybrid") and self._first_time((ns, "bm25")):
             # Each segment's bm25.bin head, and what the hits' ids need first, read while the
             # newest-manifest probe is in flight.

@@ -281,6 +281,10 @@ def _search_segment_filtered(reader, ctx: Context, seg: SegmentRef, q, k, metric
             return []
         key = (seg.id, seg.tombstones_key, ctx.filter_key, "clusters")
         return exact_filter.search(reader, ctx, seg, layout, None, q, k, metric, key, groups)
+    if groups is not None and layout.clusters.group_of_row:
+        # A broad filter on them: the probed partitions' rows whose group it keeps, read
+        # beside the partitions (2 bytes a row), never a column of the whole segment.
+        return _search_segment_broad(reader, ctx, seg, layout, q, k, metric, groups)
     allowed = reader.filter_mask(ctx.ns, seg, ctx.filter, ctx.filter_key)
     if layout.docs is None:
         # The whole docs are read for the filter anyway: their ids give the live mask.
@@ -295,21 +299,46 @@ def _search_segment_filtered(reader, ctx: Context, seg: SegmentRef, q, k, metric
         # ``allowed``, per tail version): a later query with another vector reads nothing.
         key = (seg.id, seg.tombstones_key, ctx.filter_key, ctx.tail.serial if layout.docs is None else None)
         return exact_filter.search(reader, ctx, seg, layout, allowed, q, k, metric, key)
-    # Probe more partitions the more the filter drops (PROBE_GROWTH).
+    parts = _broad_probes(reader, ctx, seg, layout, q, metric, n_allowed)
+    held = reader.partitions(ctx.ns, seg, layout, parts)
+    kept = [allowed[int(layout.part_rows[p]) : int(layout.part_rows[p]) + len(part.ids)] for p, part in zip(parts, held)]
+    return _scan_kept(reader, ctx, seg, layout, q, k, metric, parts, held, kept)
+
+
+def _search_segment_broad(reader, ctx: Context, seg: SegmentRef, layout: Layout, q, k, metric,
+                          groups: np.ndarray) -> list[Candidate]:
+    """A filter on ``cluster_by`` keys keeping ``groups``, too many rows to search exactly."""
+    n_allowed = layout.clusters.rows_in(groups)
+    if n_allowed == 0:
+        return []
+    parts = _broad_probes(reader, ctx, seg, layout, q, metric, n_allowed)
+    held, of_rows = reader.partitions_grouped(ctx.ns, seg, layout, parts)
+    wanted = layout.clusters.kept(groups)
+    return _scan_kept(reader, ctx, seg, layout, q, k, metric, parts, held, [wanted[g] for g in of_rows])
+
+
+def _broad_probes(reader, ctx: Context, seg: SegmentRef, layout: Layout, q, metric, n_allowed: int) -> np.ndarray:
+    """The partitions a filter keeping ``n_allowed`` of the segment's rows probes: more the
+    more it drops (PROBE_GROWTH). Starts fetching the fields of their rows."""
     base_nprobe = _nprobe(ctx, layout.nlist)
     wanted = min(layout.nlist, math.ceil(base_nprobe * (seg.rows / n_allowed) ** PROBE_GROWTH))
     parts = ivf.probe(layout.centroids, q.reshape(1, -1), wanted, metric)[0]
     parts = np.array([p for p in parts if p >= 0 and layout.rows_in(int(p)) > 0], np.int64)
     if ctx.fields:
         reader.prefetch_fields(ctx.ns, seg, layout, parts)
+    return parts
+
+
+def _scan_kept(reader, ctx: Context, seg: SegmentRef, layout: Layout, q, k, metric, parts: np.ndarray,
+               held: list, kept: list[np.ndarray]) -> list[Candidate]:
+    """The top k of partitions ``parts`` (``held``) over their rows the filter keeps (``kept``,
+    a mask per partition) that are live."""
     # Each partition's kept rows scanned where they are (:func:`vectordb.ivf.scan_rows`), the rows
     # picked in all of them scored exactly at once, the best kept, and only the winners'
     # ids decoded.
-    held = reader.partitions(ctx.ns, seg, layout, parts)
     found_parts, found_rows = [], []
     for w, (p, part) in enumerate(zip(parts, held)):
-        lo = int(layout.part_rows[p])
-        keep = allowed[lo : lo + len(part.ids)]
+        keep = kept[w]
         live = reader.partition_live(ctx.ns, seg, int(p), part, ctx.tail)
         if live is not None:
             keep = keep & live

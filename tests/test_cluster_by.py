@@ -7,6 +7,8 @@ segments and garbage collection."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -135,6 +137,61 @@ def test_filter_on_another_attribute_reads_the_columns(corpus):
     assert len(set(got) & set(want[:7])) >= 5 - 1
     assert not [r for r in counting.take() if r.key.endswith("clusters.bin")]
     worker.close()
+
+
+BROAD = [{"year": {"$gte": 2006}}, {"tenant": {"$in": ["t1", "t2", "t4"]}},
+         {"tenant": {"$ne": "t0"}, "year": {"$exists": True}}]
+
+
+def _columns_only(monkeypatch) -> None:
+    """Segments read as if written before clusters.bin held each row's group."""
+    real = clusters.ClusterDirectory.from_body.__func__
+    monkeypatch.setattr(clusters.ClusterDirectory, "from_body",
+                        classmethod(lambda cls, body: dataclasses.replace(real(cls, body), group_of_row=False)))
+
+
+@pytest.mark.parametrize("filt", BROAD)
+def test_broad_filter_on_the_keys_reads_the_probed_rows_groups(corpus, filt, monkeypatch):
+    """A filter on the keys that keeps too many rows to search exactly: the IVF search keeps
+    the probed partitions' rows whose group it keeps, read beside the partitions (2 bytes a
+    row), not the filter's columns. Its answers are the column path's (a segment written
+    before the groups of rows were stored), and only live rows that match come back."""
+    store, live = corpus
+    queries = [np.random.default_rng(20 + i).normal(size=DIMS).astype(np.float32) for i in range(4)]
+    counting = CountingStore(store)
+    worker = _service(CachedStore(counting, 64 << 20), filter_exact_max_rows=50)
+    seg = worker.catalog.latest("s").segments[0]
+    layout = worker.reader.layout("s", seg)
+    assert layout.clusters.group_of_row
+    counting.take()
+    got = [[h.id for h in worker.query("s", vector=q.tolist(), top_k=10, filter=filt).hits] for q in queries]
+    reads = counting.take()
+    assert not [r for r in reads if r.key.endswith("attrs.bin")]  # no column, no id footer
+    grouped = [r for r in reads if r.key.endswith("clusters.bin")]
+    assert grouped and all(r.bytes <= 2 * int(np.diff(layout.part_rows).max()) for r in grouped)
+    assert [[h.id for h in worker.query("s", vector=q.tolist(), top_k=10, filter=filt).hits]
+            for q in queries] == got
+    assert all("/manifests/" in r.key for r in counting.take())  # the same queries again: held
+    worker.close()
+    for ids in got:
+        assert len(ids) == 10 and all(i in live and _matches(live[i][1], filt) for i in ids)
+    _columns_only(monkeypatch)
+    by_columns = _service(CachedStore(CountingStore(store), 64 << 20), filter_exact_max_rows=50)
+    assert not by_columns.reader.layout("s", seg).clusters.group_of_row
+    assert [[h.id for h in by_columns.query("s", vector=q.tolist(), top_k=10, filter=filt).hits]
+            for q in queries] == got
+    by_columns.close()
+
+
+def test_directory_says_whether_the_groups_of_rows_follow():
+    directory = clusters.ClusterDirectory(("tenant",), 4, (('"a"',), (None,)), np.array([3, 2]), group_of_row=True)
+    again = clusters.ClusterDirectory.from_body(directory.to_trailer()[12:])
+    assert again.group_of_row and again.keys == directory.keys and again.group_range(3, 2) == (5 * 12 + 2 * 3, 2 * 2)
+    older = dataclasses.replace(directory, group_of_row=False)
+    assert b"group_of_row" not in older.to_trailer()
+    assert not clusters.ClusterDirectory.from_body(older.to_trailer()[12:]).group_of_row
+    with pytest.raises(ValueError, match="group_of_row"):
+        clusters.ClusterDirectory.from_body(directory.to_trailer()[12:].replace(b'"uint16"', b'"uint32"'))
 
 
 def test_later_deletes_are_seen(corpus):

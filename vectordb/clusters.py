@@ -9,17 +9,23 @@ vectors, grouped by the values of those keys, so the rows a filter on them keeps
 contiguous ranges: one round of parallel GETs.
 
 ``clusters.bin``: per group, in the directory's order, its rows (uint32, ascending) and
-then their vectors (float16 of the vectors as ingested, row after row). The directory is
-``ivf.bin``'s trailer ``VDBCLUS1`` (JSON): the key names, the dimensions, and per group
-its key (each name's value as canonical JSON text, null where the row lacks the key) and
-its row count; a group's offset is the size of the groups before it.
+then their vectors (float16 of the vectors as ingested, row after row); after the last
+group, each row's group (uint16, in segment order: partition after partition). The
+directory is ``ivf.bin``'s trailer ``VDBCLUS1`` (JSON): the key names, the dimensions, per
+group its key (each name's value as canonical JSON text, null where the row lacks the key)
+and its row count, and ``"group_of_row": "uint16"`` where the groups of the rows follow
+(segments written before they did lack it); a group's offset is the size of the groups
+before it.
 
 A filter that names only ``cluster_by`` keys is decided per group (:meth:`ClusterDirectory.
 matching`, by :func:`vectordb.filters.evaluate` on the group's values: a row's match
-depends on nothing else), without reading any attribute column. Its rows are then scored
-from the float16 copy (:mod:`query.exact_filter`): a rounding error of at most 2^-11 of
-each component, finer than an int8 segment's codes (the IVF path's, so one row's score
-may differ between the two paths by that much).
+depends on nothing else), without reading any attribute column. When its groups hold few
+rows, they are scored from the float16 copy (:mod:`query.exact_filter`): a rounding error
+of at most 2^-11 of each component, finer than an int8 segment's codes (the IVF path's,
+so one row's score may differ between the two paths by that much). When they hold many
+(a broad filter: a year range), the IVF search keeps the rows whose group matches, read
+for the probed partitions only (:meth:`ClusterDirectory.group_range`: 2 bytes a row,
+fetched beside the partitions) instead of the filter's columns for the whole segment.
 
 A segment gets no copy (and filters read its columns as before) when its rows make more
 than :data:`MAX_GROUPS` groups or keys of more than :data:`MAX_KEY_BYTES` in all (the
@@ -49,6 +55,7 @@ MAX_NAMES = 4
 MAX_GROUPS = 16_384
 MAX_KEY_BYTES = 512 * 1024  # the groups' keys, all together
 _STORED = np.dtype(np.float16)
+_GROUP_OF_ROW = np.dtype("<u2")  # MAX_GROUPS fits
 _FLOAT16_MAX = 65504.0
 _GATHER_ROWS = 65_536  # rows gathered from the spill per write
 _REMEMBERED_FILTERS = 1024  # per segment
@@ -99,6 +106,7 @@ class ClusterDirectory:
     dims: int
     keys: tuple[tuple[str | None, ...], ...]
     counts: np.ndarray  # rows per group (int64)
+    group_of_row: bool = False  # whether each row's group follows the groups
     offsets: np.ndarray = field(init=False, repr=False)  # byte offset per group, and the end
     _matched: dict = field(init=False, repr=False)  # filter key -> matching groups (or None)
 
@@ -142,6 +150,22 @@ class ClusterDirectory:
     def rows_in(self, groups: np.ndarray) -> int:
         return int(self.counts[groups].sum())
 
+    def kept(self, groups: np.ndarray) -> np.ndarray:
+        """Per group, whether it is one of ``groups`` (index it by :meth:`decode_groups`)."""
+        kept = np.zeros(len(self.counts), bool)
+        kept[groups] = True
+        return kept
+
+    def group_range(self, lo: int, count: int) -> tuple[int, int]:
+        """(start, length) in ``clusters.bin`` of the groups of segment rows ``lo`` ..
+        ``lo + count - 1`` (:attr:`group_of_row` segments only)."""
+        return int(self.offsets[-1]) + lo * _GROUP_OF_ROW.itemsize, count * _GROUP_OF_ROW.itemsize
+
+    @staticmethod
+    def decode_groups(data: bytes) -> np.ndarray:
+        """The rows' groups read from a :meth:`group_range`."""
+        return np.frombuffer(data, _GROUP_OF_ROW)
+
     def ranges(self, groups: np.ndarray) -> list[tuple[int, int]]:
         """(start, length) in ``clusters.bin`` of each of ``groups``."""
         return [(int(self.offsets[g]), int(self.offsets[g + 1] - self.offsets[g])) for g in groups.tolist()]
@@ -154,17 +178,22 @@ class ClusterDirectory:
         return rows, vectors
 
     def to_trailer(self) -> bytes:
-        body = json.dumps({"names": list(self.names), "dims": self.dims,
-                           "groups": [[list(k), int(c)] for k, c in zip(self.keys, self.counts.tolist())]},
-                          ensure_ascii=False, separators=(",", ":")).encode()
+        obj = {"names": list(self.names), "dims": self.dims,
+               "groups": [[list(k), int(c)] for k, c in zip(self.keys, self.counts.tolist())]}
+        if self.group_of_row:
+            obj["group_of_row"] = "uint16"
+        body = json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
         return MAGIC + len(body).to_bytes(4, "little") + body
 
     @classmethod
     def from_body(cls, body: bytes) -> ClusterDirectory:
         obj = json.loads(body)
         groups = obj["groups"]
+        stored = obj.get("group_of_row")
+        if stored not in (None, "uint16"):
+            raise ValueError(f"clusters.bin: unknown group_of_row {stored!r}")
         return cls(tuple(obj["names"]), int(obj["dims"]), tuple(tuple(k) for k, _ in groups),
-                   np.array([c for _, c in groups], np.int64))
+                   np.array([c for _, c in groups], np.int64), stored is not None)
 
 
 class ClusterWriter:
@@ -235,7 +264,8 @@ class ClusterWriter:
                     for lo in range(0, count, _GATHER_ROWS):
                         out.write(np.ascontiguousarray(spilled[rows[lo : lo + _GATHER_ROWS]]).tobytes())
                     at += count
+                out.write(ranked.astype(_GROUP_OF_ROW).tobytes())
             del spilled
-            return ClusterDirectory(self.names, self.dims, tuple(keys), counts)
+            return ClusterDirectory(self.names, self.dims, tuple(keys), counts, group_of_row=True)
         finally:
             os.unlink(self.spill_path)

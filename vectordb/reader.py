@@ -102,6 +102,8 @@ class NamespaceReader:
         self.tail_doc_ids = TailDocIds(memo_bytes // 8)
         # The vectors and ids of the rows a selective filter keeps (query.exact_filter).
         self._matched = Memo(1 << 12, memo_bytes // 2, lambda matched: matched.nbytes)
+        # Each partition's rows' groups in clusters.bin (a broad filter on cluster_by keys).
+        self._row_groups = Memo(1 << 20, memo_bytes // 8, lambda groups: groups.nbytes)
 
     @property
     def pool(self) -> Executor:
@@ -149,6 +151,27 @@ class NamespaceReader:
             loaded = dict(zip(missing, self.pool.map(lambda p: self.partition(ns, seg, layout, p), missing)))
             found = [part if part is not None else loaded[p] for p, part in zip(parts, found)]
         return found
+
+    def partitions_grouped(self, ns: str, seg: SegmentRef, layout: Layout,
+                           parts) -> tuple[list[Partition], list[np.ndarray]]:
+        """Partitions ``parts`` and, per partition, its rows' groups in ``clusters.bin``
+        (``layout.clusters.group_of_row`` segments): those not held yet fetched in one round
+        of parallel GETs, the groups beside the vectors."""
+        parts = [int(p) for p in parts]
+        key = segment.file_key(ns, seg.id, "clusters.bin")
+        directory = layout.clusters
+        found = self._row_groups.peek_many([(key, p) for p in parts])
+        missing = [p for p, groups in zip(parts, found) if groups is None]
+
+        def load(p: int) -> np.ndarray:
+            start, length = directory.group_range(int(layout.part_rows[p]), layout.rows_in(p))
+            data = self.store.get_range(key, start, length) if length else b""
+            return self._row_groups.get((key, p), lambda: directory.decode_groups(data))
+
+        pending = [self.pool.submit(load, p) for p in missing]
+        held = self.partitions(ns, seg, layout, parts)
+        loaded = dict(zip(missing, (f.result() for f in pending)))
+        return held, [groups if groups is not None else loaded[p] for p, groups in zip(parts, found)]
 
     def held_partitions(self, ns: str, seg: SegmentRef, parts) -> list[bool]:
         """Whether each of ``parts`` is decoded and held already (reading it costs nothing)."""
@@ -294,18 +317,23 @@ class NamespaceReader:
         held."""
         return self._matched.get(key, make)
 
-    def prefetch_filter(self, ns: str, seg: SegmentRef, filt: Filter) -> None:
+    def prefetch_filter(self, ns: str, seg: SegmentRef, filt: Filter, exact_max_rows: int) -> None:
         """Start fetching the footers of the columns ``filt`` names (a by-range segment's
         first reads for it), each on its own thread of the pool; loads the layout first.
         A filter that ``clusters.bin``'s groups decide reads no column: only the ``$id``
-        footer (the ids of its best rows)."""
+        footer (the ids of its best rows, when it keeps at most ``exact_max_rows`` and they
+        are searched exactly), or nothing (it keeps more: they are searched in their
+        partitions, which hold their ids)."""
         layout = self.layout(ns, seg)
         if layout.docs is None:
             return
         from vectordb.filter_columns import columns
 
         base = segment.file_key(ns, seg.id, "")
-        grouped = layout.clusters is not None and layout.clusters.covers(filt)
+        directory = layout.clusters
+        grouped = directory is not None and directory.covers(filt)
+        if grouped and directory.group_of_row and directory.rows_in(directory.matching(filt)) > exact_max_rows:
+            return
         for name in [*([] if grouped else columns(filt, layout.docs.kinds)), ID_COLUMN]:
             self.pool.submit(self.documents.footers, base, layout.docs, [name])
 
