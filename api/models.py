@@ -424,6 +424,7 @@ class WarmResponse(BaseModel):
     docs_bytes: int
     bm25_bytes: int = Field(0, description="BM25 files (bm25.bin) fetched whole.")
     column_bytes: int = Field(0, description="Attribute column files (attrs.bin) fetched whole.")
+    group_bytes: int = Field(0, description="Each row's group in clusters.bin (cluster_by namespaces), held.")
     id_bytes: int = Field(0, description="Ids decoded from them and held (the $id column).")
     embedder: str | None
     seconds: float

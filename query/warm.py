@@ -8,7 +8,9 @@ A worker that has just started (or a router that expects traffic for a namespace
 3. every segment's ``ivf.bin`` (centroids and partition offsets) and tombstones, and
    the write-ahead-log tail;
 4. within ``budget_bytes``, most useful per byte first, each taken where it still fits:
-   a by-range segment's attribute columns (``attrs.bin``: every filter), then partitions,
+   a by-range segment's attribute columns (``attrs.bin``: every filter), and, where it
+   has ``clusters.bin``, its rows' groups (2 bytes a row: a broad filter on the
+   ``cluster_by`` keys), then partitions,
    biggest first (a partition with more rows answers more queries: k-means cells hold the
    data's dense regions; counted at their decoded size, which is what the reader holds),
    then the ids decoded from ``attrs.bin`` (the ids of hits found without their
@@ -50,6 +52,7 @@ class WarmResult:
     docs_bytes: int = 0
     bm25_bytes: int = 0
     column_bytes: int = 0
+    group_bytes: int = 0
     id_bytes: int = 0
     embedder: str | None = None
     seconds: float = 0.0
@@ -100,6 +103,7 @@ def warm(
     budget = budget_bytes
     # Attribute columns first: small, and every filter reads them.
     budget = _take_files(reader, ns, metas, ("attrs.bin",), budget, result, "column_bytes")
+    budget = _take_row_groups(reader, ns, metas, budget, result)
     budget = _take_partitions(reader, ns, metas, budget, result)
     budget = _take_ids(reader, ns, metas, budget, result)
     budget = _take_files(reader, ns, metas, ("bm25.bin",), budget, result, "bm25_bytes", reader.lexicon.hold)
@@ -155,6 +159,21 @@ def _take_partitions(reader, ns: str, metas, budget: int, result: WarmResult) ->
         chosen.setdefault(seg.id, (seg, layout, []))[2].append(p)
     for seg, layout, parts in chosen.values():
         reader.partitions(ns, seg, layout, parts)
+    return budget
+
+
+def _take_row_groups(reader, ns: str, metas, budget: int, result: WarmResult) -> int:
+    """Each ``cluster_by`` segment's rows' groups, where the budget still holds them."""
+    for seg, layout in metas:
+        directory = layout.clusters
+        if directory is None or not directory.group_of_row:
+            continue
+        size = directory.group_range(0, int(directory.counts.sum()))[1]
+        if size > budget:
+            result.skipped.append(f"rows' groups of segment {seg.id} (over budget)")
+            continue
+        budget -= size
+        result.group_bytes += reader.hold_row_groups(ns, seg, layout)
     return budget
 
 

@@ -183,6 +183,25 @@ def test_broad_filter_on_the_keys_reads_the_probed_rows_groups(corpus, filt, mon
     by_columns.close()
 
 
+def test_warm_hint_holds_the_rows_groups(corpus):
+    """A worker warmed by the hint answers a broad filter on the keys reading nothing but
+    the newest-manifest probe."""
+    from query.warm import warm
+
+    store, _ = corpus
+    counting = CountingStore(store)
+    worker = _service(CachedStore(counting, 64 << 20), filter_exact_max_rows=50)
+    out = warm(worker, "s", budget_bytes=64 << 20, load_embedder=False)
+    seg = worker.catalog.latest("s").segments[0]
+    assert out["group_bytes"] == 2 * seg.rows
+    counting.take()
+    for seed in range(3):
+        q = np.random.default_rng(40 + seed).normal(size=DIMS).astype(np.float32)
+        assert len(worker.query("s", vector=q.tolist(), top_k=10, filter=BROAD[0]).hits) == 10
+        assert all("/manifests/" in r.key for r in counting.take())
+    worker.close()
+
+
 def test_directory_says_whether_the_groups_of_rows_follow():
     directory = clusters.ClusterDirectory(("tenant",), 4, (('"a"',), (None,)), np.array([3, 2]), group_of_row=True)
     again = clusters.ClusterDirectory.from_body(directory.to_trailer()[12:])

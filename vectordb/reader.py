@@ -173,6 +173,22 @@ class NamespaceReader:
         loaded = dict(zip(missing, (f.result() for f in pending)))
         return held, [groups if groups is not None else loaded[p] for p, groups in zip(parts, found)]
 
+    def hold_row_groups(self, ns: str, seg: SegmentRef, layout: Layout) -> int:
+        """Every partition's rows' groups (``layout.clusters.group_of_row`` segments), read
+        as one GET and held as :meth:`partitions_grouped` holds them: the warm hint's.
+        Returns the bytes read."""
+        key = segment.file_key(ns, seg.id, "clusters.bin")
+        directory = layout.clusters
+        start, length = directory.group_range(0, int(directory.counts.sum()))
+        data = memoryview(self.store.get_range(key, start, length) if length else b"")
+        if hasattr(self.store, "discard"):
+            self.store.discard(key, start, length)  # held below, not twice
+        for p in range(layout.nlist):
+            at, n = directory.group_range(int(layout.part_rows[p]), layout.rows_in(p))
+            groups = directory.decode_groups(data[at - start : at - start + n])
+            self._row_groups.get((key, p), lambda groups=groups: groups)
+        return length
+
     def held_partitions(self, ns: str, seg: SegmentRef, parts) -> list[bool]:
         """Whether each of ``parts`` is decoded and held already (reading it costs nothing)."""
         key = segment.file_key(ns, seg.id, "vectors.bin")
