@@ -3,8 +3,9 @@ worker, a query worker that holds a small segment's int8 codes (scanned by FAISS
 kernel) and then sits idle, `vectordb gc`, and a namespace drop. Meanwhile the namespace
 grows into several segments, on centroid sets they share (the default) or with centroids
 of their own (the per-set probe minimum), rows are overwritten and deleted, garbage
-collection runs, a broad filter takes the probing path and a selective one on the
-namespace's ``cluster_by`` key reads each segment's ``clusters.bin``. The stale worker's
+collection runs, and filters on the namespace's ``cluster_by`` key read each segment's
+``clusters.bin``: a broad one the probed partitions' rows' groups, a selective one its
+groups' rows and vectors. The stale worker's
 answers must equal a fresh reader's and never name a deleted row or an overwritten vector;
 after a drop and re-create it sees only the new namespace."""
 
@@ -32,7 +33,7 @@ def _docs(lo: int, hi: int, rng: np.random.Generator, shift: float = 0.0) -> lis
 QUERIES = [
     {"vector": [0.3] * DIMS, "top_k": 10},
     {"vector": [-0.5, 0.2] * (DIMS // 2), "top_k": 10, "include": ["vector"]},
-    {"vector": [0.1, -0.4] * (DIMS // 2), "top_k": 10, "filter": {"year": {"$gte": 2008}}},  # broad: probes
+    {"vector": [0.1, -0.4] * (DIMS // 2), "top_k": 10, "filter": {"year": {"$gte": 2008}}},  # broad: probes, keeps rows by group
     # Selective, on the namespace's cluster_by key: each segment's clusters.bin group.
     {"vector": [0.2, 0.1] * (DIMS // 2), "top_k": 10, "filter": {"year": {"$in": [2003, 2011]}}},
 ]

@@ -161,6 +161,12 @@ class ClusterDirectory:
         ``lo + count - 1`` (:attr:`group_of_row` segments only)."""
         return int(self.offsets[-1]) + lo * _GROUP_OF_ROW.itemsize, count * _GROUP_OF_ROW.itemsize
 
+    def rows_at(self, start: int, length: int) -> tuple[int, int]:
+        """The segment rows (first, end) whose groups bytes ``[start, start + length)`` of
+        ``clusters.bin`` hold: :meth:`group_range`'s inverse."""
+        base = int(self.offsets[-1])
+        return (start - base) // _GROUP_OF_ROW.itemsize, (start + length - base) // _GROUP_OF_ROW.itemsize
+
     @staticmethod
     def decode_groups(data: bytes) -> np.ndarray:
         """The rows' groups read from a :meth:`group_range`."""

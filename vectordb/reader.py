@@ -56,6 +56,7 @@ _MAX_DERIVE_STEPS = 64
 _MAX_DERIVE_IDS = 4096
 # clusters.bin is read in pieces of at most this many bytes, in parallel.
 _GROUP_PIECE = 1024 * 1024
+_GROUPS_SLACK = 16
 
 
 def _partition_bytes(part: Partition) -> int:
@@ -156,37 +157,49 @@ class NamespaceReader:
                            parts) -> tuple[list[Partition], list[np.ndarray]]:
         """Partitions ``parts`` and, per partition, its rows' groups in ``clusters.bin``
         (``layout.clusters.group_of_row`` segments): those not held yet fetched in one round
-        of parallel GETs, the groups beside the vectors."""
+        of parallel GETs, the groups beside the vectors. The groups' ranges (2 bytes a row)
+        are merged, nearest first, while the bytes between them stay within
+        ``_GROUPS_SLACK`` times their own: a few GETs instead of one a partition (each one
+        waits for a fetch thread beside the partitions'); every partition a GET covers is
+        held, for later queries."""
         parts = [int(p) for p in parts]
         key = segment.file_key(ns, seg.id, "clusters.bin")
         directory = layout.clusters
         found = self._row_groups.peek_many([(key, p) for p in parts])
-        missing = [p for p, groups in zip(parts, found) if groups is None]
-
-        def load(p: int) -> np.ndarray:
-            start, length = directory.group_range(int(layout.part_rows[p]), layout.rows_in(p))
-            data = self.store.get_range(key, start, length) if length else b""
-            return self._row_groups.get((key, p), lambda: directory.decode_groups(data))
-
-        pending = [self.pool.submit(load, p) for p in missing]
+        wanted = [directory.group_range(int(layout.part_rows[p]), layout.rows_in(p))
+                  for p, groups in zip(parts, found) if groups is None]
+        merged = ranged_reads.coalesce_within(wanted, 0, _GROUPS_SLACK * sum(n for _, n in wanted))
+        pending = [self.pool.submit(self._load_row_groups, key, layout, *r) for r in merged]
         held = self.partitions(ns, seg, layout, parts)
-        loaded = dict(zip(missing, (f.result() for f in pending)))
-        return held, [groups if groups is not None else loaded[p] for p, groups in zip(parts, found)]
+        for fetch in pending:
+            fetch.result()
+        if pending:
+            found = [groups if groups is not None else self._row_groups.get((key, p), lambda: None)
+                     for p, groups in zip(parts, found)]
+        return held, found
+
+    def _load_row_groups(self, key: str, layout: Layout, start: int, length: int) -> None:
+        """Bytes ``[start, start + length)`` of the rows' groups in ``clusters.bin``, read,
+        and the groups of every partition wholly inside held."""
+        directory = layout.clusters
+        data = memoryview(self.store.get_range(key, start, length))
+        if hasattr(self.store, "discard"):
+            self.store.discard(key, start, length)  # held below, not twice
+        first, end = directory.rows_at(start, length)
+        p = int(np.searchsorted(layout.part_rows, first, side="left"))
+        while p < layout.nlist and int(layout.part_rows[p + 1]) <= end:
+            at, n = directory.group_range(int(layout.part_rows[p]), layout.rows_in(p))
+            groups = directory.decode_groups(data[at - start : at - start + n])
+            self._row_groups.get((key, p), lambda groups=groups: groups)
+            p += 1
 
     def hold_row_groups(self, ns: str, seg: SegmentRef, layout: Layout) -> int:
         """Every partition's rows' groups (``layout.clusters.group_of_row`` segments), read
         as one GET and held as :meth:`partitions_grouped` holds them: the warm hint's.
         Returns the bytes read."""
-        key = segment.file_key(ns, seg.id, "clusters.bin")
-        directory = layout.clusters
-        start, length = directory.group_range(0, int(directory.counts.sum()))
-        data = memoryview(self.store.get_range(key, start, length) if length else b"")
-        if hasattr(self.store, "discard"):
-            self.store.discard(key, start, length)  # held below, not twice
-        for p in range(layout.nlist):
-            at, n = directory.group_range(int(layout.part_rows[p]), layout.rows_in(p))
-            groups = directory.decode_groups(data[at - start : at - start + n])
-            self._row_groups.get((key, p), lambda groups=groups: groups)
+        start, length = layout.clusters.group_range(0, int(layout.clusters.counts.sum()))
+        if length:
+            self._load_row_groups(segment.file_key(ns, seg.id, "clusters.bin"), layout, start, length)
         return length
 
     def held_partitions(self, ns: str, seg: SegmentRef, parts) -> list[bool]:
