@@ -320,6 +320,11 @@ def ingest(data: ds_mod.Dataset, env: dict, workdir: Path, clients: int, batch: 
         })
         log(f"ours: ingested {data.rows:,} rows in {ingest_s:.1f} s ({data.rows / ingest_s:,.0f} vectors/s)")
         bodies.clear()  # free the JSON before the index build
+        with httpx.Client(base_url=worker.url, timeout=600) as c:
+            # What background builds (if on) had indexed when the last upsert was acknowledged.
+            described = c.get(f"/v1/namespaces/{NAMESPACE}").json()
+            out["after_ingest_segments"] = len(described["segments"])
+            out["after_ingest_rows"] = described["rows"]
         # The build's own peak: the ingest's is recorded, then the high-water mark reset.
         out.update({f"after_ingest_{k}": v for k, v in proc_memory(worker.proc.pid).items()})
         reset_peak_rss(worker.proc.pid)

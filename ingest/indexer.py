@@ -118,7 +118,7 @@ class Indexer:
         self.settings = settings
         self._locks: dict[str, threading.Lock] = {}
         self._locks_lock = threading.Lock()
-        self._background = OnePerNamespace("index")
+        self._background = OnePerNamespace("index", settings.background_nice)
 
     def lock(self, ns: str) -> threading.Lock:
         """Held while this process builds an index of ``ns``; a WAL merge holds it too

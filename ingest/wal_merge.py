@@ -93,7 +93,7 @@ class WalMerger:
         self.settings = settings
         self.stats = MergeStats()
         self._lock = lock
-        self._background = OnePerNamespace("merge")
+        self._background = OnePerNamespace("merge", settings.background_nice)
 
     def maybe_merge(self, manifest: Manifest) -> None:
         """Start a background merge of ``manifest``'s namespace when its WAL list is longer

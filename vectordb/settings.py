@@ -171,6 +171,11 @@ class Settings(BaseModel):
         20_000, description="Unindexed WAL rows that trigger a background index build."
     )
     auto_index: bool = Field(True, description="Build indexes in the background when the tail passes the threshold.")
+    background_nice: int = Field(
+        10, ge=0, le=19, description="How many steps lower the OS priority of background index builds and WAL "
+        "merges is than the server's (Linux: per thread; their FAISS threads inherit it), so that upserts get the "
+        "cores first on a busy ingest worker. 0: the same priority.",
+    )
     compact_max_segments: int = Field(
         8, ge=2, description="Fan-in of tiered compaction: when this many segments of one size tier exist, an "
         "index build merges them into one (see ingest.compaction).",
