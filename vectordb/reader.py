@@ -171,27 +171,26 @@ class NamespaceReader:
         merged = ranged_reads.coalesce_within(wanted, 0, _GROUPS_SLACK * sum(n for _, n in wanted))
         pending = [self.pool.submit(self._load_row_groups, key, layout, *r) for r in merged]
         held = self.partitions(ns, seg, layout, parts)
+        loaded: dict[int, np.ndarray] = {}
         for fetch in pending:
-            fetch.result()
-        if pending:
-            found = [groups if groups is not None else self._row_groups.get((key, p), lambda: None)
-                     for p, groups in zip(parts, found)]
-        return held, found
+            loaded.update(fetch.result())
+        return held, [groups if groups is not None else loaded[p] for p, groups in zip(parts, found)]
 
-    def _load_row_groups(self, key: str, layout: Layout, start: int, length: int) -> None:
-        """Bytes ``[start, start + length)`` of the rows' groups in ``clusters.bin``, read,
-        and the groups of every partition wholly inside held."""
+    def _load_row_groups(self, key: str, layout: Layout, start: int, length: int) -> dict[int, np.ndarray]:
+        """Bytes ``[start, start + length)`` of the rows' groups in ``clusters.bin``, read;
+        the groups of every partition wholly inside, held and returned (partition -> groups)."""
         directory = layout.clusters
         data = memoryview(self.store.get_range(key, start, length))
         if hasattr(self.store, "discard"):
             self.store.discard(key, start, length)  # held below, not twice
         first, end = directory.rows_at(start, length)
         p = int(np.searchsorted(layout.part_rows, first, side="left"))
+        out = {}
         while p < layout.nlist and int(layout.part_rows[p + 1]) <= end:
             at, n = directory.group_range(int(layout.part_rows[p]), layout.rows_in(p))
-            groups = directory.decode_groups(data[at - start : at - start + n])
-            self._row_groups.get((key, p), lambda groups=groups: groups)
+            out[p] = self._row_groups.get((key, p), lambda at=at, n=n: directory.decode_groups(data[at - start : at - start + n]))
             p += 1
+        return out
 
     def hold_row_groups(self, ns: str, seg: SegmentRef, layout: Layout) -> int:
         """Every partition's rows' groups (``layout.clusters.group_of_row`` segments), read
