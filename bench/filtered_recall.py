@@ -6,7 +6,7 @@ A filter that keeps more than ``filter_exact_max_rows`` rows of a segment is sea
 probing more partitions than an unfiltered query and scanning only their kept rows
 (``query.vector_search``). How many more: ``nprobe × (rows / kept) ** growth``. Growth 1
 (the rule before this benchmark) scans about as many kept rows as an unfiltered query
-scans rows; growth 0.5 scans fewer. Both (or ``--growths``) run here, in the same command, on the same
+scans rows; the service's 0.35 scans fewer. Both (or ``--growths``) run here, in the same command, on the same
 segment and queries: the MiniLM-like set of ``bench/dataset.py`` (``--rows``), attributes
 ``year`` (uniform 2000-2023) and ``tenant`` (t0-t29), independent of the vectors, int8
 vectors, one segment on a local-directory store, in process. Per filter and growth:
@@ -45,7 +45,7 @@ FILTERS = {
     "tenant in 2 of 30 (6.7%)": {"tenant": {"$in": ["t3", "t17"]}},
     "year = 2005 and tenant != t0 (4%)": {"$and": [{"year": 2005}, {"tenant": {"$ne": "t0"}}]},
 }
-GROWTHS = (1.0, 0.5)
+GROWTHS = (1.0, 0.35)  # the rule before this benchmark, and the service's
 
 
 def log(msg: str) -> None:

@@ -11,7 +11,7 @@ Filtered: the filter is evaluated over the segment's attributes (DuckDB) first. 
 keeps few rows they are searched exactly (:mod:`query.exact_filter`), so a selective
 filter never loses recall (a filter on the namespace's ``cluster_by`` keys alone is
 decided per group of ``clusters.bin`` and reads only the groups it keeps). When it keeps
-many, more partitions are probed the more it drops (``nprobe × sqrt(rows / kept)``:
+many, more partitions are probed the more it drops (``nprobe × (rows / kept) ** 0.35``:
 ``PROBE_GROWTH``), and the scan skips rows the filter rejects. Dead rows are dropped
 per partition from its ids (in memory).
 
@@ -36,8 +36,10 @@ _TIE_ROOM = exact_filter.TIE_ROOM
 # A broad filter keeping a fraction f of a segment's rows probes nprobe × (1/f) ** this
 # many partitions. 1 scanned about as many kept rows as an unfiltered query scans rows;
 # 0.5 kept recall@10 at or above the unfiltered query's for filters keeping 4-46% of 1M
-# rows and read 17-78% fewer bytes (bench/filtered_recall.py).
-PROBE_GROWTH = 0.5
+# rows and read 17-78% fewer bytes; 0.35 kept it at 0.979-0.990 (unfiltered: 0.971;
+# 0.5: 0.981-0.991) and read 5-27% fewer bytes than 0.5; 0.25 came within 0.005 of the
+# unfiltered query's at the broadest filter (bench/filtered_recall.py, 20261207-055710).
+PROBE_GROWTH = 0.35
 # With the default budget, each set of centroids (a segment, or segments sharing one) probes
 # at least this many of its own best partitions, whatever the shared ranking gave it: the
 # sets overlap in space, and a small segment probed once lost neighbours across its
