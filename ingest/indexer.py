@@ -23,7 +23,6 @@ upload them again under fresh keys before committing (see ``ingest.gc``).
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -36,7 +35,7 @@ from ingest.background import OnePerNamespace
 from ingest.build_input import Chained, SegmentRows, WalTail
 from storage.base import ObjectStore
 from storage.errors import ObjectNotFound, PreconditionFailed
-from vectordb import ivf, segment, wal
+from vectordb import segment, wal
 from vectordb.catalog import Catalog
 from vectordb.errors import Conflict
 from vectordb.manifest import Manifest, SegmentRef
@@ -166,8 +165,6 @@ class Indexer:
         ns = manifest.namespace
 
         def run() -> None:
-            threads = self.settings.background_build_threads or max(1, (os.cpu_count() or 1) - 1)
-            ivf.limit_build_threads(threads)
             try:
                 self.index(ns)
             except Exception:

@@ -1,6 +1,5 @@
 """Background index builds and WAL merges run at a lower OS priority than the server's
-upserts (``background_nice``; Linux, per thread), and a build's FAISS calls on fewer
-OpenMP threads where it is told so (``background_build_threads``)."""
+upserts (``background_nice``; Linux, per thread)."""
 
 from __future__ import annotations
 
@@ -45,21 +44,3 @@ def test_nice_zero_changes_nothing():
     thread.start()
     thread.join()
     assert seen == [_own_priority()]
-
-
-def test_a_thread_limited_to_one_build_thread_keeps_the_others_default():
-    from vectordb import ivf
-
-    faiss = ivf._faiss()
-    everyone = faiss.omp_get_max_threads()
-    seen: list[int] = []
-
-    def body() -> None:
-        ivf.limit_build_threads(1)
-        seen.append(ivf._faiss().omp_get_max_threads())
-
-    thread = threading.Thread(target=body)
-    thread.start()
-    thread.join()
-    assert seen == [1]
-    assert ivf._faiss().omp_get_max_threads() == everyone

@@ -25,19 +25,12 @@ _KMEANS_ITERATIONS = 12
 
 
 def _faiss():
-    """FAISS for a build (k-means, assignment): this thread's calls use every OpenMP thread,
-    or those :func:`limit_build_threads` left it (a thread that ran queries is given them
-    back, see :func:`_query_threads`)."""
+    """FAISS for a build (k-means, assignment): this thread's calls use every OpenMP thread
+    (a thread that ran queries is given them back, see :func:`_query_threads`)."""
     import faiss  # heavy: imported on first use so workers start fast
 
-    _set_threads(faiss, getattr(_omp, "build_limit", 0))
+    _set_threads(faiss, 0)
     return faiss
-
-
-def limit_build_threads(n: int) -> None:
-    """This thread's builds use at most ``n`` OpenMP threads (0: all): a background build
-    beside upserts leaves them the other cores."""
-    _omp.build_limit = max(0, n)
 
 
 # OpenMP threads per calling thread (libgomp keeps the setting per thread): 1 for a query's

@@ -171,10 +171,6 @@ class Settings(BaseModel):
         20_000, description="Unindexed WAL rows that trigger a background index build."
     )
     auto_index: bool = Field(True, description="Build indexes in the background when the tail passes the threshold.")
-    background_build_threads: int = Field(
-        0, ge=0, description="OpenMP threads (FAISS k-means and assignment) a background index build uses: 0, all "
-        "cores but one (at least one), so that upserts keep a core; n: at most n. POST /index uses them all.",
-    )
     background_nice: int = Field(
         10, ge=0, le=19, description="How many steps lower the OS priority of background index builds and WAL "
         "merges is than the server's (Linux: per thread; their FAISS threads inherit it), so that upserts get the "
