@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import json
 import statistics
 import sys
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prefix", required=True, help="the --keep prefix of that run")
     parser.add_argument("--rounds", type=int, default=5, help="cold workers of each path, alternated")
     parser.add_argument("--warm", type=int, default=30, help="queries after each cold one, and per warmed worker")
-    parser.add_argument("--warmed", type=int, default=2, help="warmed workers of each path, alternated")
+    parser.add_argument("--warmed", type=int, default=3, help="warmed workers of each path, alternated")
     parser.add_argument("--chunks", type=int, default=1_000_000, help="the chunks text_scale.py built")
     args = parser.parse_args(argv)
     import duckdb  # noqa: F401  (a worker imports these at start: not part of a first query)
@@ -85,6 +86,10 @@ def main(argv: list[str] | None = None) -> int:
             use(path)
             out, _, _ = corpus.warmed_then_queried(store, text_scale.NS, {KIND: run}, args.warm, cache_bytes=cache, **over)
             warmed[path].append(out[KIND]["warmed_p50_ms"])
+            # The worker's 1.5 GB go now: a warmed worker beside the last one's leftovers
+            # answered 3x slower (RSS 1.4 -> 2.7 -> 3.9 GB over three workers).
+            del out
+            gc.collect()
     use("groups")
 
     def median(path: str, key: str) -> float:
