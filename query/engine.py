@@ -103,8 +103,9 @@ class QueryEngine:
         req = QueryRequest(**kwargs)
         self._validate(req)
         filt = parse_filter(req.filter) if req.filter is not None else None
-        if filt is not None and self._first_time((ns, filter_key(req.filter))):
-            self._hint(ns, lambda seg: self.reader.prefetch_filter(ns, seg, filt, self.settings.filter_exact_max_rows))
+        key = filter_key(req.filter) if filt is not None else ""
+        if filt is not None and self._first_time((ns, key)):
+            self._hint(ns, lambda seg: self.reader.prefetch_filter(ns, seg, filt, key, self.settings.filter_exact_max_rows))
         if req.mode in ("bm25", "hybrid") and self._first_time((ns, "bm25")):
             # Each segment's bm25.bin head, and what the hits' ids need first, read while the
             # newest-manifest probe is in flight.

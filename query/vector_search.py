@@ -276,7 +276,8 @@ def _search_segment_tensors(tensors, index: gpu.DeviceIndex, seg: SegmentRef, q,
 def _search_segment_filtered(reader, ctx: Context, seg: SegmentRef, q, k, metric, exact_max_rows) -> list[Candidate]:
     layout = reader.layout(ctx.ns, seg)
     groups = layout.clusters.matching(ctx.filter, ctx.filter_key) if layout.clusters is not None else None
-    if groups is not None and layout.clusters.rows_in(groups) <= exact_max_rows:
+    n_grouped = layout.clusters.rows_in(groups) if groups is not None else 0
+    if groups is not None and n_grouped <= exact_max_rows:
         # A filter on the namespace's cluster_by keys alone: its rows are the groups it
         # keeps in clusters.bin, read as a few ranges; no attribute column is read.
         if not len(groups):
@@ -286,7 +287,7 @@ def _search_segment_filtered(reader, ctx: Context, seg: SegmentRef, q, k, metric
     if groups is not None and layout.clusters.group_of_row:
         # A broad filter on them: the probed partitions' rows whose group it keeps, read
         # beside the partitions (2 bytes a row), never a column of the whole segment.
-        return _search_segment_broad(reader, ctx, seg, layout, q, k, metric, groups)
+        return _search_segment_broad(reader, ctx, seg, layout, q, k, metric, groups, n_grouped)
     allowed = reader.filter_mask(ctx.ns, seg, ctx.filter, ctx.filter_key)
     if layout.docs is None:
         # The whole docs are read for the filter anyway: their ids give the live mask.
@@ -308,11 +309,9 @@ def _search_segment_filtered(reader, ctx: Context, seg: SegmentRef, q, k, metric
 
 
 def _search_segment_broad(reader, ctx: Context, seg: SegmentRef, layout: Layout, q, k, metric,
-                          groups: np.ndarray) -> list[Candidate]:
-    """A filter on ``cluster_by`` keys keeping ``groups``, too many rows to search exactly."""
-    n_allowed = layout.clusters.rows_in(groups)
-    if n_allowed == 0:
-        return []
+                          groups: np.ndarray, n_allowed: int) -> list[Candidate]:
+    """A filter on ``cluster_by`` keys keeping ``groups`` (``n_allowed`` rows: too many to
+    search exactly)."""
     parts = _broad_probes(reader, ctx, seg, layout, q, metric, n_allowed)
     held, of_rows = reader.partitions_grouped(ctx.ns, seg, layout, parts)
     wanted = layout.clusters.kept(groups)

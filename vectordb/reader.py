@@ -345,13 +345,14 @@ class NamespaceReader:
         held."""
         return self._matched.get(key, make)
 
-    def prefetch_filter(self, ns: str, seg: SegmentRef, filt: Filter, exact_max_rows: int) -> None:
+    def prefetch_filter(self, ns: str, seg: SegmentRef, filt: Filter, filter_key: str, exact_max_rows: int) -> None:
         """Start fetching the footers of the columns ``filt`` names (a by-range segment's
         first reads for it), each on its own thread of the pool; loads the layout first.
         A filter that ``clusters.bin``'s groups decide reads no column: only the ``$id``
         footer (the ids of its best rows, when it keeps at most ``exact_max_rows`` and they
         are searched exactly), or nothing (it keeps more: they are searched in their
-        partitions, which hold their ids)."""
+        partitions, which hold their ids). Its groups are remembered under ``filter_key``,
+        as the query's search asks for them again."""
         layout = self.layout(ns, seg)
         if layout.docs is None:
             return
@@ -360,7 +361,7 @@ class NamespaceReader:
         base = segment.file_key(ns, seg.id, "")
         directory = layout.clusters
         grouped = directory is not None and directory.covers(filt)
-        if grouped and directory.group_of_row and directory.rows_in(directory.matching(filt)) > exact_max_rows:
+        if grouped and directory.group_of_row and directory.rows_in(directory.matching(filt, filter_key)) > exact_max_rows:
             return
         for name in [*([] if grouped else columns(filt, layout.docs.kinds)), ID_COLUMN]:
             self.pool.submit(self.documents.footers, base, layout.docs, [name])
