@@ -56,6 +56,7 @@ class Service:
         """``clock``: wall-clock seconds, for the catalog (tests pass a fake one)."""
         self.settings = settings or Settings()
         self.store = store if store is not None else open_store(self.settings)
+        self.own_store = store is None  # opened from the settings: another process can open it too
         self.catalog = Catalog(self.store, self.settings.eventual_ttl_s, self.settings.pruned_manifest_ttl_s, clock)
         self.reader = NamespaceReader(self.store, self.settings.fetch_threads, self.settings.cache_bytes)
         self.engine = QueryEngine(self.catalog, self.reader, self.settings)
@@ -126,6 +127,7 @@ class Service:
             if self._write_side is not None:
                 self._write_side.committer.close()
                 self._write_side.parse_pool.close()
+                self._write_side.indexer.close()
         if self.llm is not None:
             self.llm.close()
 
@@ -452,6 +454,9 @@ class Service:
         out = {"commits": asdict(writes.committer.stats) if writes else {},
                "wal_merges": asdict(writes.merger.stats) if writes else {},
                "tail_folds": asdict(self.reader.tails.stats)}
+        children = writes.indexer.children if writes else None
+        if children is not None:
+            out["background_builds"] = asdict(children.stats)
         cache_stats = getattr(self.store, "stats", None)
         if callable(cache_stats):
             out["cache"] = cache_stats()
@@ -462,6 +467,7 @@ class _WriteSide:
     """What only writes need, made for a Service at its first write (or index, job, ...)."""
 
     def __init__(self, service: Service) -> None:
+        from ingest import build_process
         from ingest.commit import GroupCommitter
         from ingest.indexer import Indexer
         from ingest.jobs import Jobs
@@ -471,7 +477,9 @@ class _WriteSide:
         s = service
         # A build's input bypasses the RAM cache (see Indexer).
         uncached = s.store.inner if isinstance(s.store, CachedStore) else s.store
-        self.indexer = Indexer(s.catalog, s.store, s.reader, s.settings, uncached)
+        # Background builds in child processes, when a child can open the same store.
+        children = build_process.ChildBuilds(s.settings) if s.own_store and build_process.usable(s.settings) else None
+        self.indexer = Indexer(s.catalog, s.store, s.reader, s.settings, uncached, children)
         self.merger = WalMerger(s.catalog, s.store, s.reader, s.settings, self.indexer.lock)
         self.committer = GroupCommitter(
             s.catalog, s.store, s.settings, on_commit=partial(_after_commit, self.indexer, self.merger)

@@ -11,7 +11,7 @@ builds off (``VECTORDB_AUTO_INDEX=false``) nothing is indexed until the ``POST /
 after the last upsert; with them on (the default of a deployment), a build starts in the
 ingest process whenever the tail passes ``index_threshold_rows`` and competes with the
 upserts for the cores (at ``background_nice`` steps below them: ``--nice``, one mode per
-value), and ``POST /index`` builds what is left. Runs alternate (off, on, then on, off,
+value; in a child process or a thread of the server: ``--builds``), and ``POST /index`` builds what is left. Runs alternate (off, on, then on, off,
 ...), so drift on the shared machine falls on every mode; the medians and their ratios
 to "off" are printed. Per run: vectors/s, per tenth of the rows, upsert p50 / p99, what the
 background builds had indexed when the last upsert was acknowledged (segments, rows), the
@@ -48,7 +48,8 @@ def log(message: str) -> None:
 
 
 def one_run(data, endpoint: str, prefix: str, workdir: Path, mode: str, args) -> dict:
-    """One ingest: ``mode`` "off" (no background builds) or "on-niceN" (builds at nice N)."""
+    """One ingest: ``mode`` "off" (no background builds) or "on-WHERE-niceN" (builds in a
+    child process or a thread of the server, at nice N)."""
     env = {
         "VECTORDB_STORE_URI": f"s3://{s3.BUCKET}/{prefix}",
         "VECTORDB_S3_ENDPOINT": endpoint,
@@ -57,7 +58,9 @@ def one_run(data, endpoint: str, prefix: str, workdir: Path, mode: str, args) ->
         "VECTORDB_AUTO_INDEX": "false" if mode == "off" else "true",
     }
     if mode != "off":
-        env["VECTORDB_BACKGROUND_NICE"] = mode.removeprefix("on-nice")
+        _, where, nice = mode.split("-")
+        env["VECTORDB_BACKGROUND_BUILDS"] = where
+        env["VECTORDB_BACKGROUND_NICE"] = nice.removeprefix("nice")
     out = ours.ingest(data, env, workdir, args.clients, args.batch, "arrow", log, args.vector_dtype)
     keep = ("ingest_vectors_per_s", "ingest_vectors_per_s_by_tenth", "ingest_s", "upsert_p50_ms", "upsert_p99_ms",
             "after_ingest_segments", "after_ingest_rows", "build_s", "segments", "after_ingest_peak_rss_mb",
@@ -75,10 +78,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--nice", default="10",
                         help="background_nice values to run builds at, comma-separated (each a mode beside 'off')")
+    parser.add_argument("--builds", default="process",
+                        help="where background builds run: process, thread or both, comma-separated (background_builds)")
     parser.add_argument("--endpoint", help="S3 endpoint host:port (default: 127.0.0.1:8333, else a SeaweedFS of its own)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
-    modes = ["off", *(f"on-nice{int(n)}" for n in args.nice.split(","))]
+    modes = ["off", *(f"on-{where}-nice{int(n)}" for where in args.builds.split(",") for n in args.nice.split(","))]
     started = datetime.datetime.now(datetime.timezone.utc)
     ds_mod.prepare(args.rows, args.seed, log, sanity=False)
     data = ds_mod.load(args.rows, args.seed, 1)

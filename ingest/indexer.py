@@ -45,6 +45,7 @@ from vectordb.settings import Settings
 from vectordb.tail import fold
 
 if TYPE_CHECKING:
+    from ingest.build_process import ChildBuilds
     from ingest.ray_build import RayBuilt
 
 log = logging.getLogger(__name__)
@@ -107,10 +108,11 @@ class _Build:
 
 class Indexer:
     def __init__(self, catalog: Catalog, store: ObjectStore, reader: NamespaceReader, settings: Settings,
-                 input_store: ObjectStore | None = None) -> None:
+                 input_store: ObjectStore | None = None, children: ChildBuilds | None = None) -> None:
         """``input_store``: where a build reads its input (WAL objects, merged segments'
         rows), the store without its RAM cache: read once, they would only evict what
-        queries use and add up to ``cache_bytes`` to the build's memory."""
+        queries use and add up to ``cache_bytes`` to the build's memory. ``children``:
+        background builds run in child processes (``ingest.build_process``), not threads."""
         self.catalog = catalog
         self.store = store
         self.input_store = input_store if input_store is not None else store
@@ -119,6 +121,7 @@ class Indexer:
         self._locks: dict[str, threading.Lock] = {}
         self._locks_lock = threading.Lock()
         self._background = OnePerNamespace("index", settings.background_nice)
+        self.children = children
 
     def lock(self, ns: str) -> threading.Lock:
         """Held while this process builds an index of ``ns``; a WAL merge holds it too
@@ -166,11 +169,22 @@ class Indexer:
 
         def run() -> None:
             try:
-                self.index(ns)
+                if self.children is None:
+                    self.index(ns)
+                    return
+                with self.lock(ns):  # no WAL merge of ours beside the child's build
+                    result = self.children.run(ns)
+                if result is not None:
+                    log.info("background index of %s: %s", ns, result)
             except Exception:
                 log.exception("background index of %s failed", ns)
 
         self._background.start(ns, run)
+
+    def close(self) -> None:
+        """Stop background builds running in child processes (threads end with the process)."""
+        if self.children is not None:
+            self.children.close()
 
     # --- building ------------------------------------------------------------------------
     def _build(self, base: Manifest, merge: list[SegmentRef]) -> _Build:

@@ -176,6 +176,11 @@ class Settings(BaseModel):
         "merges is than the server's (Linux: per thread; their FAISS threads inherit it), so that upserts get the "
         "cores first on a busy ingest worker. 0: the same priority.",
     )
+    background_builds: Literal["process", "thread"] = Field(
+        "process", description="Where an ingest worker runs its background index builds: 'process', a child "
+        "process at background_nice (its Python work does not hold the server's GIL; see ingest.build_process), "
+        "or 'thread', a thread of the server. A memory:// store always builds in a thread.",
+    )
     compact_max_segments: int = Field(
         8, ge=2, description="Fan-in of tiered compaction: when this many segments of one size tier exist, an "
         "index build merges them into one (see ingest.compaction).",

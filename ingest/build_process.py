@@ -1,0 +1,164 @@
+"""Background index builds in a child process.
+
+A build in a thread of the ingest worker shares the worker's interpreter: its Python work
+(reading and folding the WAL, spilling rows, writing files) holds the GIL while upserts
+wait for it, however low its thread's OS priority. Measured at 1M vectors, ingest ran at
+~0.77 of the same ingest without builds that way (``bench/ingest_builds.py``). A child
+process has an interpreter of its own, and its OS priority (``background_nice``) is then
+the whole story: upserts get the cores first, the build the rest.
+
+The commit protocol already allows it: a build commits by a conditional manifest create
+and rebases over writes that came meanwhile, from whichever process it runs in. The parent
+keeps its own view of the namespace right: the thread that waits for the child holds the
+indexer's lock of the namespace, so no WAL merge of this worker starts beside it (it would
+make one of the two stale), as with a build in a thread.
+
+The child gets the parent's settings as JSON on stdin (they may name S3 keys: not on its
+command line), lowers its priority, dies with its parent (Linux), and prints the build's
+result as one JSON line. Killed at any moment, it leaves what any killed build leaves:
+nothing visible, and objects garbage collection removes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from dataclasses import asdict, dataclass
+
+from vectordb.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def usable(settings: Settings) -> bool:
+    """Whether a child process can open the store these settings name (a ``memory://``
+    store lives in this process only)."""
+    return settings.background_builds == "process" and not settings.store_uri.startswith("memory://")
+
+
+@dataclass
+class Stats:
+    started: int = 0
+    built: int = 0  # exited 0 (a namespace dropped meanwhile counts too)
+    failed: int = 0  # exited otherwise, not stopped by close()
+    stopped: int = 0  # ended by close()
+
+
+class ChildBuilds:
+    """Runs ``vectordb``'s index build of a namespace in a child process and waits for it."""
+
+    def __init__(self, settings: Settings) -> None:
+        # What the child builds with: the parent's settings, without what only concerns
+        # serving (the child embeds nothing and starts no builds of its own).
+        self._settings_json = settings.model_copy(
+            update={"auto_index": False, "preload_embedder": "", "wal_merge_objects": 0}
+        ).model_dump_json()
+        self._children: set[subprocess.Popen] = set()
+        self._lock = threading.Lock()
+        self._closed = False
+        self.stats = Stats()
+
+    def run(self, ns: str) -> dict | None:
+        """Build ``ns``'s index in a child and wait; its result (``IndexResult`` as a dict),
+        or None if it failed (its log went to this process's stderr) or was stopped."""
+        with self._lock:
+            if self._closed:
+                return None
+            child = subprocess.Popen(
+                [sys.executable, "-m", "ingest.build_process", ns, str(os.getpid())],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                cwd=os.getcwd(), env=_child_env(),
+            )
+            self._children.add(child)
+            self.stats.started += 1
+        try:
+            out, _ = child.communicate(self._settings_json)
+        finally:
+            with self._lock:
+                self._children.discard(child)
+                if child.returncode == 0:
+                    self.stats.built += 1
+                elif self._closed:
+                    self.stats.stopped += 1
+                else:
+                    self.stats.failed += 1
+        if child.returncode != 0:
+            if not self._closed:
+                log.error("background index of %s: the build process (pid %d) exited with %d",
+                          ns, child.pid, child.returncode)
+            return None
+        return json.loads(out.strip().splitlines()[-1])
+
+    def close(self, wait_s: float = 5.0) -> None:
+        """Stop running builds (a stopped build leaves nothing visible; see the module doc)."""
+        with self._lock:
+            self._closed = True
+            children = list(self._children)
+        for child in children:
+            child.terminate()
+        for child in children:
+            try:
+                child.wait(wait_s)
+            except subprocess.TimeoutExpired:
+                child.kill()
+
+
+def _child_env() -> dict[str, str]:
+    """The parent's environment, with this package importable from the child."""
+    env = dict(os.environ)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    return env
+
+
+def _die_with_parent(parent: int) -> None:
+    """SIGTERM when the parent ends (Linux), and exit now if it already has."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:
+        sys.exit(3)
+
+
+def _stop(signum, frame) -> None:
+    # Unwinds the build, so its spill directory is removed on the way out.
+    raise SystemExit(128 + signum)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ns, parent = (argv if argv is not None else sys.argv[1:])[:2]
+    signal.signal(signal.SIGTERM, _stop)
+    _die_with_parent(int(parent))
+    logging.basicConfig(level=logging.WARNING, format=f"%(asctime)s background index {ns}: %(levelname)s %(message)s")
+    settings = Settings(**json.loads(sys.stdin.read()))
+    if settings.background_nice > 0:
+        try:
+            os.nice(settings.background_nice)  # the whole process: its FAISS threads too
+        except OSError:
+            pass
+    from api.service import Service
+    from vectordb.errors import NamespaceNotFound
+
+    service = Service(settings)
+    try:
+        out = asdict(service.index(ns))
+    except NamespaceNotFound:
+        out = {"dropped": True}  # dropped meanwhile: nothing to build
+    finally:
+        service.close()
+    print(json.dumps(out), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,231 @@
+"""Background index builds in a child process (``ingest.build_process``), on a local
+directory store: the build commits from its own process, the rows stay answerable, a
+namespace dropped under it is no error, and a build stopped by ``close()`` leaves nothing
+behind."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from api.service import Service
+from ingest.build_process import ChildBuilds, usable
+from vectordb.rows import RowBatch, WriteBatch
+from vectordb.settings import Settings
+
+DIMS = 16
+NS = "child"
+
+
+def _settings(tmp_path, **overrides) -> Settings:
+    (tmp_path / "spill").mkdir(exist_ok=True)
+    return Settings(**{
+        "store_uri": f"file://{tmp_path / 'store'}", "preload_embedder": "", "group_commit_ms": 1,
+        "index_threshold_rows": 300, "flat_max_rows": 100, "rows_per_partition": 50, "background_nice": 5,
+        "build_temp_dir": str(tmp_path / "spill"), **overrides,
+    })
+
+
+def _rows(start: int, count: int) -> WriteBatch:
+    rng = np.random.default_rng(start)
+    ids = [f"d{i}" for i in range(start, start + count)]
+    vectors = rng.normal(size=(count, DIMS)).astype(np.float32)
+    return WriteBatch(RowBatch(ids, vectors, [f"text {i}" for i in range(start, start + count)],
+                               [f'{{"n": {i}}}' for i in range(start, start + count)]), [])
+
+
+def _wait_indexed(service: Service, rows: int, timeout_s: float = 60.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        manifest = service.catalog.latest(NS)
+        if sum(seg.live_rows for seg in manifest.segments) >= rows:
+            return manifest
+        time.sleep(0.1)
+    raise AssertionError(f"no background build indexed {rows} rows in {timeout_s} s: {service.stats()}")
+
+
+def test_which_stores_a_child_can_build():
+    assert usable(Settings(store_uri="file:///tmp/x", background_builds="process"))
+    assert usable(Settings(store_uri="s3://bucket/p", background_builds="process"))
+    assert not usable(Settings(store_uri="memory://x", background_builds="process"))
+    assert not usable(Settings(store_uri="file:///tmp/x", background_builds="thread"))
+
+
+def test_a_background_build_runs_in_a_child_and_commits(tmp_path):
+    service = Service(_settings(tmp_path))
+    try:
+        service.create_namespace(NS, embedder="none", dimensions=DIMS, metric="l2")
+        for start in range(0, 400, 100):
+            service.committer.commit_batches(NS, [_rows(start, 100)], DIMS)
+        manifest = _wait_indexed(service, 300)
+        assert manifest.segments
+        deadline = time.monotonic() + 30  # the child commits, then prints and exits
+        while service.stats()["background_builds"]["built"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stats = service.stats()["background_builds"]
+        assert stats["started"] >= 1 and stats["built"] >= 1 and stats["failed"] == 0
+        # Every acknowledged row answers, indexed or in the tail, and the spill is gone.
+        first = _rows(0, 100).upserts
+        hits = service.query(NS, vector=first.vectors[7].tolist(), top_k=1).hits
+        assert hits[0].id == "d7"
+        assert {d["id"] for d in service.get_documents(NS, ["d0", "d150", "d399"])} == {"d0", "d150", "d399"}
+    finally:
+        service.close()
+    assert not (tmp_path / "spill").exists() or not any((tmp_path / "spill").iterdir())
+
+
+def test_a_thread_build_when_asked(tmp_path):
+    service = Service(_settings(tmp_path, background_builds="thread"))
+    try:
+        service.create_namespace(NS, embedder="none", dimensions=DIMS, metric="l2")
+        service.committer.commit_batches(NS, [_rows(0, 400)], DIMS)
+        _wait_indexed(service, 400)
+        assert "background_builds" not in service.stats()
+    finally:
+        service.close()
+
+
+def test_a_dropped_namespace_is_no_failure(tmp_path):
+    settings = _settings(tmp_path, auto_index=False)
+    service = Service(settings)
+    try:
+        service.create_namespace(NS, embedder="none", dimensions=DIMS, metric="l2")
+        service.committer.commit_batches(NS, [_rows(0, 400)], DIMS)
+        service.drop_namespace(NS)
+        children = ChildBuilds(settings)
+        assert children.run(NS) == {"dropped": True}
+        assert children.stats.built == 1 and children.stats.failed == 0
+    finally:
+        service.close()
+
+
+def test_a_stopped_build_leaves_nothing_visible(tmp_path):
+    """``close()`` while the child builds: it ends at once, its spill directory is removed,
+    and the namespace is as it was."""
+    settings = _settings(tmp_path, auto_index=False, flat_max_rows=1000, rows_per_partition=200)
+    service = Service(settings)
+    try:
+        service.create_namespace(NS, embedder="none", dimensions=DIMS, metric="l2")
+        for start in range(0, 200_000, 50_000):
+            service.committer.commit_batches(NS, [_rows(start, 50_000)], DIMS)
+        before = service.catalog.latest(NS)
+        children = ChildBuilds(settings)
+        result: list = []
+        runner = threading.Thread(target=lambda: result.append(children.run(NS)))
+        runner.start()
+        deadline = time.monotonic() + 30
+        while not (tmp_path / "spill").exists() or not any((tmp_path / "spill").iterdir()):
+            assert time.monotonic() < deadline, "the build never started spilling"
+            time.sleep(0.02)
+        stopped_at = time.monotonic()
+        children.close()
+        runner.join(15)
+        assert not runner.is_alive() and time.monotonic() - stopped_at < 10
+        assert result == [None]  # stopped, not finished: 200,000 rows take seconds to build
+        assert children.stats.stopped == 1 and children.stats.failed == 0
+        assert service.catalog.latest(NS).version == before.version
+        assert not any((tmp_path / "spill").iterdir())
+        # Nothing lost: an index now holds every row.
+        service.index(NS)
+        assert sum(seg.live_rows for seg in service.catalog.latest(NS).segments) == 200_000
+    finally:
+        service.close()
+
+
+_PARENT = """
+import sys, threading, time
+from pathlib import Path
+from ingest.build_process import ChildBuilds
+from vectordb.settings import Settings
+
+children = ChildBuilds(Settings.model_validate_json(sys.stdin.read()))
+threading.Thread(target=children.run, args=(sys.argv[1],), daemon=True).start()
+spill = Path(sys.argv[2])
+while not any(spill.iterdir()):
+    time.sleep(0.02)
+print(next(iter(children._children)).pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_build_ends_with_its_killed_parent(tmp_path):
+    """An ingest worker killed (SIGKILL) mid-build takes its build process with it: no
+    orphan goes on building, and its spill directory is removed."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    settings = _settings(tmp_path, auto_index=False, flat_max_rows=1000, rows_per_partition=200)
+    service = Service(settings)
+    try:
+        service.create_namespace(NS, embedder="none", dimensions=DIMS, metric="l2")
+        for start in range(0, 200_000, 50_000):
+            service.committer.commit_batches(NS, [_rows(start, 50_000)], DIMS)
+        before = service.catalog.latest(NS).version
+        parent = subprocess.Popen([sys.executable, "-c", _PARENT, NS, str(tmp_path / "spill")],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            parent.stdin.write(settings.model_dump_json())
+            parent.stdin.close()
+            child = int(parent.stdout.readline())
+            os.kill(parent.pid, signal.SIGKILL)
+            parent.wait(10)
+            deadline = time.monotonic() + 10
+            while _alive(child):
+                assert time.monotonic() < deadline, "the build process outlived its parent"
+                time.sleep(0.05)
+        finally:
+            if parent.poll() is None:
+                parent.kill()
+                parent.wait()
+        assert not any((tmp_path / "spill").iterdir())
+        assert service.catalog.latest(NS).version == before
+    finally:
+        service.close()
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (not a zombie: an orphan's parent is init, which reaps it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize("nice", [0, 7])
+def test_the_child_runs_at_the_background_priority(tmp_path, nice):
+    """The child lowers its whole process's priority by ``background_nice``."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    settings = _settings(tmp_path, auto_index=False, background_nice=nice)
+    service = Service(settings)
+    try:
+        service.create_namespace(NS, embedder="none", dimensions=DIMS, metric="l2")
+        service.committer.commit_batches(NS, [_rows(0, 50)], DIMS)
+    finally:
+        service.close()
+    out = subprocess.run(
+        [sys.executable, "-c",
+         "import os, json, sys, runpy\n"
+         "import api.service as s\n"
+         "orig = s.Service.index\n"
+         "def index(self, ns, compact=False):\n"
+         "    print(json.dumps({'nice': os.getpriority(os.PRIO_PROCESS, 0)}), file=sys.stderr)\n"
+         "    return orig(self, ns, compact)\n"
+         "s.Service.index = index\n"
+         "from ingest import build_process\n"
+         "sys.exit(build_process.main([sys.argv[1], str(os.getppid())]))\n", NS],
+        input=settings.model_dump_json(), capture_output=True, text=True, timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    seen = json.loads([line for line in out.stderr.splitlines() if line.startswith("{")][-1])
+    assert seen["nice"] == min(19, os.getpriority(os.PRIO_PROCESS, 0) + nice)
+    assert json.loads(out.stdout.strip().splitlines()[-1])["indexed_rows"] == 50
