@@ -11,7 +11,8 @@ builds off (``VECTORDB_AUTO_INDEX=false``) nothing is indexed until the ``POST /
 after the last upsert; with them on (the default of a deployment), a build starts in the
 ingest process whenever the tail passes ``index_threshold_rows`` and competes with the
 upserts for the cores (at ``background_nice`` steps below them: ``--nice``, one mode per
-value; in a child process or a thread of the server: ``--builds``), and ``POST /index`` builds what is left. Runs alternate (off, on, then on, off,
+value; in a child process at the idle priority, in one at background_nice only, or in a
+thread of the server: ``--builds``), and ``POST /index`` builds what is left. Runs alternate (off, on, then on, off,
 ...), so drift on the shared machine falls on every mode; the medians and their ratios
 to "off" are printed. Per run: vectors/s, per tenth of the rows, upsert p50 / p99, what the
 background builds had indexed when the last upsert was acknowledged (segments, rows), the
@@ -59,7 +60,8 @@ def one_run(data, endpoint: str, prefix: str, workdir: Path, mode: str, args) ->
     }
     if mode != "off":
         _, where, nice = mode.split("-")
-        env["VECTORDB_BACKGROUND_BUILDS"] = where
+        env["VECTORDB_BACKGROUND_BUILDS"] = "thread" if where == "thread" else "process"
+        env["VECTORDB_BACKGROUND_IDLE"] = "true" if where == "idle" else "false"
         env["VECTORDB_BACKGROUND_NICE"] = nice.removeprefix("nice")
     out = ours.ingest(data, env, workdir, args.clients, args.batch, "arrow", log, args.vector_dtype)
     keep = ("ingest_vectors_per_s", "ingest_vectors_per_s_by_tenth", "ingest_s", "upsert_p50_ms", "upsert_p99_ms",
@@ -78,8 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--nice", default="10",
                         help="background_nice values to run builds at, comma-separated (each a mode beside 'off')")
-    parser.add_argument("--builds", default="process",
-                        help="where background builds run: process, thread or both, comma-separated (background_builds)")
+    parser.add_argument("--builds", default="idle",
+                        help="where background builds run, comma-separated: idle (a child process at SCHED_IDLE, the "
+                        "default), process (a child process, background_nice only), thread (background_builds)")
     parser.add_argument("--endpoint", help="S3 endpoint host:port (default: 127.0.0.1:8333, else a SeaweedFS of its own)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)

@@ -4,8 +4,11 @@ A build in a thread of the ingest worker shares the worker's interpreter: its Py
 (reading and folding the WAL, spilling rows, writing files) holds the GIL while upserts
 wait for it, however low its thread's OS priority. Measured at 1M vectors, ingest ran at
 ~0.77 of the same ingest without builds that way (``bench/ingest_builds.py``). A child
-process has an interpreter of its own, and its OS priority (``background_nice``) is then
-the whole story: upserts get the cores first, the build the rest.
+process has an interpreter of its own, so it can take the OS's idle priority
+(``background_idle``, Linux SCHED_IDLE) without holding the server up: a thread at that
+priority would, whenever it was preempted holding the GIL. Upserts get the cores first,
+the build what they leave idle (an ingest pipeline waiting on object store round trips
+leaves a good share).
 
 The commit protocol already allows it: a build commits by a conditional manifest create
 and rebases over writes that came meanwhile, from whichever process it runs in. The parent
@@ -130,6 +133,19 @@ def _die_with_parent(parent: int) -> None:
         sys.exit(3)
 
 
+def lower_priority(settings: Settings) -> None:
+    """This process's priority (its later threads, FAISS's, inherit it): ``background_nice``
+    steps lower and, with ``background_idle`` on Linux, the idle class: it runs only where
+    the server and everything else leave a core free."""
+    try:
+        if settings.background_nice > 0:
+            os.nice(settings.background_nice)
+        if settings.background_idle and hasattr(os, "SCHED_IDLE"):
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except OSError as exc:  # a sandbox may forbid it: the build runs as it is
+        log.warning("background build priority unchanged: %s", exc)
+
+
 def _stop(signum, frame) -> None:
     # Unwinds the build, so its spill directory is removed on the way out.
     raise SystemExit(128 + signum)
@@ -141,11 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     _die_with_parent(int(parent))
     logging.basicConfig(level=logging.WARNING, format=f"%(asctime)s background index {ns}: %(levelname)s %(message)s")
     settings = Settings(**json.loads(sys.stdin.read()))
-    if settings.background_nice > 0:
-        try:
-            os.nice(settings.background_nice)  # the whole process: its FAISS threads too
-        except OSError:
-            pass
+    lower_priority(settings)
     from api.service import Service
     from vectordb.errors import NamespaceNotFound
 

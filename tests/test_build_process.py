@@ -197,15 +197,16 @@ def _alive(pid: int) -> bool:
         return False
 
 
-@pytest.mark.parametrize("nice", [0, 7])
-def test_the_child_runs_at_the_background_priority(tmp_path, nice):
-    """The child lowers its whole process's priority by ``background_nice``."""
+@pytest.mark.parametrize(("nice", "idle"), [(0, False), (7, False), (0, True)])
+def test_the_child_runs_at_the_background_priority(tmp_path, nice, idle):
+    """The child lowers its whole process's priority by ``background_nice`` and, with
+    ``background_idle``, takes the idle class."""
     import json
     import os
     import subprocess
     import sys
 
-    settings = _settings(tmp_path, auto_index=False, background_nice=nice)
+    settings = _settings(tmp_path, auto_index=False, background_nice=nice, background_idle=idle)
     service = Service(settings)
     try:
         service.create_namespace(NS, embedder="none", dimensions=DIMS, metric="l2")
@@ -218,7 +219,8 @@ def test_the_child_runs_at_the_background_priority(tmp_path, nice):
          "import api.service as s\n"
          "orig = s.Service.index\n"
          "def index(self, ns, compact=False):\n"
-         "    print(json.dumps({'nice': os.getpriority(os.PRIO_PROCESS, 0)}), file=sys.stderr)\n"
+         "    print(json.dumps({'nice': os.getpriority(os.PRIO_PROCESS, 0), 'policy': os.sched_getscheduler(0)}),\n"
+         "          file=sys.stderr)\n"
          "    return orig(self, ns, compact)\n"
          "s.Service.index = index\n"
          "from ingest import build_process\n"
@@ -228,4 +230,5 @@ def test_the_child_runs_at_the_background_priority(tmp_path, nice):
     assert out.returncode == 0, out.stderr
     seen = json.loads([line for line in out.stderr.splitlines() if line.startswith("{")][-1])
     assert seen["nice"] == min(19, os.getpriority(os.PRIO_PROCESS, 0) + nice)
+    assert seen["policy"] == (os.SCHED_IDLE if idle else os.sched_getscheduler(0))
     assert json.loads(out.stdout.strip().splitlines()[-1])["indexed_rows"] == 50

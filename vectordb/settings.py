@@ -181,6 +181,11 @@ class Settings(BaseModel):
         "process at background_nice (its Python work does not hold the server's GIL; see ingest.build_process), "
         "or 'thread', a thread of the server. A memory:// store always builds in a thread.",
     )
+    background_idle: bool = Field(
+        True, description="A background build in a child process runs at the OS's idle priority (Linux "
+        "SCHED_IDLE): on cores nothing else wants, yielding at once to the server's work. Its threads share no "
+        "lock with the server, so it cannot hold one up. false: background_nice only.",
+    )
     compact_max_segments: int = Field(
         8, ge=2, description="Fan-in of tiered compaction: when this many segments of one size tier exist, an "
         "index build merges them into one (see ingest.compaction).",
