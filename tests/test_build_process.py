@@ -1,5 +1,5 @@
 """Background index builds in a child process (``ingest.build_process``), on a local
-directory store: the build commits from its own process, the rows stay answerable, a
+directory store (and one test on SeaweedFS too): the build commits from its own process, the rows stay answerable, a
 namespace dropped under it is no error, and a build stopped by ``close()`` leaves nothing
 behind."""
 
@@ -75,6 +75,63 @@ def test_a_background_build_runs_in_a_child_and_commits(tmp_path):
     finally:
         service.close()
     assert not (tmp_path / "spill").exists() or not any((tmp_path / "spill").iterdir())
+
+
+@pytest.mark.parametrize("where", ["file", pytest.param("s3", marks=[pytest.mark.s3, pytest.mark.integration])])
+def test_writes_go_on_while_children_build(tmp_path, where, request):
+    """Upserts, overwrites and deletes keep committing while child processes build and
+    commit beside them (each build rebases over the writes that came meanwhile): every
+    acknowledged write is there afterwards, and no deleted id is ever answered, also by a
+    second worker that read the namespace before the builds and idled since. On a local
+    directory, and on a real S3 server (SeaweedFS), whose settings the child gets on stdin."""
+    store = {}
+    if where == "s3":
+        s3 = request.getfixturevalue("s3_settings")
+        store = {k: getattr(s3, k) for k in ("store_uri", "s3_endpoint", "s3_access_key", "s3_secret_key",
+                                             "s3_retries", "s3_backoff_s", "s3_timeout_s")}
+    service = Service(_settings(tmp_path, **store))
+    other = Service(_settings(tmp_path, auto_index=False, **store))  # another worker, on its own cache
+    try:
+        service.create_namespace(NS, embedder="none", dimensions=DIMS, metric="l2")
+        service.committer.commit_batches(NS, [_rows(0, 100)], DIMS)
+        other.query(NS, vector=[0.0] * DIMS, top_k=5)  # holds the first version, then idles
+        expected: dict[str, int] = {f"d{i}": i for i in range(100)}
+        deleted: set[str] = set()
+        for n in range(1, 30):
+            batch = _rows(n * 100, 100)
+            gone = [f"d{i}" for i in range((n - 1) * 100, (n - 1) * 100 + 10)]  # some of the last batch
+            again = _rows(n * 1000 + 7, 5)  # overwrites of older rows, with new vectors
+            again.upserts.ids[:] = [f"d{i}" for i in range(50 + n, 55 + n)]  # never among the deleted
+            service.committer.commit_batches(NS, [batch, WriteBatch(again.upserts, gone)], DIMS)
+            expected.update({i: n * 100 + k for k, i in enumerate(batch.upserts.ids)})
+            for i in gone:
+                expected.pop(i, None)
+            deleted |= set(gone)
+            expected.update({i: -1 for i in again.upserts.ids})
+            time.sleep(0.05)  # a child takes ~0.5 s to build: writes land during its build
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            stats = service.stats()["background_builds"]
+            if stats["started"] == stats["built"] + stats["failed"] and service.indexer.lock(NS).acquire(blocking=False):
+                service.indexer.lock(NS).release()
+                break
+            time.sleep(0.1)
+        stats = service.stats()["background_builds"]
+        assert stats["started"] >= 2 and stats["failed"] == 0
+        for worker in (service, other):
+            ids = sorted(expected)
+            docs = [d for lo in range(0, len(ids), 1000) for d in worker.get_documents(NS, ids[lo : lo + 1000])]
+            assert {d["id"] for d in docs} == set(expected)
+            assert not {d["id"] for d in worker.get_documents(NS, sorted(deleted))}
+            for probe in range(0, 3000, 250):
+                hits = worker.query(NS, vector=_rows(probe, 1).upserts.vectors[0].tolist(), top_k=50).hits
+                assert not {h.id for h in hits} & deleted
+        # The ids the loop overwrote hold their new text (the overwrite's, not the first).
+        overwritten = {d["id"]: d for d in service.get_documents(NS, [i for i, v in expected.items() if v == -1])}
+        assert overwritten and all(not d["text"].endswith(f" {d['id'][1:]}") for d in overwritten.values())
+    finally:
+        other.close()
+        service.close()
 
 
 def test_a_thread_build_when_asked(tmp_path):
