@@ -56,11 +56,7 @@ class ChildBuilds:
     """Runs ``vectordb``'s index build of a namespace in a child process and waits for it."""
 
     def __init__(self, settings: Settings) -> None:
-        # What the child builds with: the parent's settings, without what only concerns
-        # serving (the child embeds nothing and starts no builds of its own).
-        self._settings_json = settings.model_copy(
-            update={"auto_index": False, "preload_embedder": "", "wal_merge_objects": 0}
-        ).model_dump_json()
+        self._settings_json = settings.model_dump_json()  # what the child builds with
         self._children: set[subprocess.Popen] = set()
         self._lock = threading.Lock()
         self._closed = False
@@ -158,16 +154,21 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format=f"%(asctime)s background index {ns}: %(levelname)s %(message)s")
     settings = Settings(**json.loads(sys.stdin.read()))
     lower_priority(settings)
-    from api.service import Service
+    from ingest.indexer import Indexer
+    from storage import open_store
+    from vectordb.catalog import Catalog
     from vectordb.errors import NamespaceNotFound
+    from vectordb.reader import NamespaceReader
 
-    service = Service(settings)
+    # What the server's write side is made of (``api.service``), without the server: the
+    # build reads its input from the store without its RAM cache, as there.
+    store = open_store(settings)
+    catalog = Catalog(store, settings.eventual_ttl_s, settings.pruned_manifest_ttl_s)
+    reader = NamespaceReader(store, settings.fetch_threads, settings.cache_bytes)
     try:
-        out = asdict(service.index(ns))
+        out = asdict(Indexer(catalog, store, reader, settings, store.inner).index(ns))
     except NamespaceNotFound:
         out = {"dropped": True}  # dropped meanwhile: nothing to build
-    finally:
-        service.close()
     print(json.dumps(out), flush=True)
     return 0
 

@@ -273,13 +273,13 @@ def test_the_child_runs_at_the_background_priority(tmp_path, nice, idle):
     out = subprocess.run(
         [sys.executable, "-c",
          "import os, json, sys, runpy\n"
-         "import api.service as s\n"
-         "orig = s.Service.index\n"
+         "import ingest.indexer as s\n"
+         "orig = s.Indexer.index\n"
          "def index(self, ns, compact=False):\n"
          "    print(json.dumps({'nice': os.getpriority(os.PRIO_PROCESS, 0), 'policy': os.sched_getscheduler(0)}),\n"
          "          file=sys.stderr)\n"
          "    return orig(self, ns, compact)\n"
-         "s.Service.index = index\n"
+         "s.Indexer.index = index\n"
          "from ingest import build_process\n"
          "sys.exit(build_process.main([sys.argv[1], str(os.getppid())]))\n", NS],
         input=settings.model_dump_json(), capture_output=True, text=True, timeout=60,

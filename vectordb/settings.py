@@ -173,7 +173,8 @@ class Settings(BaseModel):
     auto_index: bool = Field(True, description="Build indexes in the background when the tail passes the threshold.")
     background_nice: int = Field(
         10, ge=0, le=19, description="How many steps lower the OS priority of background index builds and WAL "
-        "merges is than the server's (Linux: per thread; their FAISS threads inherit it), so that upserts get the "
+        "merges is than the server's (Linux: a build's child process, or a merge's thread; their FAISS threads "
+        "inherit it), so that upserts get the "
         "cores first on a busy ingest worker. 0: the same priority.",
     )
     background_builds: Literal["process", "thread"] = Field(
