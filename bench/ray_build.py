@@ -156,7 +156,9 @@ def main() -> int:
     with s3_mod.endpoint(args.s3, workdir, log) as endpoint:
         try:
             # No background WAL merge: both builds read the same 100 WAL objects.
-            settings = settings_for(endpoint, prefix, build_memory_bytes=args.memory, wal_merge_objects=0)
+            # 100 WAL objects whatever --rows: a write request may hold rows / 100 of them.
+            settings = settings_for(endpoint, prefix, build_memory_bytes=args.memory, wal_merge_objects=0,
+                                    max_batch_docs=max(10_000, -(-args.rows // 100)))
             svc = Service(settings)
             svc.create_namespace(NS, "none", data.base.shape[1], "cosine")
             log(f"writing {args.rows:,} rows as WAL objects")
