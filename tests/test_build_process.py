@@ -5,6 +5,11 @@ behind."""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -159,15 +164,21 @@ def test_a_dropped_namespace_is_no_failure(tmp_path):
         service.close()
 
 
+def _unindexed_namespace(tmp_path) -> tuple[Settings, Service]:
+    """200,000 unindexed rows: a build of them takes seconds (time to stop it midway)."""
+    settings = _settings(tmp_path, auto_index=False, flat_max_rows=1000, rows_per_partition=200)
+    service = Service(settings)
+    service.create_namespace(NS, embedder="none", dimensions=DIMS, metric="l2")
+    for start in range(0, 200_000, 50_000):
+        service.committer.commit_batches(NS, [_rows(start, 50_000)], DIMS)
+    return settings, service
+
+
 def test_a_stopped_build_leaves_nothing_visible(tmp_path):
     """``close()`` while the child builds: it ends at once, its spill directory is removed,
     and the namespace is as it was."""
-    settings = _settings(tmp_path, auto_index=False, flat_max_rows=1000, rows_per_partition=200)
-    service = Service(settings)
+    settings, service = _unindexed_namespace(tmp_path)
     try:
-        service.create_namespace(NS, embedder="none", dimensions=DIMS, metric="l2")
-        for start in range(0, 200_000, 50_000):
-            service.committer.commit_batches(NS, [_rows(start, 50_000)], DIMS)
         before = service.catalog.latest(NS)
         children = ChildBuilds(settings)
         result: list = []
@@ -211,17 +222,8 @@ time.sleep(600)
 def test_a_build_ends_with_its_killed_parent(tmp_path):
     """An ingest worker killed (SIGKILL) mid-build takes its build process with it: no
     orphan goes on building, and its spill directory is removed."""
-    import os
-    import signal
-    import subprocess
-    import sys
-
-    settings = _settings(tmp_path, auto_index=False, flat_max_rows=1000, rows_per_partition=200)
-    service = Service(settings)
+    settings, service = _unindexed_namespace(tmp_path)
     try:
-        service.create_namespace(NS, embedder="none", dimensions=DIMS, metric="l2")
-        for start in range(0, 200_000, 50_000):
-            service.committer.commit_batches(NS, [_rows(start, 50_000)], DIMS)
         before = service.catalog.latest(NS).version
         parent = subprocess.Popen([sys.executable, "-c", _PARENT, NS, str(tmp_path / "spill")],
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -258,11 +260,6 @@ def _alive(pid: int) -> bool:
 def test_the_child_runs_at_the_background_priority(tmp_path, nice, idle):
     """The child lowers its whole process's priority by ``background_nice`` and, with
     ``background_idle``, takes the idle class."""
-    import json
-    import os
-    import subprocess
-    import sys
-
     settings = _settings(tmp_path, auto_index=False, background_nice=nice, background_idle=idle)
     service = Service(settings)
     try:
