@@ -153,6 +153,12 @@ def main() -> int:
     prefix = f"raybuild-{int(time.time())}"
     result: dict = {"rows": args.rows, "dims": int(data.base.shape[1]), "memory_bytes": args.memory,
                     "cpus": os.cpu_count(), "queries": args.queries}
+    out = ROOT / "bench" / "results" / f"{time.strftime('%Y%m%d-%H%M%S')}-ray-build-{args.rows}.json"
+
+    def save() -> None:  # after each phase: a later failure (at 10M, an OOM) keeps what was measured
+        out.write_text(json.dumps(result, indent=1))
+        log(f"results so far in {out.relative_to(ROOT)}")
+
     with s3_mod.endpoint(args.s3, workdir, log) as endpoint:
         try:
             # No background WAL merge: both builds read the same 100 WAL objects.
@@ -168,6 +174,7 @@ def main() -> int:
             log("single-process build")
             result["single"] = run_child([sys.executable, __file__, "--child", settings_json, NS], ROOT)
             result["single"]["recall_at_10"] = recall(Service(settings), data, args.queries)
+            save()
             svc.restore(NS, unindexed)
             assert not svc.catalog.latest(NS).segments
             log("starting a two-node Ray cluster")
@@ -188,9 +195,7 @@ def main() -> int:
         finally:
             s3_mod.remove_prefixes(endpoint, [prefix], log)
     print(report(result))
-    out = ROOT / "bench" / "results" / f"{time.strftime('%Y%m%d-%H%M%S')}-ray-build-{args.rows}.json"
-    out.write_text(json.dumps(result, indent=1))
-    print(f"written: {out.relative_to(ROOT)}")
+    save()
     return 0
 
 
