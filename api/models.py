@@ -230,7 +230,8 @@ class Health(BaseModel):
     status: Literal["ok"]
     role: Literal["ingest", "query", "all"]
     stats: dict[str, dict[str, int]] = Field(
-        description="Counters of this process by group (commits, wal_merges, tail_folds, cache when cached)."
+        description="Counters of this process by group (commits, wal_merges, tail_folds, cache when cached, "
+        "background_builds when an ingest worker builds in child processes)."
     )
 
 
