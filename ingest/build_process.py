@@ -35,6 +35,7 @@ import sys
 import threading
 from dataclasses import asdict, dataclass
 
+from ingest import background
 from vectordb.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -132,16 +133,16 @@ def _die_with_parent(parent: int) -> None:
 
 
 def lower_priority(settings: Settings) -> None:
-    """This process's priority (its later threads, FAISS's, inherit it): ``background_nice``
-    steps lower and, with ``background_idle`` on Linux, the idle class: it runs only where
-    the server and everything else leave a core free."""
-    try:
-        if settings.background_nice > 0:
-            os.nice(settings.background_nice)
-        if settings.background_idle and hasattr(os, "SCHED_IDLE"):
+    """This process's priority, before it starts any other thread (they inherit it, FAISS's
+    too): ``background_nice`` steps lower, as a background thread's (``ingest.background``)
+    and, with ``background_idle`` on Linux, the idle class: it runs only where the server
+    and everything else leave a core free."""
+    background.lower_priority(settings.background_nice)
+    if settings.background_idle and hasattr(os, "SCHED_IDLE"):
+        try:
             os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    except OSError as exc:  # a sandbox may forbid it: the build runs as it is
-        log.warning("background build priority unchanged: %s", exc)
+        except OSError as exc:  # a sandbox may forbid it: the build runs as it is
+            log.warning("background build priority unchanged: %s", exc)
 
 
 def _stop(signum, frame) -> None:

@@ -179,8 +179,9 @@ class Settings(BaseModel):
     )
     background_builds: Literal["process", "thread"] = Field(
         "process", description="Where an ingest worker runs its background index builds: 'process', a child "
-        "process at background_nice (its Python work does not hold the server's GIL; see ingest.build_process), "
-        "or 'thread', a thread of the server. A memory:// store always builds in a thread.",
+        "process at background_nice (the build's memory is returned when it exits, and it may take the idle "
+        "class: see background_idle and ingest.build_process), or 'thread', a thread of the server. A memory:// "
+        "store always builds in a thread.",
     )
     background_idle: bool = Field(
         True, description="A background build in a child process runs at the OS's idle priority (Linux "
