@@ -13,6 +13,7 @@ import pytest
 
 from api.service import Service
 from tests.s3server import s3_env
+from tests.test_int8_workers import _answers
 from tests.test_lagging_workers import _gc
 from vectordb.settings import Settings
 from vectordb.testing import start_server
@@ -27,12 +28,6 @@ def _docs(lo: int, hi: int, rng: np.random.Generator) -> list[dict]:
     return [{"id": f"d{i}", "vector": rng.normal(size=DIMS).round(4).tolist(),
              "text": " ".join(rng.choice(WORDS, 4)) + f" doc {i}",
              "attributes": {"year": 2000 + i % 25, "tenant": f"t{i % 7}"}} for i in range(lo, hi)]
-
-
-def _answers(client, body: dict) -> list[tuple[str, float]]:
-    r = client.post("/v1/namespaces/n/query", json={**body, "consistency": "strong"})
-    assert r.status_code == 200, r.text
-    return [(h["id"], round(h["score"], 4)) for h in r.json()["results"]]
 
 
 QUERIES = [
