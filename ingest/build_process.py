@@ -22,10 +22,18 @@ The child gets the parent's settings as JSON on stdin (they may name S3 keys: no
 command line), lowers its priority, dies with its parent (Linux), and prints the build's
 result as one JSON line. Killed at any moment, it leaves what any killed build leaves:
 nothing visible, and objects garbage collection removes.
+
+An explicit build of the namespace in the parent (``POST /namespaces/{ns}/index``,
+``vectordb index``) does not queue behind an idle-class child, which gets no CPU while the
+server is busy: it stops the child (``ChildBuilds.explicit``) and builds at the server's
+priority; no background child of that namespace starts while it runs. A child at
+``background_nice`` only still runs, and the explicit build waits for it, as for a
+build in a thread.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -33,6 +41,8 @@ import signal
 import subprocess
 import sys
 import threading
+from collections import Counter
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 from ingest import background
@@ -53,6 +63,7 @@ class Stats:
     built: int = 0  # exited 0 (a namespace dropped meanwhile counts too)
     failed: int = 0  # exited otherwise, not stopped by close()
     stopped: int = 0  # ended by close()
+    preempted: int = 0  # stopped for an explicit build of its namespace (see ``ChildBuilds.explicit``)
 
 
 class ChildBuilds:
@@ -60,41 +71,71 @@ class ChildBuilds:
 
     def __init__(self, settings: Settings) -> None:
         self._settings_json = settings.model_dump_json()  # what the child builds with
-        self._children: set[subprocess.Popen] = set()
+        self._children: dict[subprocess.Popen, str] = {}  # running child -> its namespace
+        self._explicit: Counter[str] = Counter()  # namespace -> explicit builds waiting or running
+        self._preempted: set[subprocess.Popen] = set()
         self._lock = threading.Lock()
         self._closed = False
         self.stats = Stats()
 
     def run(self, ns: str) -> dict | None:
         """Build ``ns``'s index in a child and wait; its result (``IndexResult`` as a dict),
-        or None if it failed (its log went to this process's stderr) or was stopped."""
+        or None if it failed (its log went to this process's stderr), was stopped, or was not
+        started because an explicit build of ``ns`` is under way (it builds the same rows)."""
         with self._lock:
-            if self._closed:
+            if self._closed or self._explicit[ns]:
                 return None
             child = subprocess.Popen(
                 [sys.executable, "-m", "ingest.build_process", ns, str(os.getpid())],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                 cwd=os.getcwd(), env=_child_env(),
             )
-            self._children.add(child)
+            self._children[child] = ns
             self.stats.started += 1
         try:
             out, _ = child.communicate(self._settings_json)
         finally:
             with self._lock:
-                self._children.discard(child)
+                del self._children[child]
+                preempted = child in self._preempted
+                self._preempted.discard(child)
                 if child.returncode == 0:
                     self.stats.built += 1
+                elif preempted:
+                    self.stats.preempted += 1
                 elif self._closed:
                     self.stats.stopped += 1
                 else:
                     self.stats.failed += 1
         if child.returncode != 0:
-            if not self._closed:
+            if preempted:
+                log.info("background index of %s: the build process (pid %d) stopped for an explicit build",
+                         ns, child.pid)
+            elif not self._closed:
                 log.error("background index of %s: the build process (pid %d) exited with %d",
                           ns, child.pid, child.returncode)
             return None
         return json.loads(out.strip().splitlines()[-1])
+
+    @contextlib.contextmanager
+    def explicit(self, ns: str, preempt: bool) -> Iterator[None]:
+        """Around an explicit index build of ``ns`` in this process: no child of ``ns`` starts
+        meanwhile, and with ``preempt`` a running one is stopped (SIGTERM: it unwinds and
+        leaves nothing visible), so that the caller, which waits for the namespace's indexer
+        lock, does not wait for a build that may get no CPU. Its stats count it ``preempted``."""
+        with self._lock:
+            self._explicit[ns] += 1
+            running = [child for child, of in self._children.items() if of == ns] if preempt else []
+            self._preempted.update(running)
+        for child in running:
+            _stop_child(child)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._explicit[ns] -= 1
+                if not self._explicit[ns]:
+                    del self._explicit[ns]
 
     def close(self, wait_s: float = 5.0) -> None:
         """Stop running builds (a stopped build leaves nothing visible; see the module doc)."""
@@ -102,12 +143,20 @@ class ChildBuilds:
             self._closed = True
             children = list(self._children)
         for child in children:
-            child.terminate()
+            _stop_child(child)
         for child in children:
             try:
                 child.wait(wait_s)
             except subprocess.TimeoutExpired:
                 child.kill()
+
+
+def _stop_child(child: subprocess.Popen) -> None:
+    """SIGTERM, and SIGCONT in case the child is stopped (a stopped process acts on SIGTERM
+    only once continued)."""
+    with contextlib.suppress(ProcessLookupError):
+        child.terminate()
+        child.send_signal(signal.SIGCONT)
 
 
 def _child_env() -> dict[str, str]:

@@ -22,6 +22,7 @@ upload them again under fresh keys before committing (see ``ingest.gc``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -133,7 +134,11 @@ class Indexer:
         """Index the tail now, merging segments as :mod:`ingest.compaction` plans (with
         ``compact``: every segment that fits under ``segment_max_rows``)."""
         started = time.perf_counter()
-        with self.lock(ns):
+        # An explicit build: no background child of ``ns`` starts meanwhile, and an idle-class
+        # one running is stopped rather than waited for (``ingest.build_process``).
+        explicit = (self.children.explicit(ns, preempt=self.settings.background_idle) if self.children is not None
+                    else contextlib.nullcontext())
+        with explicit, self.lock(ns):
             for _ in range(self.settings.commit_retries):
                 base = self.catalog.latest(ns)
                 merge = self._plan(base, compact)

@@ -203,6 +203,59 @@ def test_a_stopped_build_leaves_nothing_visible(tmp_path):
         service.close()
 
 
+def test_an_explicit_index_stops_an_idle_background_build(tmp_path):
+    """An idle-class child gets no CPU while the server is busy (stopped here with SIGSTOP,
+    the extreme of it): an explicit index does not wait for it. It stops the child, builds
+    every row itself, and the stopped child leaves nothing behind."""
+    settings = _settings(tmp_path, flat_max_rows=1000, rows_per_partition=200, index_threshold_rows=150_000,
+                         background_idle=True)
+    service = Service(settings)
+    try:
+        service.create_namespace(NS, embedder="none", dimensions=DIMS, metric="l2")
+        for start in range(0, 200_000, 50_000):
+            service.committer.commit_batches(NS, [_rows(start, 50_000)], DIMS)
+        children = service.indexer.children
+        deadline = time.monotonic() + 30
+        while not children._children:
+            assert time.monotonic() < deadline, f"no background build started: {service.stats()}"
+            time.sleep(0.01)
+        (child,) = children._children
+        os.kill(child.pid, signal.SIGSTOP)
+        before = service.catalog.latest(NS).version
+        results: list = []
+        explicit = threading.Thread(target=lambda: results.append(service.index(NS)), daemon=True)
+        explicit.start()
+        explicit.join(60)
+        if explicit.is_alive():  # waiting for the stopped child: let it go, so the test ends
+            os.kill(child.pid, signal.SIGKILL)
+            raise AssertionError("the explicit index waited for the stopped background build")
+        (result,) = results
+        child.wait(15)
+        assert result.indexed_rows == 200_000 and result.version > before
+        stats = service.stats()["background_builds"]
+        assert stats["started"] == 1 and stats["preempted"] == 1 and stats["failed"] == 0 and stats["built"] == 0
+        manifest = service.catalog.latest(NS)
+        assert not manifest.wal and sum(seg.live_rows for seg in manifest.segments) == 200_000
+        assert not any((tmp_path / "spill").iterdir())
+        hits = service.query(NS, vector=_rows(150_000, 10).upserts.vectors[3].tolist(), top_k=1).hits
+        assert hits[0].id == "d150003"
+    finally:
+        service.close()
+
+
+def test_no_background_build_starts_beside_an_explicit_one(tmp_path):
+    settings, service = _unindexed_namespace(tmp_path)
+    try:
+        children = ChildBuilds(settings)
+        with children.explicit(NS, preempt=True):
+            assert children.run(NS) is None  # not started: the explicit build covers it
+        assert children.stats.started == 0
+        assert children.run(NS)["indexed_rows"] == 200_000  # after it, as before
+        assert children.stats.built == 1
+    finally:
+        service.close()
+
+
 _PARENT = """
 import sys, threading, time
 from pathlib import Path
