@@ -23,12 +23,13 @@ command line), lowers its priority, dies with its parent (Linux), and prints the
 result as one JSON line. Killed at any moment, it leaves what any killed build leaves:
 nothing visible, and objects garbage collection removes.
 
-An explicit build of the namespace in the parent (``POST /namespaces/{ns}/index``,
-``vectordb index``) does not queue behind an idle-class child, which gets no CPU while the
-server is busy: it stops the child (``ChildBuilds.explicit``) and builds at the server's
-priority; no background child of that namespace starts while it runs. A child at
-``background_nice`` only still runs, and the explicit build waits for it, as for a
-build in a thread.
+An explicit build of the namespace in the parent (``POST /namespaces/{ns}/index``, the
+embedded ``index()``) waits for a running child while it progresses, as for a build in a
+thread: once the server is idle, an idle-class child has the cores. But such a child gets
+no CPU while the server is busy, so one that got less than a quarter of a core over the
+last second is stopped (``ChildBuilds.stop_starved``) and the explicit build runs in the
+parent at the server's priority; no child of that namespace starts meanwhile
+(``ChildBuilds.explicit``).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -63,7 +65,7 @@ class Stats:
     built: int = 0  # exited 0 (a namespace dropped meanwhile counts too)
     failed: int = 0  # exited otherwise, not stopped by close()
     stopped: int = 0  # ended by close()
-    preempted: int = 0  # stopped for an explicit build of its namespace (see ``ChildBuilds.explicit``)
+    preempted: int = 0  # starved, stopped for an explicit build of its namespace (``ChildBuilds.stop_starved``)
 
 
 class ChildBuilds:
@@ -74,6 +76,7 @@ class ChildBuilds:
         self._children: dict[subprocess.Popen, str] = {}  # running child -> its namespace
         self._explicit: Counter[str] = Counter()  # namespace -> explicit builds waiting or running
         self._preempted: set[subprocess.Popen] = set()
+        self._samples: dict[subprocess.Popen, tuple[float, float]] = {}  # child -> (when, its CPU seconds)
         self._lock = threading.Lock()
         self._closed = False
         self.stats = Stats()
@@ -97,6 +100,7 @@ class ChildBuilds:
         finally:
             with self._lock:
                 del self._children[child]
+                self._samples.pop(child, None)
                 preempted = child in self._preempted
                 self._preempted.discard(child)
                 if child.returncode == 0:
@@ -109,8 +113,8 @@ class ChildBuilds:
                     self.stats.failed += 1
         if child.returncode != 0:
             if preempted:
-                log.info("background index of %s: the build process (pid %d) stopped for an explicit build",
-                         ns, child.pid)
+                log.info("background index of %s: the build process (pid %d), starved, stopped for an explicit "
+                         "build", ns, child.pid)
             elif not self._closed:
                 log.error("background index of %s: the build process (pid %d) exited with %d",
                           ns, child.pid, child.returncode)
@@ -118,17 +122,11 @@ class ChildBuilds:
         return json.loads(out.strip().splitlines()[-1])
 
     @contextlib.contextmanager
-    def explicit(self, ns: str, preempt: bool) -> Iterator[None]:
-        """Around an explicit index build of ``ns`` in this process: no child of ``ns`` starts
-        meanwhile, and with ``preempt`` a running one is stopped (SIGTERM: it unwinds and
-        leaves nothing visible), so that the caller, which waits for the namespace's indexer
-        lock, does not wait for a build that may get no CPU. Its stats count it ``preempted``."""
+    def explicit(self, ns: str) -> Iterator[None]:
+        """Around an explicit index build of ``ns`` in this process: no child of ``ns``
+        starts meanwhile (``run`` returns None: the explicit build covers its rows)."""
         with self._lock:
             self._explicit[ns] += 1
-            running = [child for child, of in self._children.items() if of == ns] if preempt else []
-            self._preempted.update(running)
-        for child in running:
-            _stop_child(child)
         try:
             yield
         finally:
@@ -136,6 +134,25 @@ class ChildBuilds:
                 self._explicit[ns] -= 1
                 if not self._explicit[ns]:
                     del self._explicit[ns]
+
+    def stop_starved(self, ns: str, min_share: float = 0.25) -> None:
+        """Stop each running child of ``ns`` that got less than ``min_share`` of a core since
+        the previous call (the first call only takes a sample): SIGTERM, it unwinds and
+        leaves nothing visible. Where the OS gives no process CPU times, nothing is stopped."""
+        with self._lock:
+            running = [child for child, of in self._children.items() if of == ns]
+        for child in running:
+            used, now = _cpu_seconds(child.pid), time.monotonic()
+            if used is None:
+                continue
+            with self._lock:
+                last = self._samples.get(child)
+                self._samples[child] = (now, used)
+                starved = last is not None and now > last[0] and (used - last[1]) / (now - last[0]) < min_share
+                if starved:
+                    self._preempted.add(child)
+            if starved:
+                _stop_child(child)
 
     def close(self, wait_s: float = 5.0) -> None:
         """Stop running builds (a stopped build leaves nothing visible; see the module doc)."""
@@ -157,6 +174,17 @@ def _stop_child(child: subprocess.Popen) -> None:
     with contextlib.suppress(ProcessLookupError):
         child.terminate()
         child.send_signal(signal.SIGCONT)
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """CPU time (user + system, all threads) of ``pid`` so far, from /proc (Linux); None
+    where there is none."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def _child_env() -> dict[str, str]:

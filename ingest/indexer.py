@@ -46,10 +46,17 @@ from vectordb.settings import Settings
 from vectordb.tail import fold
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from ingest.build_process import ChildBuilds
     from ingest.ray_build import RayBuilt
 
 log = logging.getLogger(__name__)
+
+# An explicit build waiting for a background child checks this often that the child still
+# gets this share of a core, and stops it when not (``Indexer._explicit_lock``).
+STARVED_CHECK_S = 1.0
+STARVED_SHARE = 0.25
 
 
 def foldable(manifest: Manifest, settings: Settings) -> bool:
@@ -134,11 +141,7 @@ class Indexer:
         """Index the tail now, merging segments as :mod:`ingest.compaction` plans (with
         ``compact``: every segment that fits under ``segment_max_rows``)."""
         started = time.perf_counter()
-        # An explicit build: no background child of ``ns`` starts meanwhile, and an idle-class
-        # one running is stopped rather than waited for (``ingest.build_process``).
-        explicit = (self.children.explicit(ns, preempt=self.settings.background_idle) if self.children is not None
-                    else contextlib.nullcontext())
-        with explicit, self.lock(ns):
+        with self._explicit_lock(ns):
             for _ in range(self.settings.commit_retries):
                 base = self.catalog.latest(ns)
                 merge = self._plan(base, compact)
@@ -160,6 +163,25 @@ class Indexer:
                     )
                 log.info("index of %s raced with another indexer; redoing", ns)
         raise Conflict(f"indexing {ns!r} kept conflicting with other indexers")
+
+    @contextlib.contextmanager
+    def _explicit_lock(self, ns: str) -> Iterator[None]:
+        """The namespace's lock, for an explicit build. A background build in a child holds
+        it (its waiting thread does): waited for while it progresses, stopped once it gets
+        less than a quarter of a core, as an idle-class child does while the server is busy
+        (``ingest.build_process``). No child of ``ns`` starts meanwhile."""
+        lock = self.lock(ns)
+        if self.children is None:
+            with lock:
+                yield
+            return
+        with self.children.explicit(ns):
+            while not lock.acquire(timeout=STARVED_CHECK_S):
+                self.children.stop_starved(ns, STARVED_SHARE)
+            try:
+                yield
+            finally:
+                lock.release()
 
     def _plan(self, base: Manifest, compact: bool) -> list[SegmentRef]:
         s = self.settings

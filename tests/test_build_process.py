@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from api.service import Service
+from ingest import indexer as indexer_mod
 from ingest.build_process import ChildBuilds, usable
 from vectordb.rows import RowBatch, WriteBatch
 from vectordb.settings import Settings
@@ -203,42 +204,72 @@ def test_a_stopped_build_leaves_nothing_visible(tmp_path):
         service.close()
 
 
-def test_an_explicit_index_stops_an_idle_background_build(tmp_path):
+def _background_child(tmp_path) -> tuple[Service, subprocess.Popen]:
+    """A service whose commits of 200,000 rows started a background build in a child (it
+    takes seconds), and that child."""
+    settings = _settings(tmp_path, flat_max_rows=1000, rows_per_partition=200, index_threshold_rows=150_000)
+    service = Service(settings)
+    service.create_namespace(NS, embedder="none", dimensions=DIMS, metric="l2")
+    for start in range(0, 200_000, 50_000):
+        service.committer.commit_batches(NS, [_rows(start, 50_000)], DIMS)
+    children = service.indexer.children
+    deadline = time.monotonic() + 30
+    while not children._children:
+        assert time.monotonic() < deadline, f"no background build started: {service.stats()}"
+        time.sleep(0.01)
+    (child,) = children._children
+    return service, child
+
+
+def _index_within(service: Service, timeout_s: float, child: subprocess.Popen):
+    results: list = []
+    explicit = threading.Thread(target=lambda: results.append(service.index(NS)), daemon=True)
+    explicit.start()
+    explicit.join(timeout_s)
+    if explicit.is_alive():  # waiting for a stopped child: let it go, so the test ends
+        os.kill(child.pid, signal.SIGKILL)
+        raise AssertionError(f"the explicit index waited over {timeout_s} s for the background build")
+    return results[0]
+
+
+def _all_indexed(service: Service, tmp_path) -> None:
+    manifest = service.catalog.latest(NS)
+    assert not manifest.wal and sum(seg.live_rows for seg in manifest.segments) == 200_000
+    assert not any((tmp_path / "spill").iterdir())
+    hits = service.query(NS, vector=_rows(150_000, 10).upserts.vectors[3].tolist(), top_k=1).hits
+    assert hits[0].id == "d150003"
+
+
+def test_an_explicit_index_stops_a_starved_background_build(tmp_path):
     """An idle-class child gets no CPU while the server is busy (stopped here with SIGSTOP,
     the extreme of it): an explicit index does not wait for it. It stops the child, builds
     every row itself, and the stopped child leaves nothing behind."""
-    settings = _settings(tmp_path, flat_max_rows=1000, rows_per_partition=200, index_threshold_rows=150_000,
-                         background_idle=True)
-    service = Service(settings)
+    service, child = _background_child(tmp_path)
     try:
-        service.create_namespace(NS, embedder="none", dimensions=DIMS, metric="l2")
-        for start in range(0, 200_000, 50_000):
-            service.committer.commit_batches(NS, [_rows(start, 50_000)], DIMS)
-        children = service.indexer.children
-        deadline = time.monotonic() + 30
-        while not children._children:
-            assert time.monotonic() < deadline, f"no background build started: {service.stats()}"
-            time.sleep(0.01)
-        (child,) = children._children
         os.kill(child.pid, signal.SIGSTOP)
         before = service.catalog.latest(NS).version
-        results: list = []
-        explicit = threading.Thread(target=lambda: results.append(service.index(NS)), daemon=True)
-        explicit.start()
-        explicit.join(60)
-        if explicit.is_alive():  # waiting for the stopped child: let it go, so the test ends
-            os.kill(child.pid, signal.SIGKILL)
-            raise AssertionError("the explicit index waited for the stopped background build")
-        (result,) = results
+        result = _index_within(service, 60, child)
         child.wait(15)
         assert result.indexed_rows == 200_000 and result.version > before
         stats = service.stats()["background_builds"]
         assert stats["started"] == 1 and stats["preempted"] == 1 and stats["failed"] == 0 and stats["built"] == 0
-        manifest = service.catalog.latest(NS)
-        assert not manifest.wal and sum(seg.live_rows for seg in manifest.segments) == 200_000
-        assert not any((tmp_path / "spill").iterdir())
-        hits = service.query(NS, vector=_rows(150_000, 10).upserts.vectors[3].tolist(), top_k=1).hits
-        assert hits[0].id == "d150003"
+        _all_indexed(service, tmp_path)
+    finally:
+        service.close()
+
+
+def test_an_explicit_index_waits_for_a_background_build_that_runs(tmp_path, monkeypatch):
+    """A child that gets CPU (here: any at all, so that a busy test machine cannot starve
+    it) is waited for, not stopped: its work is not thrown away, and the explicit index
+    finds nothing left to build."""
+    monkeypatch.setattr(indexer_mod, "STARVED_SHARE", 0.001)
+    service, child = _background_child(tmp_path)
+    try:
+        result = _index_within(service, 120, child)
+        assert result.indexed_rows == 0  # the child built it all
+        stats = service.stats()["background_builds"]
+        assert stats["started"] == 1 and stats["built"] == 1 and stats["preempted"] == 0
+        _all_indexed(service, tmp_path)
     finally:
         service.close()
 
@@ -247,7 +278,7 @@ def test_no_background_build_starts_beside_an_explicit_one(tmp_path):
     settings, service = _unindexed_namespace(tmp_path)
     try:
         children = ChildBuilds(settings)
-        with children.explicit(NS, preempt=True):
+        with children.explicit(NS):
             assert children.run(NS) is None  # not started: the explicit build covers it
         assert children.stats.started == 0
         assert children.run(NS)["indexed_rows"] == 200_000  # after it, as before
