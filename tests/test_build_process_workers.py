@@ -6,7 +6,11 @@ fresh reader's, hold every acknowledged write and never name a deleted row."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -66,7 +70,7 @@ def test_a_stale_query_worker_beside_an_ingest_worker_building_in_children(s3_en
             deadline = time.monotonic() + 120
             while True:  # the background builds that were started have ended
                 stats = w.get("/healthz").json()["stats"]["background_builds"]
-                if stats["started"] == stats["built"] + stats["failed"] + stats["stopped"]:
+                if stats["started"] == stats["built"] + stats["failed"] + stats["stopped"] + stats["preempted"]:
                     break
                 assert time.monotonic() < deadline, stats
                 time.sleep(0.2)
@@ -104,6 +108,71 @@ def test_a_stale_query_worker_beside_an_ingest_worker_building_in_children(s3_en
             assert w.post("/v1/namespaces/n/documents", json={"documents": _docs(9000, 9300, rng)}).status_code == 200
             got = _answers(q, {"vector": [0.3] * DIMS, "top_k": 50})
             assert len(got) == 50 and {i for i, _ in got} <= {f"d{i}" for i in range(9000, 9300)}
+    finally:
+        ingest.stop()
+        query.stop()
+
+
+def _build_children(parent: int) -> list[int]:
+    """The pids of ``parent``'s background build processes."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                cmdline = (entry / "cmdline").read_bytes()
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == parent and b"ingest.build_process" in cmdline:
+                found.append(int(entry.name))
+    return found
+
+
+def test_post_index_stops_the_ingest_workers_starved_background_build(s3_endpoint, tmp_path):
+    """The ingest worker's background build, in a child at the idle priority, gets no CPU
+    while the server is busy: stopped here (SIGSTOP, the extreme of it). POST /index does
+    not wait for it: it stops the child and builds every acknowledged row itself."""
+    env = s3_env(s3_endpoint, "starved-build", VECTORDB_GROUP_COMMIT_MS="5", VECTORDB_INDEX_THRESHOLD_ROWS="120000",
+                 VECTORDB_FLAT_MAX_ROWS="1000", VECTORDB_ROWS_PER_PARTITION="200")
+    ingest = start_server(env, tmp_path, "ingest")
+    query = start_server(env, tmp_path, "query")
+    rng = np.random.default_rng(5)
+    try:
+        with ingest.client() as w, query.client() as q:
+            r = w.put("/v1/namespaces/n", json={"embedder": "none", "dimensions": DIMS, "metric": "l2"})
+            assert r.status_code in (200, 201), r.text
+            children: list[int] = []
+            for lo in range(0, 200_000, 5000):
+                docs = [{"id": f"d{i}", "vector": v} for i, v in
+                        zip(range(lo, lo + 5000), rng.normal(size=(5000, DIMS)).round(4).tolist())]
+                assert w.post("/v1/namespaces/n/documents", json={"documents": docs}).status_code == 200
+                if not children:  # the first build starts past 120,000 rows: stop it as it starts
+                    children = _build_children(ingest.proc.pid)
+                    for pid in children:
+                        os.kill(pid, signal.SIGSTOP)
+            deadline = time.monotonic() + 30
+            while not children:
+                assert time.monotonic() < deadline, "no background build started"
+                children = _build_children(ingest.proc.pid)
+                for pid in children:
+                    os.kill(pid, signal.SIGSTOP)
+                time.sleep(0.01)
+            try:
+                r = w.post("/v1/namespaces/n/index", json={}, timeout=120)
+            finally:
+                for pid in children:  # whatever happened, nothing stays stopped
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGCONT)
+            assert r.status_code == 200, r.text
+            stats = w.get("/healthz").json()["stats"]["background_builds"]
+            assert stats["preempted"] == 1 and stats["failed"] == 0, stats
+            assert not _build_children(ingest.proc.pid)
+            described = q.get("/v1/namespaces/n").json()
+            assert described["rows"]["indexed"] == 200_000 and described["rows"]["unindexed"] == 0, described
+            for at in range(0, 200_000, 20_000):
+                ids = [f"d{i}" for i in range(at, at + 20_000, 97)]
+                r = q.post("/v1/namespaces/n/documents/get", json={"ids": ids})
+                assert {d["id"] for d in r.json()["documents"]} == set(ids)
     finally:
         ingest.stop()
         query.stop()
