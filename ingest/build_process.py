@@ -23,7 +23,7 @@ command line), lowers its priority, dies with its parent (Linux), and prints the
 result as one JSON line. Killed at any moment, it leaves what any killed build leaves:
 nothing visible, and objects garbage collection removes.
 
-An explicit build of the namespace in the parent (``POST /namespaces/{ns}/index``, the
+An explicit build of the namespace in the parent (``POST /v1/namespaces/{ns}/index``, the
 embedded ``index()``) waits for a running child while it progresses, as for a build in a
 thread: once the server is idle, an idle-class child has the cores. But such a child gets
 no CPU while the server is busy, so one that got less than a quarter of a core over the
