@@ -208,7 +208,8 @@ def test_a_ray_build_and_compaction_answer_as_the_single_process_build(ray_clust
 
 def test_the_background_builder_builds_on_ray_when_an_address_is_set(ray_cluster, s3_settings):
     """``VECTORDB_RAY_ADDRESS`` and the tail past the threshold: the build a commit starts
-    runs on Ray (two segments from 4,000 rows; in-process it would be one)."""
+    runs on Ray (two segments from 4,000 rows; in-process it would be one), driven from the
+    worker's build child process (``ingest.build_process``), which connects to the cluster."""
     vectors = siftsmall()[0]
     svc = Service(_settings(s3_settings, auto_index=True, ray_address=ray_cluster))
     try:
@@ -220,6 +221,11 @@ def test_the_background_builder_builds_on_ray_when_an_address_is_set(ray_cluster
             time.sleep(0.2)
         manifest = svc.catalog.latest("auto")
         assert manifest.change == {"op": "index", "rows": 4000} and len(manifest.segments) == 2
+        deadline = time.monotonic() + 30  # the child commits, then prints and exits
+        while svc.stats()["background_builds"]["built"] < 1:
+            assert time.monotonic() < deadline, svc.stats()
+            time.sleep(0.1)
+        assert svc.stats()["background_builds"]["failed"] == 0
     finally:
         svc.close()
 
