@@ -27,9 +27,10 @@ An explicit build of the namespace in the parent (``POST /v1/namespaces/{ns}/ind
 embedded ``index()``) waits for a running child while it progresses, as for a build in a
 thread: once the server is idle, an idle-class child has the cores. But such a child gets
 no CPU while the server is busy, so one that got less than a quarter of a core over the
-last second is stopped (``ChildBuilds.stop_starved``) and the explicit build runs in the
-parent at the server's priority; no child of that namespace starts meanwhile
-(``ChildBuilds.explicit``).
+last second, and moved less than 1 MiB through its reads and writes (a child waiting on a
+slow upload uses little CPU but is not starved), is stopped (``ChildBuilds.stop_starved``)
+and the explicit build runs in the parent at the server's priority; no child of that
+namespace starts meanwhile (``ChildBuilds.explicit``).
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ class ChildBuilds:
         self._children: dict[subprocess.Popen, str] = {}  # running child -> its namespace
         self._explicit: Counter[str] = Counter()  # namespace -> explicit builds waiting or running
         self._preempted: set[subprocess.Popen] = set()
-        self._samples: dict[subprocess.Popen, tuple[float, float]] = {}  # child -> (when, its CPU seconds)
+        self._samples: dict[subprocess.Popen, tuple[float, float, int]] = {}  # child -> (when, CPU s, I/O bytes)
         self._lock = threading.Lock()
         self._closed = False
         self.stats = Stats()
@@ -135,20 +136,25 @@ class ChildBuilds:
                 if not self._explicit[ns]:
                     del self._explicit[ns]
 
-    def stop_starved(self, ns: str, min_share: float = 0.25) -> None:
-        """Stop each running child of ``ns`` that got less than ``min_share`` of a core since
-        the previous call (the first call only takes a sample): SIGTERM, it unwinds and
-        leaves nothing visible. Where the OS gives no process CPU times, nothing is stopped."""
+    def stop_starved(self, ns: str, min_share: float = 0.25, min_io_bytes_s: float = 2**20) -> None:
+        """Stop each running child of ``ns`` that, since the previous call (the first call
+        only takes a sample), got less than ``min_share`` of a core and read and wrote less
+        than ``min_io_bytes_s`` a second (files and sockets): SIGTERM, it unwinds and leaves
+        nothing visible. Where the OS gives no process counters, nothing is stopped."""
         with self._lock:
             running = [child for child, of in self._children.items() if of == ns]
         for child in running:
-            used, now = _cpu_seconds(child.pid), time.monotonic()
-            if used is None:
+            now, progress = time.monotonic(), _progress(child.pid)
+            if progress is None:
                 continue
             with self._lock:
                 last = self._samples.get(child)
-                self._samples[child] = (now, used)
-                starved = last is not None and now > last[0] and (used - last[1]) / (now - last[0]) < min_share
+                self._samples[child] = (now, *progress)
+                starved = False
+                if last is not None and now > last[0]:
+                    seconds = now - last[0]
+                    starved = ((progress[0] - last[1]) / seconds < min_share
+                               and (progress[1] - last[2]) / seconds < min_io_bytes_s)
                 if starved:
                     self._preempted.add(child)
             if starved:
@@ -176,14 +182,16 @@ def _stop_child(child: subprocess.Popen) -> None:
         child.send_signal(signal.SIGCONT)
 
 
-def _cpu_seconds(pid: int) -> float | None:
-    """CPU time (user + system, all threads) of ``pid`` so far, from /proc (Linux); None
-    where there is none."""
+def _progress(pid: int) -> tuple[float, int] | None:
+    """What ``pid`` has done so far, from /proc (Linux): CPU seconds (user + system, all
+    threads) and bytes it read and wrote (files and sockets); None where there is none."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
+        with open(f"/proc/{pid}/io") as f:
+            io = dict(line.split(":", 1) for line in f.read().splitlines() if ":" in line)
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), int(io["rchar"]) + int(io["wchar"])
+    except (OSError, IndexError, KeyError, ValueError):
         return None
 
 

@@ -54,7 +54,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # An explicit build waiting for a background child checks this often that the child still
-# gets this share of a core, and stops it when not (``Indexer._explicit_lock``).
+# gets this share of a core (or moves bytes), and stops it when not (``Indexer._explicit_lock``).
 STARVED_CHECK_S = 1.0
 STARVED_SHARE = 0.25
 
@@ -168,8 +168,8 @@ class Indexer:
     def _explicit_lock(self, ns: str) -> Iterator[None]:
         """The namespace's lock, for an explicit build. A background build in a child holds
         it (its waiting thread does): waited for while it progresses, stopped once it gets
-        less than a quarter of a core, as an idle-class child does while the server is busy
-        (``ingest.build_process``). No child of ``ns`` starts meanwhile."""
+        less than a quarter of a core and moves no bytes, as an idle-class child does while
+        the server is busy (``ingest.build_process``). No child of ``ns`` starts meanwhile."""
         lock = self.lock(ns)
         if self.children is None:
             with lock:

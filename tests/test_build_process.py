@@ -274,6 +274,27 @@ def test_an_explicit_index_waits_for_a_background_build_that_runs(tmp_path, monk
         service.close()
 
 
+def test_only_a_child_that_neither_computes_nor_moves_bytes_counts_as_starved(tmp_path):
+    """``stop_starved``: a child waiting on I/O (here writing ~5 MB/s with little CPU, as a
+    build waiting on a slow upload) is not starved; one that does nothing is, and is stopped."""
+    children = ChildBuilds(_settings(tmp_path))
+    writer = subprocess.Popen([sys.executable, "-c", "import os, time\nfd = os.open(os.devnull, os.O_WRONLY)\n"
+                               "while True:\n    os.write(fd, bytes(512 * 1024))\n    time.sleep(0.1)\n"])
+    idle = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        children._children.update({writer: NS, idle: NS})
+        time.sleep(0.5)  # both past their start-up
+        children.stop_starved(NS)  # the first call only samples
+        time.sleep(1.0)
+        children.stop_starved(NS)
+        assert idle.wait(10) is not None and idle in children._preempted
+        assert writer.poll() is None and writer not in children._preempted
+    finally:
+        for child in (writer, idle):
+            child.kill()
+            child.wait()
+
+
 def test_no_background_build_starts_beside_an_explicit_one(tmp_path):
     settings, service = _unindexed_namespace(tmp_path)
     try:
