@@ -187,8 +187,8 @@ class Settings(BaseModel):
         True, description="A background build in a child process runs at the OS's idle priority (Linux "
         "SCHED_IDLE): on cores nothing else wants, yielding at once to the server's work. Its threads share no "
         "lock with the server, so it cannot hold one up. An explicit index of the namespace waits for it while it "
-        "gets CPU, and stops it and builds at the server's priority when it gets less than a quarter of a core and moves less "
-        "than 1 MiB/s. false: background_nice only.",
+        "gets CPU or moves bytes, and stops it and builds at the server's priority when it gets less than a quarter "
+        "of a core and moves less than 1 MiB/s (a build child at background_nice alike). false: background_nice only.",
     )
     compact_max_segments: int = Field(
         8, ge=2, description="Fan-in of tiered compaction: when this many segments of one size tier exist, an "
