@@ -53,6 +53,11 @@ from vectordb.settings import Settings
 
 log = logging.getLogger(__name__)
 
+# A running child counts as starved (``ChildBuilds.stop_starved``) when, between two checks,
+# it got less than this share of a core and read and wrote less than this many bytes a second.
+STARVED_SHARE = 0.25
+STARVED_IO_BYTES_S = 2**20
+
 
 def usable(settings: Settings) -> bool:
     """Whether a child process can open the store these settings name (a ``memory://``
@@ -73,7 +78,9 @@ class ChildBuilds:
     """Runs ``vectordb``'s index build of a namespace in a child process and waits for it."""
 
     def __init__(self, settings: Settings) -> None:
-        self._settings_json = settings.model_dump_json()  # what the child builds with
+        # What the child builds with: the parent's settings but the disk cache tier, which is
+        # the parent's (its bound and index are per process; a build reads its input uncached).
+        self._settings_json = settings.model_copy(update={"disk_cache_dir": None}).model_dump_json()
         self._children: dict[subprocess.Popen, str] = {}  # running child -> its namespace
         self._explicit: Counter[str] = Counter()  # namespace -> explicit builds waiting or running
         self._preempted: set[subprocess.Popen] = set()
@@ -136,11 +143,11 @@ class ChildBuilds:
                 if not self._explicit[ns]:
                     del self._explicit[ns]
 
-    def stop_starved(self, ns: str, min_share: float = 0.25, min_io_bytes_s: float = 2**20) -> None:
+    def stop_starved(self, ns: str) -> None:
         """Stop each running child of ``ns`` that, since the previous call (the first call
-        only takes a sample), got less than ``min_share`` of a core and read and wrote less
-        than ``min_io_bytes_s`` a second (files and sockets): SIGTERM, it unwinds and leaves
-        nothing visible. Where the OS gives no process counters, nothing is stopped."""
+        only takes a sample), got less than ``STARVED_SHARE`` of a core and read and wrote
+        less than ``STARVED_IO_BYTES_S`` a second (files and sockets): SIGTERM, it unwinds
+        and leaves nothing visible. Where the OS gives no process counters, nothing is stopped."""
         with self._lock:
             running = [child for child, of in self._children.items() if of == ns]
         for child in running:
@@ -153,8 +160,8 @@ class ChildBuilds:
                 starved = False
                 if last is not None and now > last[0]:
                     seconds = now - last[0]
-                    starved = ((progress[0] - last[1]) / seconds < min_share
-                               and (progress[1] - last[2]) / seconds < min_io_bytes_s)
+                    starved = ((progress[0] - last[1]) / seconds < STARVED_SHARE
+                               and (progress[1] - last[2]) / seconds < STARVED_IO_BYTES_S)
                 if starved:
                     self._preempted.add(child)
             if starved:

@@ -53,10 +53,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# An explicit build waiting for a background child checks this often that the child still
-# gets this share of a core (or moves bytes), and stops it when not (``Indexer._explicit_lock``).
+# An explicit build waiting for a background child checks this often that the child is not
+# starved (``Indexer._explicit_lock``, ``ChildBuilds.stop_starved``).
 STARVED_CHECK_S = 1.0
-STARVED_SHARE = 0.25
 
 
 def foldable(manifest: Manifest, settings: Settings) -> bool:
@@ -177,7 +176,7 @@ class Indexer:
             return
         with self.children.explicit(ns):
             while not lock.acquire(timeout=STARVED_CHECK_S):
-                self.children.stop_starved(ns, STARVED_SHARE)
+                self.children.stop_starved(ns)
             try:
                 yield
             finally:

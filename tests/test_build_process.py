@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from api.service import Service
-from ingest import indexer as indexer_mod
+from ingest import build_process
 from ingest.build_process import ChildBuilds, usable
 from vectordb.rows import RowBatch, WriteBatch
 from vectordb.settings import Settings
@@ -58,6 +58,12 @@ def test_which_stores_a_child_can_build():
     assert usable(Settings(store_uri="s3://bucket/p", background_builds="process"))
     assert not usable(Settings(store_uri="memory://x", background_builds="process"))
     assert not usable(Settings(store_uri="file:///tmp/x", background_builds="thread"))
+
+
+def test_the_child_leaves_the_parents_disk_cache_alone(tmp_path):
+    settings = _settings(tmp_path, disk_cache_dir=str(tmp_path / "disk-cache"))
+    child = json.loads(ChildBuilds(settings)._settings_json)
+    assert child["disk_cache_dir"] is None and child["store_uri"] == settings.store_uri
 
 
 def test_a_background_build_runs_in_a_child_and_commits(tmp_path):
@@ -262,7 +268,7 @@ def test_an_explicit_index_waits_for_a_background_build_that_runs(tmp_path, monk
     """A child that gets CPU (here: any at all, so that a busy test machine cannot starve
     it) is waited for, not stopped: its work is not thrown away, and the explicit index
     finds nothing left to build."""
-    monkeypatch.setattr(indexer_mod, "STARVED_SHARE", 0.001)
+    monkeypatch.setattr(build_process, "STARVED_SHARE", 0.001)
     service, child = _background_child(tmp_path)
     try:
         result = _index_within(service, 120, child)
