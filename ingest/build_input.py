@@ -5,10 +5,14 @@ input is a :class:`~vectordb.segment_writer.RowSource`:
 
 * :class:`WalTail` folds the manifest's WAL objects without holding their rows: a first
   pass reads each object's ``id`` and ``op`` columns only (by range, :func:`_parquet`)
-  and keeps, per id, where its last operation is (an int); a second pass reads each object
-  again a row group at a time and yields its rows whose last operation is that upsert. Rows come in the order :func:`vectordb.tail.fold` gives
-  (by the position of the id's last operation), so the segment is the one an in-memory
-  build of the folded tail makes. Memory: ~100 bytes per distinct id, plus one object.
+  and keeps each operation's id hash and id (:func:`vectordb.id_set.last_of` finds each
+  id's last operation); a second pass reads each object again a row group at a time and
+  yields its rows whose last operation is that upsert. Rows come in the order
+  :func:`vectordb.tail.fold` gives (by the position of the id's last operation), so the
+  segment is the one an in-memory build of the folded tail makes. Memory: ~40 bytes and
+  the id's UTF-8 per operation while the first pass sorts, then the touched ids as an
+  :class:`~vectordb.id_set.IdSet` (16 bytes and the id's UTF-8 each) and 8 bytes per live
+  row, where a ``dict`` and a ``frozenset`` of ``str`` took ~250 bytes an id.
 * :class:`WalRows` reads given rows of given WAL objects: a part of a folded tail (a Ray
   build's shard, :mod:`ingest.ray_build`, reads one without folding again).
 * :class:`SegmentRows` reads a segment's partitions (all, or a range of them) a few at a
@@ -23,10 +27,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
+import pyarrow as pa
 
 from storage.base import ObjectStore
 from storage.errors import ObjectNotFound
-from vectordb import doc_fields, ranged_reads, segment, wal
+from vectordb import doc_fields, id_set, key_table, ranged_reads, segment, wal
+from vectordb.id_set import IdSet
 from vectordb.manifest import Manifest, SegmentRef
 from vectordb.reader import NamespaceReader
 from vectordb.rows import RowBatch
@@ -39,7 +45,7 @@ class WalTail:
 
     store: ObjectStore
     manifest: Manifest
-    touched: frozenset[str] = frozenset()  # every id the tail upserts or deletes (when there are segments)
+    touched: IdSet = id_set.EMPTY  # every id the tail upserts or deletes (when there are segments)
     _keep: list[np.ndarray] = field(default_factory=list)  # per WAL object, its rows that stay
     rows: int = 0
 
@@ -51,24 +57,27 @@ class WalTail:
     def read(cls, store: ObjectStore, manifest: Manifest) -> WalTail:
         """The first pass: which row of which object holds each live id's last upsert
         (reading only the objects' ``id`` and ``op`` columns)."""
-        last: dict[str, int] = {}
-        deletes = []
-        for b, ref in enumerate(manifest.wal):
+        hashes, ids, deletes, starts = [], [], [], [0]
+        for ref in manifest.wal:
             table = _parquet(store, ref.key).read(columns=["id", "op"])
-            ids = table.column("id").to_pylist()
-            last.update(zip(ids, range(b << 32, (b << 32) + len(ids))))
+            column = table.column("id")
+            hashes.append(key_table.blake2b64(column.to_pylist()))
+            ids.extend(chunk.cast(pa.large_string()) for chunk in column.chunks)
             deletes.append(table.column("op").to_numpy() == wal.DELETE)
-            del table, ids
-        keep: list[list[int]] = [[] for _ in manifest.wal]
-        for where in last.values():
-            b, r = where >> 32, where & 0xFFFFFFFF
-            if not deletes[b][r]:
-                keep[b].append(r)
-        # Only a build that keeps or merges segments needs the touched ids (their strings
-        # held as a set: ~100 bytes an id, through the whole build).
-        tail = cls(store, manifest, frozenset(last) if manifest.segments else frozenset())
-        tail._keep = [np.sort(np.array(k, np.int64)) for k in keep]
-        tail.rows = sum(len(k) for k in keep)
+            starts.append(starts[-1] + table.num_rows)
+            del table, column
+        every_id = pa.concat_arrays(ids) if ids else id_set.EMPTY.ids
+        every_hash = np.concatenate(hashes) if hashes else np.zeros(0, np.uint64)
+        del ids, hashes
+        last = id_set.last_of(every_hash, every_id)  # a position per distinct id, in hash order
+        # Only a build that keeps or merges segments needs the touched ids.
+        touched = IdSet(every_hash[last], every_id.take(pa.array(last))) if manifest.segments else id_set.EMPTY
+        del every_id, every_hash
+        live = np.sort(last[~np.concatenate(deletes)[last]]) if len(last) else last
+        cut = np.searchsorted(live, starts)
+        tail = cls(store, manifest, touched)
+        tail._keep = [live[cut[b] : cut[b + 1]] - starts[b] for b in range(len(manifest.wal))]
+        tail.rows = len(live)
         return tail
 
     def objects(self) -> list[tuple[str, np.ndarray]]:
@@ -88,8 +97,9 @@ class WalRows:
     dims: int
 
     def chunks(self, rows: int) -> Iterator[RowBatch]:
-        pending: list[RowBatch] = []
-        held = 0
+        """Chunks of exactly ``rows`` rows (the last one fewer), each filled in place as the
+        row groups come: one chunk and one row group held, not the pieces and their copy."""
+        chunk = _Chunk(rows, self.dims)
         for key, keep in self.objects:
             if not len(keep):
                 continue
@@ -98,26 +108,51 @@ class WalRows:
                 end = start + record.num_rows
                 lo, hi = np.searchsorted(keep, [start, end])
                 if hi > lo:
-                    pending.append(_rows(record, self.dims).take((keep[lo:hi] - start).tolist()))
-                    held += int(hi - lo)
+                    piece = _rows(record, self.dims).take((keep[lo:hi] - start).tolist())
+                    at = 0
+                    while at < len(piece):
+                        at = chunk.fill(piece, at)
+                        if chunk.full:
+                            yield chunk.batch()
+                            chunk = _Chunk(rows, self.dims)
+                    del piece
                 start = end
-                while held >= rows:
-                    merged = RowBatch.concat(pending, self.dims)
-                    yield merged.take(range(rows))
-                    rest = merged.take(range(rows, len(merged)))
-                    pending, held = [rest], len(rest)
-            while held >= rows:
-                merged = RowBatch.concat(pending, self.dims)
-                yield merged.take(range(rows))
-                rest = merged.take(range(rows, len(merged)))
-                pending, held = [rest], len(rest)
-        if held:
-            yield RowBatch.concat(pending, self.dims)
+        if chunk.filled:
+            yield chunk.batch()
+
+
+class _Chunk:
+    """A chunk of ``rows`` rows being filled: its vectors one array from the start."""
+
+    def __init__(self, rows: int, dims: int) -> None:
+        self.vectors = np.empty((rows, dims), np.float32)
+        self.ids: list[str] = []
+        self.texts: list[str | None] = []
+        self.attributes: list = []
+        self.filled = 0
+
+    @property
+    def full(self) -> bool:
+        return self.filled == len(self.vectors)
+
+    def fill(self, piece: RowBatch, at: int) -> int:
+        """Rows of ``piece`` from ``at`` on, as many as there is room for; where it stopped."""
+        n = min(len(piece) - at, len(self.vectors) - self.filled)
+        self.vectors[self.filled : self.filled + n] = piece.vectors[at : at + n]
+        self.ids += piece.ids[at : at + n]
+        self.texts += piece.texts[at : at + n]
+        self.attributes += piece.attributes[at : at + n]
+        self.filled += n
+        return at + n
+
+    def batch(self) -> RowBatch:
+        return RowBatch(self.ids, self.vectors[: self.filled], self.texts, self.attributes)
 
 
 @dataclass
 class SegmentRows:
-    """A segment's rows but ``dead`` ones, partitions in order, a few at a time."""
+    """A segment's rows but ``dead`` ones (its tombstones) and those whose id a newer
+    write ``touched``, partitions in order, a few at a time."""
 
     store: ObjectStore
     reader: NamespaceReader
@@ -125,6 +160,7 @@ class SegmentRows:
     seg: SegmentRef
     dead: frozenset[str]
     parts: tuple[int, int] | None = None  # partitions lo..hi (exclusive); None: all
+    touched: IdSet = id_set.EMPTY
 
     @property
     def dims(self) -> int:
@@ -139,8 +175,9 @@ class SegmentRows:
                 hi += 1
             batch = self._partitions(layout, lo, hi)
             lo = hi
-            if self.dead:
-                batch = batch.take(i for i, doc_id in enumerate(batch.ids) if doc_id not in self.dead)
+            if self.dead or self.touched:
+                gone = self.touched.members(batch.ids)
+                batch = batch.take(i for i, doc_id in enumerate(batch.ids) if not gone[i] and doc_id not in self.dead)
             if len(batch):
                 yield batch
 

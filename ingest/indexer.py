@@ -36,9 +36,10 @@ from ingest.background import OnePerNamespace
 from ingest.build_input import Chained, SegmentRows, WalTail
 from storage.base import ObjectStore
 from storage.errors import ObjectNotFound, PreconditionFailed
-from vectordb import segment, wal
+from vectordb import id_set, segment, wal
 from vectordb.catalog import Catalog
 from vectordb.errors import Conflict
+from vectordb.id_set import IdSet
 from vectordb.manifest import Manifest, SegmentRef
 from vectordb.reader import NamespaceReader
 from vectordb.segment_writer import BatchSource, BuiltSegment, RowSource
@@ -230,7 +231,7 @@ class Indexer:
             held = None
         if held is not None:
             tail: RowSource = BatchSource(held.rows)
-            touched = held.touched
+            touched = IdSet.of(held.touched) if base.segments else id_set.EMPTY
         else:
             tail = WalTail.read(self.input_store, base)
             touched = tail.touched
@@ -239,8 +240,8 @@ class Indexer:
         merged = {seg.id for seg in merge}
         for seg in base.segments:
             if seg.id in merged:
-                dead = self.reader.tombstones(ns, seg) | touched
-                sources.append(SegmentRows(self.input_store, self.reader, ns, seg, dead))
+                sources.append(SegmentRows(self.input_store, self.reader, ns, seg, self.reader.tombstones(ns, seg),
+                                           touched=touched))
                 continue
             build.kept.append(seg)
             dead = self._dead_after(ns, seg, touched)
@@ -280,15 +281,15 @@ class Indexer:
         return lambda rows: centroid_sets.choose(candidates, rows, kept_rows + rows, s.rows_per_partition,
                                                  s.flat_max_rows)
 
-    def _dead_after(self, ns: str, seg: SegmentRef, touched: frozenset[str]) -> segment.Tombstones | None:
+    def _dead_after(self, ns: str, seg: SegmentRef, touched: IdSet) -> segment.Tombstones | None:
         """Every dead id of ``seg`` once the tail's ``touched`` ids override it, with their
         rows (so a reader's live mask needs no lookup of them); None if the tail kills none
-        of its rows (its tombstone list stays as it is). By range: one ``ids.bin`` bucket
-        per touched id, not the segment's ids."""
+        of its rows (its tombstone list stays as it is). By range (``NamespaceReader.rows_in``):
+        one ``ids.bin`` bucket per touched id, or the table read through once for many."""
         if not touched:
             return None
         old = self.reader.tombstones(ns, seg)
-        newly_dead = self.reader.stored_rows(ns, seg, [i for i in touched if i not in old])
+        newly_dead = {i: row for i, row in self.reader.rows_in(ns, seg, touched).items() if i not in old}
         if not newly_dead:
             return None
         old_rows = self.reader.dead_rows(ns, seg) if old else np.zeros(0, np.int64)

@@ -68,8 +68,9 @@ import numpy as np
 from ingest import compaction
 from ingest.build_input import Chained, SegmentRows, WalRows, WalTail
 from storage.base import ObjectStore
-from vectordb import ivf, segment, segment_writer
+from vectordb import id_set, ivf, segment, segment_writer
 from vectordb.errors import InvalidArgument
+from vectordb.id_set import IdSet
 from vectordb.manifest import Manifest, SegmentRef
 from vectordb.namespace import NamespaceConfig
 from vectordb.reader import NamespaceReader
@@ -193,7 +194,7 @@ def pieces_of(reader: NamespaceReader, ns: str, tail: WalTail, merge: list[Segme
 
 
 def build(settings: Settings, reader: NamespaceReader, base: Manifest, tail: WalTail, merge: list[SegmentRef],
-          touched: frozenset[str], key_version: int) -> RayBuilt:
+          touched: IdSet, key_version: int) -> RayBuilt:
     """Build the tail's surviving rows and ``merge``'s live rows (those not dead in the
     segment nor ``touched`` by the tail) as segments on one set of centroids, on the Ray
     cluster at ``settings.ray_address``, uploaded under ``key_version``. An actor's error
@@ -216,8 +217,8 @@ def build(settings: Settings, reader: NamespaceReader, base: Manifest, tail: Wal
     share = math.floor(10_000 / math.ceil(len(shards) / cpus)) / 10_000
     actor = ray.remote(num_cpus=share, scheduling_strategy="SPREAD")(Shard)
     # Only merged segments' rows are filtered by it: one copy in the object store, however
-    # many actors read it (a tail of 1M ids makes it ~70 MB).
-    touched_ref = ray.put(touched) if merge else frozenset()
+    # many actors read it (an :class:`~vectordb.id_set.IdSet`: a tail of 1M ids makes it ~25 MB).
+    touched_ref = ray.put(touched) if merge else id_set.EMPTY
     workers = [actor.remote(settings, ns, base.config, shard, touched_ref) for shard in shards]
     try:
         spilled = _gather(ray, [w.spill.remote for w in workers], cpus)
@@ -295,7 +296,7 @@ class Shard:
     centroids, writes the segment and uploads it."""
 
     def __init__(self, settings: Settings, ns: str, config: NamespaceConfig, pieces: list[Piece],
-                 touched: frozenset[str]) -> None:
+                 touched: IdSet) -> None:
         self.settings, self.ns, self.config, self.pieces, self.touched = settings, ns, config, pieces, touched
         self.spilled: segment_writer.Spilled | None = None
 
@@ -342,14 +343,14 @@ class Shard:
 
 
 def _source(store: ObjectStore, reader: NamespaceReader, ns: str, dims: int, pieces: list[Piece],
-            touched: frozenset[str]) -> Chained:
+            touched: IdSet) -> Chained:
     sources = []
     for piece in pieces:
         if isinstance(piece, WalPiece):
             sources.append(WalRows(store, [(piece.key, piece.keep)], dims))
         else:
-            dead = reader.tombstones(ns, piece.seg) | touched
-            sources.append(SegmentRows(store, reader, ns, piece.seg, dead, (piece.lo, piece.hi)))
+            sources.append(SegmentRows(store, reader, ns, piece.seg, reader.tombstones(ns, piece.seg),
+                                       (piece.lo, piece.hi), touched))
     return Chained(sources, dims)
 
 

@@ -15,7 +15,7 @@ Everything decoded is memoised (byte-bounded, single-flight): the objects are im
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from concurrent.futures import Executor
 
 import numpy as np
@@ -35,6 +35,8 @@ _COLUMN_GAP = 16 * 1024
 # number column of 1M rows is ~1.1 MB).
 _WHOLE_COLUMN = 2 * 1024 * 1024
 ENTRY_GAP = 1024
+# A whole-table scan (``DocsReader.scan``) reads this many bytes of buckets at a time.
+_SCAN_BYTES = 8 * 1024**2
 _RECORD_GAP = 4096
 # Past this share of a table's buckets, one GET of the whole table beats a GET per bucket.
 _WHOLE_TABLE_SHARE = 0.25
@@ -367,6 +369,22 @@ class DocsReader:
                 if bucket is None:
                     held[b] = self._buckets.get((key, b), lambda bucket=decoded[(key, b)]: bucket)
         return out
+
+    def scan(self, base: str, name: str, info: TableInfo, read_bytes: int = _SCAN_BYTES) -> Iterator[Bucket]:
+        """Every bucket of table ``name`` (its overflow merged in), read in ranges of about
+        ``read_bytes`` and not memoised: what a build that checks a large set of keys
+        against a whole table needs, in that much memory whatever the table's size."""
+        key = _key(base, name)
+        step = max(1, read_bytes // info.stride)
+        for lo in range(0, info.buckets, step):
+            n = min(step, info.buckets - lo)
+            data = self.store.get_range(key, lo * info.stride, n * info.stride)
+            buckets = [key_table.decode(data[b * info.stride : (b + 1) * info.stride]) for b in range(n)]
+            del data
+            spills = [bucket.spill for bucket in buckets if bucket.spill is not None]
+            more = ranged_reads.fetch_many(self.store, self.pool, {key: (spills, -1)})[key] if spills else {}
+            for bucket in buckets:
+                yield bucket if bucket.spill is None else _merged(bucket, key_table.decode(more[bucket.spill]))
 
     def rows_of_ids(self, base: str, docs: DocsLayout, ids: Collection[str]) -> np.ndarray:
         """The rows (ascending) of those ``ids`` stored in the segment."""

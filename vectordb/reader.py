@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from storage.base import ObjectStore
-from vectordb import doc_fields, ranged_reads, row_vectors, segment
+from vectordb import doc_fields, id_set, ranged_reads, row_vectors, segment
 from vectordb.attr_columns import ID_COLUMN
 from vectordb.bm25 import BM25Index
 from vectordb.bm25_reader import BM25Reader, TermPostings
@@ -35,6 +35,7 @@ from vectordb.doc_fields import Record
 from vectordb.docs_format import DOC_ID, DocsLayout
 from vectordb.docs_reader import ENTRY_GAP, DocsReader, StoredRows
 from vectordb.filters import Filter
+from vectordb.id_set import IdSet
 from vectordb.manifest import Manifest, SegmentRef, WalRef
 from vectordb.memo import Memo
 from vectordb.row_lookup import RowLookup, hash_set
@@ -57,6 +58,10 @@ _MAX_DERIVE_IDS = 4096
 # clusters.bin is read in pieces of at most this many bytes, in parallel.
 _GROUP_PIECE = 1024 * 1024
 _GROUPS_SLACK = 16
+# ``rows_in`` reads a bucket of ``ids.bin`` per id while the ids are fewer than the table's
+# buckets / this; else the whole table by range (a bucket holds ~16 ids: past that share, most
+# buckets would be read one GET each).
+_SCAN_SHARE = 4
 
 
 def _partition_bytes(part: Partition) -> int:
@@ -422,6 +427,24 @@ class NamespaceReader:
             return {i: row for row, i in enumerate(self.ids(ns, seg)) if i in ids}
         found = self.documents.lookup(segment.file_key(ns, seg.id, ""), "ids.bin", layout.docs.ids, ids)
         return {i: hits[0][0] for i, hits in found.items()}
+
+    def rows_in(self, ns: str, seg: SegmentRef, ids: IdSet) -> dict[str, int]:
+        """id -> row of those of ``ids`` the segment stores (tombstoned or not), for a set
+        that may be as large as the segment (the ids an index build's tail touched). Few
+        of them: :meth:`stored_rows`, a bucket of ``ids.bin`` each. Many: the whole table
+        in ranges of a few MB, each bucket's hashes searched in ``ids`` (nothing memoised:
+        a query would not use it)."""
+        layout = self.layout(ns, seg)
+        if layout.docs is None or layout.docs.ids.hash != id_set.HASH:
+            every = self.ids(ns, seg)
+            return {every[row]: row for row in np.flatnonzero(ids.members(every)).tolist()}
+        if len(ids) * _SCAN_SHARE < layout.docs.ids.buckets:
+            return self.stored_rows(ns, seg, ids)
+        found: dict[str, int] = {}
+        for bucket in self.documents.scan(segment.file_key(ns, seg.id, ""), "ids.bin", layout.docs.ids):
+            for n in np.flatnonzero(ids.members(bucket.keys, bucket.hashes)).tolist():
+                found[bucket.keys[n].decode()] = int(bucket.rows[n])
+        return found
 
     def chunks(self, ns: str, segs: list[SegmentRef], parents: list[str]) -> list[list[tuple[int, str]]]:
         """Per segment, (row, id) of the rows whose string ``doc_id`` attribute is one of

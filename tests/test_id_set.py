@@ -1,0 +1,86 @@
+"""The touched ids of an index build held compactly (vectordb.id_set): membership is exact
+even when hashes collide, each id's last operation is found by a sort, and a kept
+segment's rows of a set as large as the segment are found by reading its key table
+through (NamespaceReader.rows_in), the same rows the per-bucket lookup finds."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from api.service import Service
+from storage.memory import MemoryStore
+from tests.fakes import unit_settings
+from vectordb import id_set, key_table
+from vectordb import reader as reader_mod
+from vectordb.id_set import IdSet
+
+
+def _colliding(monkeypatch) -> None:
+    """Every id hashes to one of 3 values: each hit must be decided by the id itself."""
+    def few(keys):
+        return np.fromiter((int(key_table.blake2b64([k])[0]) % 3 for k in keys), np.uint64, len(keys))
+
+    monkeypatch.setattr(id_set, "blake2b64", few)
+
+
+@pytest.mark.parametrize("collide", [False, True])
+def test_membership_is_exact(monkeypatch, collide):
+    if collide:
+        _colliding(monkeypatch)
+    ids = [f"id-{i}" for i in range(200)] + ["é/ü#1", "x" * 300, ""]
+    s = IdSet.of(ids + ids[:50])
+    assert len(s) == len(ids) and bool(s) and not id_set.EMPTY
+    assert set(s) == set(ids)
+    probe = ids[::3] + ["id-200", "nope", "x" * 299]
+    assert s.members(probe).tolist() == [p in ids for p in probe]
+    assert s.members([p.encode() for p in probe]).tolist() == [p in ids for p in probe]
+    assert "id-7" in s and "id-9999" not in s and 7 not in s
+    assert np.all(np.diff(s.hashes.astype(np.float64)) >= 0)
+    again = pickle.loads(pickle.dumps(s))
+    assert set(again) == set(ids) and again.members(probe).tolist() == s.members(probe).tolist()
+
+
+@pytest.mark.parametrize("collide", [False, True])
+def test_last_of_is_each_ids_last_operation(monkeypatch, collide):
+    if collide:
+        _colliding(monkeypatch)
+    rng = np.random.default_rng(3)
+    ops = [f"k{int(i)}" for i in rng.integers(0, 80, 600)]
+    hashes = id_set.blake2b64(ops)
+    last = id_set.last_of(hashes, pa.array(ops, pa.large_string()))
+    want = {doc_id: n for n, doc_id in enumerate(ops)}
+    assert sorted(last.tolist()) == sorted(want.values())
+    assert np.all(np.diff(hashes[last].astype(np.float64)) >= 0)  # in hash order, as an IdSet keeps them
+
+
+def test_rows_in_reads_the_key_table_through_for_a_large_set(monkeypatch):
+    store = MemoryStore()
+    svc = Service(unit_settings("memory://rows-in", auto_index=False), store=store)
+    try:
+        svc.create_namespace("ns", embedder="none", dimensions=4, metric="l2")
+        n = 3000
+        svc.upsert("ns", [{"id": f"d{i}", "vector": [1.0, float(i % 7), float(i % 3), 0.5]} for i in range(n)])
+        svc.index("ns")
+        seg = svc.catalog.latest("ns").segments[0]
+        wanted = IdSet.of([f"d{i}" for i in range(0, n, 2)] + [f"new{i}" for i in range(500)])
+        want = {f"d{i}": i for i in range(0, n, 2)}
+        buckets = svc.reader.layout("ns", seg).docs.ids.buckets
+        assert len(wanted) * reader_mod._SCAN_SHARE >= buckets  # the scan path
+        scanned = svc.reader.rows_in("ns", seg, wanted)
+        stored = svc.reader.stored_rows("ns", seg, list(wanted))  # the per-bucket lookup
+        rows = svc.reader.stored_rows("ns", seg, list(want))
+        assert scanned == stored == {i: rows[i] for i in want}
+        few = IdSet.of(["d5", "d6", "zzz"])
+        assert svc.reader.rows_in("ns", seg, few) == {"d5": rows_of(svc, seg, "d5"), "d6": rows_of(svc, seg, "d6")}
+        monkeypatch.setattr(reader_mod, "_SCAN_SHARE", 10**9)  # every set counts as large
+        assert svc.reader.rows_in("ns", seg, few) == svc.reader.stored_rows("ns", seg, ["d5", "d6", "zzz"])
+    finally:
+        svc.close()
+
+
+def rows_of(svc: Service, seg, doc_id: str) -> int:
+    return svc.reader.stored_rows("ns", seg, [doc_id])[doc_id]
