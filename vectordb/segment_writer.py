@@ -267,6 +267,7 @@ class Spilled:
                 total += batch.vectors.sum(axis=0, dtype=np.float64)
                 chunks.append((out.tell(), len(batch)))
                 pickle.dump(_columns(batch), out, protocol=5)
+                del batch  # not held while the source makes the next chunk
         self.chunks, self.plan, self.vector_sum = chunks, plan, total
         self.rows = sum(rows for _, rows in chunks)
 
