@@ -12,6 +12,8 @@ import pyarrow as pa
 import pytest
 
 from api.service import Service
+from ingest import indexer
+from ingest.build_input import WalTail
 from storage.memory import MemoryStore
 from tests.fakes import unit_settings
 from vectordb import id_set, key_table
@@ -84,3 +86,44 @@ def test_rows_in_reads_the_key_table_through_for_a_large_set(monkeypatch):
 
 def rows_of(svc: Service, seg, doc_id: str) -> int:
     return svc.reader.stored_rows("ns", seg, [doc_id])[doc_id]
+
+
+def test_a_streamed_build_over_a_segment_kills_every_row_its_tail_touched(monkeypatch):
+    """A tail streamed by the build (as one too big to fold in memory is) that rewrites
+    most of a segment and deletes some of it: the build's IdSet and the ids.bin scan
+    tombstone exactly the touched rows; every other row stays."""
+    monkeypatch.setattr(indexer, "foldable", lambda manifest, settings: False)
+    streamed = []
+    read = WalTail.read
+    monkeypatch.setattr(WalTail, "read", classmethod(lambda cls, *a: streamed.append(1) or read(*a)))
+    store = MemoryStore()
+    svc = Service(unit_settings("memory://streamed", auto_index=False), store=store)
+    try:
+        svc.create_namespace("ns", embedder="none", dimensions=4, metric="l2")
+        n = 4000
+        svc.upsert("ns", [{"id": f"d{i}", "vector": [1.0, 0.0, 0.0, float(i)], "attributes": {"gen": 1}}
+                          for i in range(n)])
+        svc.index("ns")
+        seg = svc.catalog.latest("ns").segments[0]
+        rewritten = [i for i in range(n) if i % 5]
+        for lo in range(0, len(rewritten), 500):
+            svc.upsert("ns", [{"id": f"d{i}", "vector": [2.0, 0.0, 0.0, float(i)], "attributes": {"gen": 2}}
+                              for i in rewritten[lo : lo + 500]])
+        deleted = list(range(0, n, 10))
+        svc.delete("ns", ids=[f"d{i}" for i in deleted])
+        manifest = svc.catalog.latest("ns")
+        assert len(manifest.wal) > 1
+        svc.index("ns")
+        after = svc.catalog.latest("ns")
+        kept = next(s for s in after.segments if s.id == seg.id)
+        dead = svc.reader.tombstones("ns", kept)
+        assert dead == {f"d{i}" for i in range(n) if i % 5 or i % 10 == 0}
+        rows = svc.reader.stored_rows("ns", kept, list(dead))
+        assert sorted(svc.reader.dead_rows("ns", kept).tolist()) == sorted(rows.values())
+        assert streamed  # the build went through WalTail.read
+        got = {d["id"]: d for lo in range(0, n, 1000)
+               for d in svc.get_documents("ns", [f"d{i}" for i in range(lo, lo + 1000)])}
+        assert set(got) == {f"d{i}" for i in range(n) if i % 10}
+        assert all(got[f"d{i}"]["attributes"]["gen"] == (2 if i % 5 else 1) for i in range(n) if i % 10)
+    finally:
+        svc.close()
