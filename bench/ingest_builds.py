@@ -16,7 +16,8 @@ thread of the server: ``--builds``), and ``POST /index`` builds what is left. Ru
 ...), so drift on the shared machine falls on every mode; the medians and their ratios
 to "off" are printed. Per run: vectors/s, per tenth of the rows, upsert p50 / p99, what the
 background builds had indexed when the last upsert was acknowledged (segments, rows), the
-``POST /index`` time after it, and the ingest process's peak RSS. Writes
+``POST /index`` time after it, and the ingest process's peak RSS. ``--realistic``: rows with text and attributes, 5 % of them
+updates of older rows, and deletes between batches (``ours.realistic_columns``). Writes
 ``bench/results/<time>-ingest-builds-<rows>.json``.
 """
 
@@ -63,10 +64,11 @@ def one_run(data, endpoint: str, prefix: str, workdir: Path, mode: str, args) ->
         env["VECTORDB_BACKGROUND_BUILDS"] = "thread" if where == "thread" else "process"
         env["VECTORDB_BACKGROUND_IDLE"] = "true" if where == "idle" else "false"
         env["VECTORDB_BACKGROUND_NICE"] = nice.removeprefix("nice")
-    out = ours.ingest(data, env, workdir, args.clients, args.batch, "arrow", log, args.vector_dtype)
+    out = ours.ingest(data, env, workdir, args.clients, args.batch, "arrow", log, args.vector_dtype, args.realistic)
     keep = ("ingest_vectors_per_s", "ingest_vectors_per_s_by_tenth", "ingest_s", "upsert_p50_ms", "upsert_p99_ms",
             "after_ingest_segments", "after_ingest_rows", "build_s", "segments", "after_ingest_peak_rss_mb",
-            "build_peak_rss_mb", "bodies_encoded")
+            "build_peak_rss_mb", "bodies_encoded", "after_ingest_rss_mb", "build_rss_mb_every_5s", "stats",
+            "delete_requests", "ids_deleted_named", "index_response")
     return {k: out[k] for k in keep if k in out}
 
 
@@ -78,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=5000)
     parser.add_argument("--vector-dtype", default="int8", choices=("float32", "float16", "int8"))
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--realistic", action="store_true",
+                        help="rows with text (NFCorpus abstracts) and attributes, 5%% of them updates of rows "
+                        "100,000 back, and 250 ids deleted after every 10th batch (bench/ours.py realistic_columns)")
     parser.add_argument("--nice", default="10",
                         help="background_nice values to run builds at, comma-separated (each a mode beside 'off')")
     parser.add_argument("--builds", default="idle",
@@ -112,18 +117,21 @@ def main(argv: list[str] | None = None) -> int:
     medians = {m: statistics.median(r["ingest_vectors_per_s"] for r in runs[m]) for m in modes}
     report = {
         "started": started.strftime("%Y-%m-%d %H:%M UTC"), "rows": args.rows, "clients": args.clients,
-        "batch": args.batch, "vector_dtype": args.vector_dtype, "cpus": os.cpu_count(), "runs": runs,
+        "batch": args.batch, "vector_dtype": args.vector_dtype, "realistic": args.realistic, "cpus": os.cpu_count(),
+        "runs": runs,
         "median_vectors_per_s": medians,
         "over_off": {m: round(medians[m] / medians["off"], 3) for m in modes if m != "off"},
     }
-    print("\n| background builds | vectors/s (runs) | median | upsert p99 ms | indexed at the last ack | POST /index s |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("\n| background builds | vectors/s (runs) | median | upsert p99 ms | indexed at the last ack | POST /index s "
+          "| ingest worker peak MB while building |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for m in modes:
         rs = runs[m]
         cells = [", ".join(f"{r['ingest_vectors_per_s']:,.0f}" for r in rs), f"{medians[m]:,.0f}",
                  ", ".join(str(r["upsert_p99_ms"]) for r in rs),
                  ", ".join(str(r["after_ingest_rows"].get("indexed")) for r in rs),
-                 ", ".join(str(r["build_s"]) for r in rs)]
+                 ", ".join(str(r["build_s"]) for r in rs),
+                 ", ".join(str(r.get("build_peak_rss_mb")) for r in rs)]
         print(f"| {m} | {' | '.join(cells)} |")
     for m, ratio in report["over_off"].items():
         print(f"{m} / off (median vectors/s): {ratio}")

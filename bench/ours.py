@@ -133,8 +133,44 @@ def row_of(doc_id: str) -> int:
 CONTENT_TYPES = {"arrow": "application/vnd.apache.arrow.stream", "base64": "application/json", "json": "application/json"}
 
 
-def upsert_body(base: np.ndarray, lo: int, hi: int, encoding: str = "base64") -> bytes:
-    """``{"documents": [{"id", "vector"}...]}`` for rows [lo, hi).
+# ``realistic`` ingest (``ingest(..., realistic=True)``): every OVERWRITE_EVERY-th row from
+# OVERWRITE_BACK rows on carries the id of the row OVERWRITE_BACK before it (an update of a
+# row background builds have indexed by then), and after every DELETE_EVERY-th batch the
+# clients delete DELETE_IDS ids of rows half that distance back.
+OVERWRITE_EVERY, OVERWRITE_BACK = 20, 100_000
+DELETE_EVERY, DELETE_IDS = 10, 250
+_TEXTS: list[str] = []
+
+
+def realistic_id(row: int) -> str:
+    """The id row ``row`` is written under in a realistic ingest (an update for some)."""
+    if row >= OVERWRITE_BACK and row % OVERWRITE_EVERY == 7:
+        return ds_mod.doc_id(row - OVERWRITE_BACK)
+    return ds_mod.doc_id(row)
+
+
+def realistic_columns(lo: int, hi: int) -> dict:
+    """Ids (some updates), text (an NFCorpus abstract's first 400 characters, cycled) and
+    attributes (a year, a language, a counter) of rows [lo, hi)."""
+    if not _TEXTS:
+        _TEXTS.extend(t[:400] for t in ds_mod.nfcorpus_texts())
+    langs = ("en", "de", "fr")
+    return {
+        "id": [realistic_id(r) for r in range(lo, hi)],
+        "text": [_TEXTS[r % len(_TEXTS)] for r in range(lo, hi)],
+        "attributes": [f'{{"year":{1990 + r % 35},"lang":"{langs[r % 3]}","n":{r}}}' for r in range(lo, hi)],
+    }
+
+
+def realistic_deletes(lo: int) -> list[str]:
+    """The ids deleted after the batch starting at row ``lo`` (rows half of OVERWRITE_BACK back)."""
+    first = max(0, lo - OVERWRITE_BACK // 2)
+    return [ds_mod.doc_id(r) for r in range(first, first + DELETE_IDS * 4, 4)]
+
+
+def upsert_body(base: np.ndarray, lo: int, hi: int, encoding: str = "base64", realistic: bool = False) -> bytes:
+    """``{"documents": [{"id", "vector"}...]}`` for rows [lo, hi); ``realistic`` (Arrow
+    only): with text, attributes and some updates (``realistic_columns``).
 
     ``arrow``: an Arrow IPC stream (columns ``id``, ``vector``), the API's bulk form.
     ``base64``: each vector as the API's compact form, base64 of little-endian float32
@@ -146,14 +182,15 @@ def upsert_body(base: np.ndarray, lo: int, hi: int, encoding: str = "base64") ->
     if encoding == "arrow":
         import pyarrow as pa
 
-        table = pa.table({
-            "id": [ds_mod.doc_id(lo + i) for i in range(hi - lo)],
-            "vector": pa.FixedSizeListArray.from_arrays(pa.array(block.reshape(-1)), block.shape[1]),
-        })
+        columns = realistic_columns(lo, hi) if realistic else {"id": [ds_mod.doc_id(lo + i) for i in range(hi - lo)]}
+        columns["vector"] = pa.FixedSizeListArray.from_arrays(pa.array(block.reshape(-1)), block.shape[1])
+        table = pa.table(columns)
         sink = pa.BufferOutputStream()
         with pa.ipc.new_stream(sink, table.schema) as writer:
             writer.write_table(table)
         return sink.getvalue().to_pybytes()
+    if realistic:
+        raise ValueError("a realistic upsert body is Arrow only")
     if encoding == "base64":
         docs = ",".join(
             f'{{"id":"{ds_mod.doc_id(lo + i)}","vector":"{base64.b64encode(row.astype("<f4").tobytes()).decode()}"}}'
@@ -260,8 +297,10 @@ class Worker:
 
 
 def ingest(data: ds_mod.Dataset, env: dict, workdir: Path, clients: int, batch: int, encoding: str, log,
-           vector_dtype: str = "float32") -> dict:
-    out: dict = {"vector_dtype": vector_dtype}
+           vector_dtype: str = "float32", realistic: bool = False) -> dict:
+    """``realistic``: rows with text and attributes, 5 % of them updates of older rows, and
+    deletes between batches (``realistic_columns``, ``realistic_deletes``)."""
+    out: dict = {"vector_dtype": vector_dtype, "realistic": realistic}
     starts = range(0, data.rows, batch)
     # Bodies are encoded beforehand (so the clients' encoding is not in the ingest time)
     # while they fit in an eighth of memory; a larger set (10M x 384 is ~15 GB of bodies) is
@@ -272,7 +311,7 @@ def ingest(data: ds_mod.Dataset, env: dict, workdir: Path, clients: int, batch: 
     bodies: list[bytes] = []
     if ahead:
         started = time.perf_counter()
-        bodies = [upsert_body(data.base, lo, min(lo + batch, data.rows), encoding) for lo in starts]
+        bodies = [upsert_body(data.base, lo, min(lo + batch, data.rows), encoding, realistic) for lo in starts]
         out["client_encode_s"] = round(time.perf_counter() - started, 2)
         out["upsert_body_mb"] = round(sum(map(len, bodies)) / 1e6, 1)
     worker = Worker({**env, "VECTORDB_PRELOAD_EMBEDDER": ""}, "ingest", workdir / "ingest.log")
@@ -284,6 +323,7 @@ def ingest(data: ds_mod.Dataset, env: dict, workdir: Path, clients: int, batch: 
                         "vector_dtype": vector_dtype}).raise_for_status()
         latencies: list[float] = []
         acked: list[tuple[float, int]] = []  # (when, rows) of each acknowledged upsert
+        deleted: list[int] = []  # ids each delete request named (realistic)
         lock = threading.Lock()
         queue = iter(range(len(starts)))
 
@@ -294,7 +334,8 @@ def ingest(data: ds_mod.Dataset, env: dict, workdir: Path, clients: int, batch: 
                         n = next(queue, None)
                     if n is None:
                         return
-                    body = bodies[n] if ahead else upsert_body(data.base, starts[n], min(starts[n] + batch, data.rows), encoding)
+                    body = bodies[n] if ahead else upsert_body(data.base, starts[n], min(starts[n] + batch, data.rows),
+                                                               encoding, realistic)
                     t = time.perf_counter()
                     r = c.post(f"/v1/namespaces/{NAMESPACE}/documents", content=body,
                                headers={"content-type": CONTENT_TYPES[encoding]})
@@ -302,6 +343,11 @@ def ingest(data: ds_mod.Dataset, env: dict, workdir: Path, clients: int, batch: 
                     with lock:
                         latencies.append(time.perf_counter() - t)
                         acked.append((time.perf_counter(), min(batch, data.rows - starts[n])))
+                    if realistic and n % DELETE_EVERY == DELETE_EVERY - 1:
+                        c.post(f"/v1/namespaces/{NAMESPACE}/documents/delete",
+                               json={"ids": realistic_deletes(starts[n])}).raise_for_status()
+                        with lock:
+                            deleted.append(DELETE_IDS)
 
         started = time.perf_counter()
         with ThreadPoolExecutor(clients) as pool:
@@ -318,6 +364,8 @@ def ingest(data: ds_mod.Dataset, env: dict, workdir: Path, clients: int, batch: 
             "ingest_batch": batch,
             "ingest_vectors_per_s_by_tenth": _rate_by_tenth(acked, started),
         })
+        if realistic:
+            out["delete_requests"], out["ids_deleted_named"] = len(deleted), sum(deleted)
         log(f"ours: ingested {data.rows:,} rows in {ingest_s:.1f} s ({data.rows / ingest_s:,.0f} vectors/s)")
         bodies.clear()  # free the JSON before the index build
         with httpx.Client(base_url=worker.url, timeout=600) as c:
