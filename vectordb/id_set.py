@@ -65,11 +65,11 @@ class IdSet:
         """Which of ``ids`` are in the set, as a bool mask; ``hashes``: their BLAKE2b hashes
         where the caller has them (a key table's entries do). Cost: a search per id in C,
         and a comparison of the id itself per hash that matches."""
+        out = np.zeros(len(ids), bool)
+        if not len(self.hashes) or not len(ids):
+            return out
         if hashes is None:
             hashes = blake2b64([i.decode() if isinstance(i, bytes) else i for i in ids])
-        out = np.zeros(len(hashes), bool)
-        if not len(self.hashes) or not len(hashes):
-            return out
         lo = np.searchsorted(self.hashes, hashes, "left")
         hi = np.searchsorted(self.hashes, hashes, "right")
         for n in np.flatnonzero(hi > lo).tolist():
