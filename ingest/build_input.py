@@ -4,7 +4,7 @@ A build must not hold the namespace in memory (:mod:`vectordb.segment_writer`), 
 input is a :class:`~vectordb.segment_writer.RowSource`:
 
 * :class:`WalTail` folds the manifest's WAL objects without holding their rows: a first
-  pass reads each object's ``id`` and ``op`` columns only (by range, :func:`_parquet`)
+  pass reads each object's ``id`` and ``op`` columns only (by range, :func:`vectordb.wal.read_ops`)
   and keeps each operation's id hash and id (:func:`vectordb.id_set.last_of` finds each
   id's last operation); a second pass reads each object again a row group at a time and
   yields its rows whose last operation is that upsert. Rows come in the order
@@ -30,8 +30,7 @@ import numpy as np
 import pyarrow as pa
 
 from storage.base import ObjectStore
-from storage.errors import ObjectNotFound
-from vectordb import doc_fields, id_set, key_table, ranged_reads, segment, wal
+from vectordb import doc_fields, id_set, segment, wal
 from vectordb.id_set import IdSet
 from vectordb.manifest import Manifest, SegmentRef
 from vectordb.reader import NamespaceReader
@@ -59,13 +58,12 @@ class WalTail:
         (reading only the objects' ``id`` and ``op`` columns)."""
         hashes, ids, deletes, starts = [], [], [], [0]
         for ref in manifest.wal:
-            table = _parquet(store, ref.key).read(columns=["id", "op"])
-            column = table.column("id")
-            hashes.append(key_table.blake2b64(column.to_pylist()))
-            ids.extend(chunk.cast(pa.large_string()) for chunk in column.chunks)
-            deletes.append(table.column("op").to_numpy() == wal.DELETE)
-            starts.append(starts[-1] + table.num_rows)
-            del table, column
+            object_ids, object_hashes, object_deletes = wal.read_ops(store, ref.key)
+            ids.append(object_ids)
+            hashes.append(object_hashes)
+            deletes.append(object_deletes)
+            starts.append(starts[-1] + len(object_ids))
+            del object_ids, object_hashes, object_deletes
         every_id = pa.concat_arrays(ids) if ids else id_set.EMPTY.ids
         every_hash = np.concatenate(hashes) if hashes else np.zeros(0, np.uint64)
         del ids, hashes
@@ -104,7 +102,7 @@ class WalRows:
             if not len(keep):
                 continue
             start = 0
-            for record in _parquet(self.store, key).iter_batches(batch_size=8192):
+            for record in wal.parquet_file(self.store, key).iter_batches(batch_size=8192):
                 end = start + record.num_rows
                 lo, hi = np.searchsorted(keep, [start, end])
                 if hi > lo:
@@ -226,17 +224,6 @@ class Chained:
     def chunks(self, rows: int) -> Iterator[RowBatch]:
         for source in self.sources:
             yield from source.chunks(rows)
-
-
-def _parquet(store: ObjectStore, key: str):
-    """A WAL object as a Parquet file read by ranges: its footer, then only the column chunks
-    asked for, never the whole object (a WAL merge's can hold a whole tail)."""
-    import pyarrow.parquet as pq
-
-    info = store.head(key)
-    if info is None:
-        raise ObjectNotFound(f"no object {key!r}")
-    return pq.ParquetFile(ranged_reads.SpanFile(store, key, info.size, ranged_reads.Spans({})))
 
 
 def _rows(record, dims: int) -> RowBatch:

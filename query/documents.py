@@ -95,12 +95,13 @@ def find(reader: NamespaceReader, manifest: Manifest, doc_id: str) -> Record | N
 
 
 def live_ids(reader: NamespaceReader, manifest: Manifest, ids: list[str]) -> list[str]:
-    """Those of ``ids`` that name a live row: the tail decides the ids it touched, each
-    segment the rest through its id lookup (``ids.bin``: a bucket per id), less its
-    tombstones."""
-    ns, tail = manifest.namespace, reader.tail(manifest)
-    live = [i for i in ids if i in tail.touched and i not in tail.deleted]
-    rest = [i for i in ids if i not in tail.touched]
+    """Those of ``ids`` that name a live row: the tail decides the ids it touched (from
+    its WAL objects' ids alone, unless this process holds it folded:
+    ``TailReader.last_ops``), each segment the rest through its id lookup (``ids.bin``: a
+    bucket per id), less its tombstones."""
+    ns, last = manifest.namespace, reader.tails.last_ops(manifest, ids)
+    live = [i for i in ids if last.get(i)]
+    rest = [i for i in ids if i not in last]
     for seg in manifest.segments:
         if not rest:
             break

@@ -229,8 +229,13 @@ class QueryEngine:
         return documents.matching_ids(self.reader, manifest, filt, filter_key(raw_filter))
 
     def live_ids(self, ns: str, ids: list[str]) -> list[str]:
-        """Those of ``ids`` that name a live row (strongly consistent), by id lookups."""
-        return documents.live_ids(self.reader, self._latest(ns, "strong"), list(dict.fromkeys(ids))) if ids else []
+        """Those of ``ids`` that name a live row (strongly consistent), by id lookups. The
+        newest version is probed without a query's prefetch, which would fold the WAL tail
+        (every row's vector, text and attributes) that a delete by id does not need
+        (``TailReader.last_ops``): on an ingest worker, gigabytes at a 1M-row tail."""
+        if not ids:
+            return []
+        return documents.live_ids(self.reader, self.catalog.latest(ns, "strong"), list(dict.fromkeys(ids)))
 
     def chunk_ids(self, ns: str, parents: list[str]) -> list[str]:
         """Ids of the live chunks of documents ``parents`` (rows whose ``doc_id`` attribute

@@ -127,3 +127,37 @@ def test_a_streamed_build_over_a_segment_kills_every_row_its_tail_touched(monkey
         assert all(got[f"d{i}"]["attributes"]["gen"] == (2 if i % 5 else 1) for i in range(n) if i % 10)
     finally:
         svc.close()
+
+
+def test_a_delete_by_id_decides_liveness_from_the_wal_ids_without_folding_the_tail():
+    """A delete by id on a worker that holds no folded tail (an ingest worker serving no
+    query) reads only the WAL objects' id and op columns (TailReader.last_ops), and counts
+    the same live rows as the folded tail decides: ids upserted in the tail, deleted in it,
+    deleted then upserted again, only in a segment, and unknown."""
+    store = MemoryStore()
+    settings = unit_settings("memory://ops", auto_index=False)
+    writer = Service(settings, store=store)
+    deleter = Service(settings, store=store)  # another worker on the store: folds nothing
+    try:
+        writer.create_namespace("ns", embedder="none", dimensions=4, metric="l2")
+        doc = lambda i, gen: {"id": f"d{i}", "vector": [1.0, float(i), 0.0, float(gen)]}  # noqa: E731
+        writer.upsert("ns", [doc(i, 1) for i in range(40)])
+        writer.index("ns")  # d0..d39 in a segment
+        writer.upsert("ns", [doc(i, 2) for i in range(30, 60)])  # d30..d59 in the tail
+        writer.delete("ns", ids=["d35", "d36", "d50", "d51"])
+        writer.upsert("ns", [doc(36, 3), doc(51, 3)])  # deleted, then upserted again
+        asked = [f"d{i}" for i in (1, 31, 35, 36, 50, 51, 55, 99)]
+        manifest = deleter.catalog.latest("ns")
+        assert deleter.reader.tails.last_ops(manifest, asked) == {
+            "d31": True, "d35": False, "d36": True, "d50": False, "d51": True, "d55": True}
+        assert not deleter.reader.tails.has(manifest)
+        tail = writer.reader.tail(manifest)  # the folded tail decides the same
+        assert {i: i not in tail.deleted for i in asked if i in tail.touched} == \
+            deleter.reader.tails.last_ops(manifest, asked)
+        version, deleted = deleter.delete("ns", ids=asked)
+        assert deleted == 5  # d1 (segment), d31, d36, d51, d55 (tail); d35, d50 dead already; d99 unknown
+        assert not deleter.reader.tails.has(deleter.catalog.latest("ns"))
+        assert {d["id"] for d in writer.get_documents("ns", asked)} == set()
+    finally:
+        writer.close()
+        deleter.close()

@@ -65,7 +65,12 @@ class IdSet:
         """Which of ``ids`` are in the set, as a bool mask; ``hashes``: their BLAKE2b hashes
         where the caller has them (a key table's entries do). Cost: a search per id in C,
         and a comparison of the id itself per hash that matches."""
-        out = np.zeros(len(ids), bool)
+        return self.positions(ids, hashes) >= 0
+
+    def positions(self, ids: Sequence[str] | Sequence[bytes], hashes: np.ndarray | None = None) -> np.ndarray:
+        """Where each of ``ids`` is in the set (its index in ``hashes`` and ``ids``), -1
+        where it is not; as :meth:`members`."""
+        out = np.full(len(ids), -1, np.int64)
         if not len(self.hashes) or not len(ids):
             return out
         if hashes is None:
@@ -76,7 +81,10 @@ class IdSet:
             doc_id = ids[n]
             if isinstance(doc_id, bytes):
                 doc_id = doc_id.decode()
-            out[n] = any(self.ids[j].as_py() == doc_id for j in range(int(lo[n]), int(hi[n])))
+            for j in range(int(lo[n]), int(hi[n])):
+                if self.ids[j].as_py() == doc_id:
+                    out[n] = j
+                    break
         return out
 
 

@@ -30,10 +30,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 
 from storage.base import ObjectStore
 from vectordb import wal
 from vectordb.filters import Filter
+from vectordb.id_set import IdSet, last_of
+from vectordb.key_table import blake2b64
 from vectordb.manifest import Manifest, WalRef
 from vectordb.memo import Memo
 from vectordb.tail import Batch, Tail, extend, fold
@@ -43,6 +46,26 @@ from vectordb.tail_bm25 import TailBM25
 # extend before making it anew (a filter seen a few seconds ago is still worth extending).
 _MASK_STEPS = 256
 _BM25_STEPS = 256
+
+
+@dataclass(frozen=True)
+class ObjectOps:
+    """What one WAL object does to each id, without its rows: the ids it names (an
+    :class:`~vectordb.id_set.IdSet`) and, in the same order, whether the last operation
+    on each in the object is a delete."""
+
+    ids: IdSet
+    deleted: np.ndarray  # bool
+
+    @classmethod
+    def read(cls, store: ObjectStore, key: str) -> ObjectOps:
+        ids, hashes, deletes = wal.read_ops(store, key)
+        last = last_of(hashes, ids)
+        return cls(IdSet(hashes[last], ids.take(pa.array(last))), deletes[last])
+
+    @property
+    def nbytes(self) -> int:
+        return self.ids.nbytes + self.deleted.nbytes
 
 
 def signature(manifest: Manifest) -> tuple:
@@ -86,6 +109,7 @@ class TailReader:
         self._folded = Memo(1024, max_bytes, lambda tail: tail.nbytes)
         self._masks = Memo(1 << 16, max_bytes // 4, lambda m: m.nbytes)
         self._lexical = Memo(1 << 12, max_bytes // 4, lambda index: index.nbytes)
+        self._ops = Memo(1 << 20, max_bytes // 4, lambda ops: ops.nbytes)
         self._heads: dict[str, tuple[int, tuple]] = {}  # ns -> newest (version, signature) folded
         self._lock = threading.Lock()
         self.stats = FoldStats()
@@ -127,6 +151,31 @@ class TailReader:
             if head is None or head[0] <= manifest.version:
                 self._heads[ns] = (manifest.version, sig)
         return tail
+
+    def last_ops(self, manifest: Manifest, ids: list[str]) -> dict[str, bool]:
+        """Of ``ids``, those the tail of ``manifest`` touches: whether the last operation on
+        each is an upsert (True) or a delete (False). From the folded tail when this
+        process holds it; else from each WAL object's ``id`` and ``op`` columns alone
+        (by range, memoised as :class:`ObjectOps`, ~40 bytes and the id an operation),
+        newest object first: a delete by id, on an ingest worker that serves no query,
+        need not fold the tail (each row's vector, text and attributes in memory)."""
+        if not ids:
+            return {}
+        if self.has(manifest):
+            tail = self.tail(manifest)
+            return {i: i not in tail.deleted for i in ids if i in tail.touched}
+        hashes = blake2b64(ids)
+        out: dict[str, bool] = {}
+        open_ = np.arange(len(ids))
+        for ref in reversed(manifest.wal):
+            ops = self._ops.get(ref.key, lambda ref=ref: ObjectOps.read(self.store, ref.key))
+            at = ops.ids.positions([ids[n] for n in open_.tolist()], hashes[open_])
+            for n, j in zip(open_[at >= 0].tolist(), at[at >= 0].tolist()):
+                out[ids[n]] = not ops.deleted[j]
+            open_ = open_[at < 0]
+            if not len(open_):
+                break
+        return out
 
     def _decode(self, refs, dims: int) -> list[Batch]:
         if len(refs) <= 1:

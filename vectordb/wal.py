@@ -118,3 +118,32 @@ def decode(data: bytes, dims: int) -> tuple[np.ndarray, RowBatch]:
         table.column("attributes").to_pylist(),
     )
     return ops, rows
+
+
+def parquet_file(store, key: str):
+    """A WAL object as a Parquet file read by ranges (``store``: an ``ObjectStore``): its
+    footer, then only the column chunks asked for, never the whole object (a WAL merge's
+    can hold a whole tail)."""
+    import pyarrow.parquet as pq
+
+    from storage.errors import ObjectNotFound
+    from vectordb import ranged_reads
+
+    info = store.head(key)
+    if info is None:
+        raise ObjectNotFound(f"no object {key!r}")
+    return pq.ParquetFile(ranged_reads.SpanFile(store, key, info.size, ranged_reads.Spans({})))
+
+
+def read_ops(store, key: str):
+    """A WAL object's ``id`` and ``op`` columns alone (by range): (ids as an Arrow
+    ``large_string`` array, their BLAKE2b hashes, which rows are deletes)."""
+    import pyarrow as pa
+
+    from vectordb.key_table import blake2b64
+
+    table = parquet_file(store, key).read(columns=["id", "op"])
+    column = table.column("id")
+    ids = pa.concat_arrays([chunk.cast(pa.large_string()) for chunk in column.chunks]) if column.num_chunks \
+        else pa.array([], pa.large_string())
+    return ids, blake2b64(column.to_pylist()), table.column("op").to_numpy() == DELETE
