@@ -318,16 +318,17 @@ def _compact(values: np.ndarray) -> np.ndarray:
 class BM25Builder:
     """Builds a :class:`BM25Index` from texts added in row order, a batch at a time (a
     streamed segment build adds each partition's texts as it writes them). Holds the
-    postings as machine integers, 24 bytes a posting, and the vocabulary."""
+    postings as 32-bit integers, 12 bytes a posting (a segment's rows, its vocabulary
+    and a term's count in one text are below 2**32), and the vocabulary."""
 
     def __init__(self) -> None:
         self.vocabulary: dict[str, int] = {}
         # Postings in order of arrival (a list would cost 8 bytes an entry more).
-        self.term_ids, self.rows, self.tfs, self.lengths = array("q"), array("q"), array("q"), array("q")
+        self.term_ids, self.rows, self.tfs, self.lengths = array("I"), array("I"), array("I"), array("I")
 
     @property
     def nbytes(self) -> int:
-        return 8 * (len(self.term_ids) * 3 + len(self.lengths)) + 100 * len(self.vocabulary)
+        return 4 * (len(self.term_ids) * 3 + len(self.lengths)) + 100 * len(self.vocabulary)
 
     def add(self, texts: Iterable[str]) -> None:
         vocabulary, term_ids, rows, tfs, lengths = self.vocabulary, self.term_ids, self.rows, self.tfs, self.lengths
@@ -340,22 +341,25 @@ class BM25Builder:
                 tfs.append(tf)
 
     def finish(self, k1: float = DEFAULT_K1, b: float = DEFAULT_B) -> BM25Index:
+        """The index; the builder is emptied on the way (its postings are sorted into it
+        one array at a time, so the peak is ~32 bytes a posting, not twice the postings)."""
         vocabulary = self.vocabulary
         # Sort postings by term (stable, so rows stay ascending within a term); the
         # vocabulary is sorted too, which makes the serialised form deterministic.
         terms = sorted(vocabulary)
-        rank = np.empty(len(terms), dtype=np.int64)
-        rank[[vocabulary[t] for t in terms]] = np.arange(len(terms))
-        term_arr = rank[np.frombuffer(self.term_ids, dtype=np.int64)]
+        rank = np.empty(len(terms), dtype=np.uint32)
+        rank[[vocabulary[t] for t in terms]] = np.arange(len(terms), dtype=np.uint32)
+        term_arr = rank[np.frombuffer(self.term_ids, dtype=np.uint32)]
+        self.term_ids = array("I")
         order = np.argsort(term_arr, kind="stable")
         indptr = np.zeros(len(terms) + 1, dtype=np.int64)
         np.cumsum(np.bincount(term_arr, minlength=len(terms)), out=indptr[1:])
-        return BM25Index(
-            terms,
-            _compact(indptr),
-            _compact(np.frombuffer(self.rows, dtype=np.int64)[order]),
-            _compact(np.frombuffer(self.tfs, dtype=np.int64)[order]),
-            _compact(np.frombuffer(self.lengths, dtype=np.int64)),
-            k1,
-            b,
-        )
+        del term_arr
+        rows = _compact(np.frombuffer(self.rows, dtype=np.uint32)[order])
+        self.rows = array("I")
+        tfs = _compact(np.frombuffer(self.tfs, dtype=np.uint32)[order])
+        self.tfs = array("I")
+        del order
+        lengths = _compact(np.frombuffer(self.lengths, dtype=np.uint32))
+        self.lengths, self.vocabulary = array("I"), {}
+        return BM25Index(terms, _compact(indptr), rows, tfs, lengths, k1, b)
