@@ -124,15 +124,19 @@ def run_child(argv: list[str], cwd: Path, env: dict | None = None) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def old_tree(workdir: Path) -> Path:
-    """The repository at git HEAD (before this change), extracted read-only."""
-    target = workdir / "head-tree"
+def tree_at(rev: str, target: Path) -> Path:
+    """The repository's packages at git revision ``rev``, extracted into ``target`` (once)."""
     if not target.exists():
         target.mkdir(parents=True)
-        archive = subprocess.run(["git", "archive", "HEAD", "api", "ingest", "storage", "vectordb", "query"],
+        archive = subprocess.run(["git", "archive", rev, "api", "ingest", "storage", "vectordb", "query"],
                                  cwd=ROOT, capture_output=True, check=True).stdout
         subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
     return target
+
+
+def old_tree(workdir: Path) -> Path:
+    """The repository at git HEAD (before this change), extracted read-only."""
+    return tree_at("HEAD", workdir / "head-tree")
 
 
 # --- measures -----------------------------------------------------------------------------------

@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import dataset as ds_mod  # noqa: E402
 import ours  # noqa: E402
+from bounded_build import tree_at  # noqa: E402
 
 NS = "beside"
 
@@ -70,15 +71,6 @@ svc.close()
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def tree_at(rev: str, workdir: Path) -> Path:
-    target = workdir / f"tree-{rev}"
-    target.mkdir(parents=True)
-    archive = subprocess.run(["git", "archive", rev, "api", "ingest", "storage", "vectordb", "query"],
-                             cwd=ROOT, capture_output=True, check=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
-    return target
 
 
 def write(svc, base: np.ndarray, rows: range, ids, step: int = 10_000) -> None:
@@ -130,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         for lo in range(0, len(doomed), 1000):
             svc.delete(NS, ids=doomed[lo : lo + 1000])
         svc.close()
-        trees = {"baseline": tree_at(args.baseline, workdir), "this tree": ROOT}
+        trees = {"baseline": tree_at(args.baseline, workdir / f"tree-{args.baseline}"), "this tree": ROOT}
         runs: dict[str, list[dict]] = {name: [] for name in trees}
         for r in range(args.rounds):
             for name in list(trees) if r % 2 == 0 else list(trees)[::-1]:

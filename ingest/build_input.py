@@ -67,9 +67,9 @@ class WalTail:
         every_id = pa.concat_arrays(ids) if ids else id_set.EMPTY.ids
         every_hash = np.concatenate(hashes) if hashes else np.zeros(0, np.uint64)
         del ids, hashes
-        last = id_set.last_of(every_hash, every_id)  # a position per distinct id, in hash order
-        # Only a build that keeps or merges segments needs the touched ids.
-        touched = IdSet(every_hash[last], every_id.take(pa.array(last))) if manifest.segments else id_set.EMPTY
+        touched, last = id_set.distinct(every_hash, every_id)  # last: a position per distinct id
+        if not manifest.segments:  # only a build that keeps or merges segments needs the touched ids
+            touched = id_set.EMPTY
         del every_id, every_hash
         live = np.sort(last[~np.concatenate(deletes)[last]]) if len(last) else last
         cut = np.searchsorted(live, starts)

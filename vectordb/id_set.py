@@ -116,3 +116,10 @@ def last_of(hashes: np.ndarray, ids: pa.Array) -> np.ndarray:
         latest = {doc_id: s + k for k, doc_id in enumerate(run)}
         keep[sorted(latest.values())] = True
     return order[keep]
+
+
+def distinct(hashes: np.ndarray, ids: pa.Array) -> tuple[IdSet, np.ndarray]:
+    """The distinct ``ids`` (in order of their operations; ``hashes`` theirs) as an
+    :class:`IdSet`, and the position of each one's last operation, in the set's order."""
+    last = last_of(hashes, ids)
+    return IdSet(hashes[last], ids.take(pa.array(last))), last

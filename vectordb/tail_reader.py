@@ -30,12 +30,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
-import pyarrow as pa
 
 from storage.base import ObjectStore
 from vectordb import wal
 from vectordb.filters import Filter
-from vectordb.id_set import IdSet, last_of
+from vectordb.id_set import IdSet, distinct
 from vectordb.key_table import blake2b64
 from vectordb.manifest import Manifest, WalRef
 from vectordb.memo import Memo
@@ -60,8 +59,8 @@ class ObjectOps:
     @classmethod
     def read(cls, store: ObjectStore, key: str) -> ObjectOps:
         ids, hashes, deletes = wal.read_ops(store, key)
-        last = last_of(hashes, ids)
-        return cls(IdSet(hashes[last], ids.take(pa.array(last))), deletes[last])
+        named, last = distinct(hashes, ids)
+        return cls(named, deletes[last])
 
     @property
     def nbytes(self) -> int:
