@@ -111,8 +111,21 @@ def live_ids(reader: NamespaceReader, manifest: Manifest, ids: list[str]) -> lis
 
 
 def chunk_ids(reader: NamespaceReader, manifest: Manifest, parents: list[str]) -> list[str]:
-    """Ids of the live rows whose string ``doc_id`` attribute is one of ``parents``."""
-    return [i for i, _ in _chunks(reader, manifest, parents, with_records=False)]
+    """Ids of the live rows whose string ``doc_id`` attribute is one of ``parents``. The
+    tail's from the folded tail where this process holds it, else from the WAL objects'
+    ids, operations and attributes alone (``TailReader.chunk_ids``), so a chunked upsert
+    on an ingest worker does not fold the tail; each segment's through ``doc_ids.bin``,
+    less its tombstones and the ids the tail touched (``TailReader.last_ops``)."""
+    if reader.tails.has(manifest):
+        return [i for i, _ in _chunks(reader, manifest, parents, with_records=False)]
+    ns, segments = manifest.namespace, list(manifest.segments)
+    out = reader.tails.chunk_ids(manifest, parents)
+    found = reader.chunks(ns, segments, parents)
+    touched = reader.tails.last_ops(manifest, [i for rows in found for _, i in rows])
+    for seg, rows in zip(segments, found):
+        dead = reader.tombstones(ns, seg)
+        out += [i for _, i in rows if i not in dead and i not in touched]
+    return out
 
 
 def chunks(reader: NamespaceReader, manifest: Manifest, parent: str) -> list[Record]:

@@ -239,10 +239,12 @@ class QueryEngine:
 
     def chunk_ids(self, ns: str, parents: list[str]) -> list[str]:
         """Ids of the live chunks of documents ``parents`` (rows whose ``doc_id`` attribute
-        is one of them), strongly consistent: what re-ingesting or deleting them replaces."""
+        is one of them), strongly consistent: what re-ingesting or deleting them replaces.
+        Probed without a query's prefetch, as :meth:`live_ids`: the tail's chunks are found
+        from the WAL objects' ids and attributes, not by folding it."""
         if not parents:
             return []
-        return documents.chunk_ids(self.reader, self._latest(ns, "strong"), list(dict.fromkeys(parents)))
+        return documents.chunk_ids(self.reader, self.catalog.latest(ns, "strong"), list(dict.fromkeys(parents)))
 
     def get_document(self, ns: str, doc_id: str, consistency: str = "strong", as_of=None) -> Hit:
         """The row ``doc_id`` with its text and attributes. Raises DocumentNotFound."""

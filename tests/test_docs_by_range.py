@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from api.service import Service
 from bench.counting import CountingStore
+from query import documents
 from storage.cache import CachedStore
 from storage.memory import MemoryStore
 from tests.fakes import unit_settings
@@ -444,6 +445,44 @@ def test_get_of_a_chunked_document_returns_its_chunks_in_order(layout, monkeypat
     svc.delete("k", ["doc"])
     with pytest.raises(DocumentNotFound):
         svc.get_document("k", "doc")
+
+
+def test_chunk_replacement_on_a_worker_without_the_folded_tail_finds_the_same_chunks():
+    """An ingest worker that serves no query (it holds no folded tail) finds a
+    re-ingested document's old chunks from the WAL objects' ids, operations and
+    attributes (TailReader.chunk_ids) and never folds the tail; it finds what a worker
+    holding the folded tail finds: chunks in a segment, deleted in the tail, only in the
+    tail, rewritten there with fewer chunks, and a document deleted whole."""
+    store = MemoryStore()
+    writer, other = _service(store), _service(store)  # two workers on one store
+    try:
+        writer.create_namespace("c", "fake", chunking={"chunk_tokens": 32, "overlap_tokens": 8})
+        _, seg_rows = writer.upsert("c", [{"id": "s", "text": LONG}, {"id": "a", "text": "apple"},
+                                         {"id": "gone", "text": "pear"}])
+        writer.index("c")  # s#0.., a and gone in a segment
+        writer.upsert("c", [{"id": "t", "text": LONG.replace("Sentence", "Line")}])
+        writer.delete("c", ids=["s#1", "gone"])
+        half = " ".join(LONG.split()[: len(LONG.split()) // 2])
+        _, t_rows = writer.upsert("c", [{"id": "t", "text": half.replace("Sentence", "Line")}])  # fewer chunks
+        manifest = other.catalog.latest("c")
+        asked = ["s", "t", "a", "gone", "nobody"]
+        writer.reader.tail(manifest)  # the writer finds them through the folded tail
+        assert writer.reader.tails.has(manifest)
+        want = sorted(documents.chunk_ids(writer.reader, manifest, asked))
+        got = sorted(other.engine.chunk_ids("c", asked))
+        assert not other.reader.tails.has(manifest)
+        assert got == want
+        assert "s#1" not in got and "s#0" in got and "a" in got and not any(i.startswith("gone") for i in got)
+        assert sorted(i for i in got if i.startswith("t#")) == sorted(f"t#{n}" for n in range(t_rows))
+        assert len([i for i in got if i.startswith("s#")]) == seg_rows - 3  # s#1 deleted; a and gone not s's
+        # Re-ingesting on the worker without the tail deletes the old chunks it does not overwrite.
+        _, rows = other.upsert("c", [{"id": "s", "text": "Now a short text."}])
+        assert rows == 1 and not other.reader.tails.has(other.catalog.latest("c"))
+        assert writer.engine.chunk_ids("c", ["s"]) == other.engine.chunk_ids("c", ["s"]) == ["s"]
+        assert writer.get_document("c", "s")["text"] == "Now a short text."
+    finally:
+        writer.close()
+        other.close()
 
 
 @pytest.mark.parametrize("layout", ["by_range", "whole"])

@@ -22,7 +22,8 @@ from vectordb.tail import Tail
 _MAX_STEPS = 256  # versions back to look for a column to extend
 
 
-def _doc_id(attributes: str | None) -> str | None:
+def doc_id_of(attributes: str | None) -> str | None:
+    """A row's string ``doc_id`` attribute (its attributes as JSON text), or None."""
     if not attributes:
         return None
     value = json.loads(attributes)
@@ -53,11 +54,11 @@ class TailDocIds:
                     for later in reversed(chain):
                         step = later.step
                         kept = column if step.kept is None else column.take(pa.array(step.kept))
-                        fresh = pa.array([_doc_id(a) for a in step.appended.attributes], pa.string())
+                        fresh = pa.array([doc_id_of(a) for a in step.appended.attributes], pa.string())
                         column = pa.concat_arrays([kept, fresh])
                     return column
                 version = parent
-            return pa.array([_doc_id(a) for a in tail.rows.attributes], pa.string())
+            return pa.array([doc_id_of(a) for a in tail.rows.attributes], pa.string())
 
         return self._columns.get(tail.serial, make)
 

@@ -30,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 
 from storage.base import ObjectStore
 from vectordb import wal
@@ -40,6 +41,7 @@ from vectordb.manifest import Manifest, WalRef
 from vectordb.memo import Memo
 from vectordb.tail import Batch, Tail, extend, fold
 from vectordb.tail_bm25 import TailBM25
+from vectordb.tail_doc_ids import doc_id_of
 
 # How many versions back a tail's filter mask or BM25 index looks for an earlier one to
 # extend before making it anew (a filter seen a few seconds ago is still worth extending).
@@ -65,6 +67,28 @@ class ObjectOps:
     @property
     def nbytes(self) -> int:
         return self.ids.nbytes + self.deleted.nbytes
+
+
+@dataclass(frozen=True)
+class ObjectChunks(ObjectOps):
+    """:class:`ObjectOps` and, in the same order, the ``doc_id`` of each id's last
+    operation in the object (an Arrow string array; null for a delete or a row without
+    one) and that operation's place in the object: which chunks of which documents one
+    WAL object leaves, without its rows."""
+
+    doc_ids: pa.Array
+    at: np.ndarray  # int32
+
+    @classmethod
+    def read(cls, store: ObjectStore, key: str) -> ObjectChunks:
+        ids, hashes, deletes, attributes = wal.read_ops(store, key, attributes=True)
+        named, last = distinct(hashes, ids)
+        parents = [None if deletes[j] else doc_id_of(attributes[j]) for j in last.tolist()]
+        return cls(named, deletes[last], pa.array(parents, pa.string()), last.astype(np.int32))
+
+    @property
+    def nbytes(self) -> int:
+        return super().nbytes + self.doc_ids.nbytes + self.at.nbytes
 
 
 def signature(manifest: Manifest) -> tuple:
@@ -175,6 +199,41 @@ class TailReader:
             if not len(open_):
                 break
         return out
+
+    def chunk_ids(self, manifest: Manifest, parents: list[str]) -> list[str]:
+        """Ids of the rows of the tail of ``manifest`` whose ``doc_id`` is one of
+        ``parents`` (the live chunks of those documents in the tail), from each WAL
+        object's ``id``, ``op`` and ``attributes`` columns alone (memoised as
+        :class:`ObjectChunks`): what a chunked upsert replaces, found on an ingest worker
+        without folding the tail. An id counts where its newest operation is an upsert
+        with one of ``parents`` as its ``doc_id``; in the order of those operations."""
+        import pyarrow.compute as pc
+
+        if not parents or not manifest.wal:
+            return []
+        keys = [ref.key for ref in manifest.wal]
+        objects = list(self._pool.map(
+            lambda key: self._ops.get(("chunks", key), lambda: ObjectChunks.read(self.store, key)), keys))
+        wanted = pa.array(parents, pa.string())
+        named: dict[str, None] = {}
+        for obj in objects:
+            rows = np.flatnonzero(pc.is_in(obj.doc_ids, value_set=wanted).to_numpy(zero_copy_only=False))
+            named.update(dict.fromkeys(obj.ids.ids.take(pa.array(rows)).to_pylist()))
+        ids = list(named)
+        hashes = blake2b64(ids)
+        wanted_set = set(parents)
+        live: list[tuple[int, int, str]] = []  # (object, place in it, id) of each live chunk
+        open_ = np.arange(len(ids))
+        for o in range(len(objects) - 1, -1, -1):  # an id's newest operation decides it
+            if not len(open_):
+                break
+            obj = objects[o]
+            at = obj.ids.positions([ids[n] for n in open_.tolist()], hashes[open_])
+            for n, j in zip(open_[at >= 0].tolist(), at[at >= 0].tolist()):
+                if not obj.deleted[j] and obj.doc_ids[j].as_py() in wanted_set:
+                    live.append((o, int(obj.at[j]), ids[n]))
+            open_ = open_[at < 0]
+        return [i for _, _, i in sorted(live)]
 
     def _decode(self, refs, dims: int) -> list[Batch]:
         if len(refs) <= 1:

@@ -135,15 +135,17 @@ def parquet_file(store, key: str):
     return pq.ParquetFile(ranged_reads.SpanFile(store, key, info.size, ranged_reads.Spans({})))
 
 
-def read_ops(store, key: str):
+def read_ops(store, key: str, attributes: bool = False):
     """A WAL object's ``id`` and ``op`` columns alone (by range): (ids as an Arrow
-    ``large_string`` array, their BLAKE2b hashes, which rows are deletes)."""
+    ``large_string`` array, their BLAKE2b hashes, which rows are deletes), and with
+    ``attributes`` each row's attributes (JSON text, or None) as a fourth item."""
     import pyarrow as pa
 
     from vectordb.key_table import blake2b64
 
-    table = parquet_file(store, key).read(columns=["id", "op"])
+    table = parquet_file(store, key).read(columns=["id", "op", "attributes"] if attributes else ["id", "op"])
     column = table.column("id")
     ids = pa.concat_arrays([chunk.cast(pa.large_string()) for chunk in column.chunks]) if column.num_chunks \
         else pa.array([], pa.large_string())
-    return ids, blake2b64(column.to_pylist()), table.column("op").to_numpy() == DELETE
+    out = ids, blake2b64(column.to_pylist()), table.column("op").to_numpy() == DELETE
+    return (*out, table.column("attributes").to_pylist()) if attributes else out
