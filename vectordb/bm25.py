@@ -330,6 +330,21 @@ class BM25Builder:
     def nbytes(self) -> int:
         return 4 * (len(self.term_ids) * 3 + len(self.lengths)) + 100 * len(self.vocabulary)
 
+    @property
+    def postings_bytes(self) -> int:
+        """The bytes of the postings held (not the vocabulary nor the lengths)."""
+        return 12 * len(self.term_ids)
+
+    def take_postings(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The postings added since the last call, in order of arrival: term ids (in order
+        of the terms' first appearance: :attr:`vocabulary`'s values), rows and term
+        frequencies, as uint32 arrays over the builder's own buffers (no copy), which it
+        lets go; the vocabulary and the rows' lengths stay. For a writer that spills them
+        (:mod:`vectordb.bm25_spill`)."""
+        out = tuple(np.frombuffer(a, dtype=np.uint32) for a in (self.term_ids, self.rows, self.tfs))
+        self.term_ids, self.rows, self.tfs = array("I"), array("I"), array("I")
+        return out
+
     def add(self, texts: Iterable[str]) -> None:
         vocabulary, term_ids, rows, tfs, lengths = self.vocabulary, self.term_ids, self.rows, self.tfs, self.lengths
         for row, text in enumerate(texts, len(lengths)):

@@ -137,7 +137,8 @@ def encode(index: BM25Index, block_bytes: int | None = None) -> bytes:
         separators.append(_separator(terms[lo - 1] if lo else b"", terms[lo]))
         lo = hi
 
-    meta = _meta(index, FORMAT, len(terms), int(indptr[-1]), blocks=len(blocks))
+    meta = head_meta(index.k1, index.b, index.n_docs, index.total_length, FORMAT, len(terms), int(indptr[-1]),
+                 blocks=len(blocks))
     sep_bytes = b"\n".join(separators)
     head_len = _FIXED + len(meta) + 8 * (len(blocks) + 1) + len(sep_bytes)
     block_offsets = head_len + np.cumsum([0] + [len(b) for b in blocks], dtype=np.int64)
@@ -164,14 +165,23 @@ def _encode_hashed(index: BM25Index, slots: int) -> bytes:
     slot = np.fromiter((zlib.crc32(t) % slots for t in terms), np.int64, len(terms))
     order = np.argsort(slot, kind="stable")  # by slot, in term order within one
     offsets, width, lists = _postings(index, order)
-    ordered = [terms[i] for i in order.tolist()]
-    ordered_df = df[order]
-    bounds = np.searchsorted(slot[order], np.arange(slots + 1))
+    meta = head_meta(index.k1, index.b, index.n_docs, index.total_length, HASHED_FORMAT, len(terms), int(df.sum()),
+                 slots=slots, slot_bytes=SLOT_BYTES)
+    front = hashed_front([terms[i] for i in order.tolist()], df[order], slot[order], offsets, width, slots, meta)
+    return b"".join([front, *lists])
+
+
+def hashed_front(terms: list[bytes], df: np.ndarray, slot: np.ndarray, offsets: np.ndarray, width: np.ndarray,
+                 slots: int, meta: bytes) -> bytes:
+    """What precedes the postings in format 3: head, slots and overflow blocks, for
+    ``terms`` in (slot, term) order with their ``df``, ``slot``, postings ``offsets``
+    (terms + 1, from the first list) and ``width`` bytes."""
+    bounds = np.searchsorted(slot, np.arange(slots + 1))
     area, moved = HEAD_BYTES + slots * SLOT_BYTES, []
     out_slots = []
     for i in range(slots):
         lo, hi = int(bounds[i]), int(bounds[i + 1])
-        block = _block(ordered, ordered_df, offsets, width, lo, hi, None)
+        block = _block(terms, df, offsets, width, lo, hi, None)
         if len(block) > SLOT_BYTES:
             out_slots.append(np.array([_MOVED, 0], np.uint32).tobytes()
                              + np.array([area, len(block)], np.uint64).tobytes())
@@ -180,20 +190,19 @@ def _encode_hashed(index: BM25Index, slots: int) -> bytes:
         else:
             out_slots.append(block)
     postings_at = area
-    meta = _meta(index, HASHED_FORMAT, len(terms), int(df.sum()), slots=slots, slot_bytes=SLOT_BYTES)
     head_len = _FIXED + len(meta)
     if head_len > HEAD_BYTES:
         raise ValueError("bm25.bin head outgrew HEAD_BYTES")  # meta is a few hundred bytes
     head = (MAGIC + np.array([head_len, len(meta)], np.uint32).tobytes()
             + np.array([postings_at], np.uint64).tobytes() + meta)
     padded = [head.ljust(HEAD_BYTES, b"\0"), *(b.ljust(SLOT_BYTES, b"\0") for b in out_slots)]
-    return b"".join([*padded, *moved, *lists])
+    return b"".join([*padded, *moved])
 
 
-def _meta(index: BM25Index, fmt: int, terms: int, postings: int, **layout) -> bytes:
+def head_meta(k1: float, b: float, docs: int, length: int, fmt: int, terms: int, postings: int, **layout) -> bytes:
     meta = json.dumps(
-        {"format": fmt, "analyzer": bm25.ANALYZER, "k1": index.k1, "b": index.b, "docs": index.n_docs,
-         "length": index.total_length, "terms": terms, "postings": postings, **layout},
+        {"format": fmt, "analyzer": bm25.ANALYZER, "k1": k1, "b": b, "docs": docs,
+         "length": length, "terms": terms, "postings": postings, **layout},
         sort_keys=True,
     ).encode()
     return meta + b" " * (-len(meta) % 8)
@@ -224,7 +233,7 @@ def _postings(index: BM25Index, order: np.ndarray) -> tuple[np.ndarray, np.ndarr
         # The postings of terms order[lo:hi], gathered (each term's are contiguous in the index).
         at = np.repeat(starts[lo:hi] - (ordered_ptr[lo:hi] - ordered_ptr[lo]), count) + np.arange(int(count.sum()))
         rows = index.rows[at].astype(np.int64)
-        blob, size, width = _encode_lists(count, rows, index.tfs[at], index.doc_len[rows])
+        blob, size, width = encode_lists(count, rows, index.tfs[at], index.doc_len[rows])
         lists.append(blob)
         sizes.append(size)
         widths.append(width)
@@ -266,7 +275,7 @@ def _separator(previous: bytes, first: bytes) -> bytes:
     return first[:cut]
 
 
-def _encode_lists(df: np.ndarray, rows: np.ndarray, tfs: np.ndarray, lengths: np.ndarray):
+def encode_lists(df: np.ndarray, rows: np.ndarray, tfs: np.ndarray, lengths: np.ndarray):
     """The postings lists of consecutive terms (``df`` postings each, term-major) as one
     blob, with each list's size and widths byte. Vectorised: a Python loop per term would
     cost seconds on a vocabulary of millions."""
