@@ -18,7 +18,7 @@ from api.service import Service
 from ingest import compaction
 from storage.memory import MemoryStore
 from tests.fakes import unit_settings
-from vectordb import segment
+from vectordb import bm25_blocks, bm25_spill, segment
 from vectordb.manifest import SegmentRef
 from vectordb.rows import RowBatch
 
@@ -51,6 +51,28 @@ def test_a_small_memory_bound_builds_the_same_bytes(docs):
         small.close()
         large.close()
     assert small.workdir is None and not any(p.exists() for p in small.files.values())
+
+
+def test_a_text_segment_spills_its_bm25_postings_and_writes_the_same_file(monkeypatch):
+    """A segment of hashed BM25 (20,000 rows or more) whose postings pass an eighth of
+    the bound spills them in runs (vectordb.bm25_spill) and writes the bm25.bin the
+    unbounded build writes."""
+    spills = []
+    real = bm25_spill.PostingsWriter._spill
+    monkeypatch.setattr(bm25_spill.PostingsWriter, "_spill", lambda self: spills.append(1) or real(self))
+    rows = _rows(24_000)
+    rows = RowBatch(rows.ids, rows.vectors, [f"{t} durian {i % 97} elder {i % 13}" if t else t
+                                             for i, t in enumerate(rows.texts)], rows.attributes)
+    small = segment.build(rows, "cosine", 100, 50_000, "int8", memory_bytes=8 * 1024**2)  # one flat partition
+    spilled = len(spills)
+    large = segment.build(rows, "cosine", 100, 50_000, "int8", memory_bytes=4 * 1024**3)
+    try:
+        assert spilled >= 2 and len(spills) == spilled  # the unbounded build spilled nothing
+        assert small.read("bm25.bin") == large.read("bm25.bin")
+        assert bm25_blocks.Head.from_bytes(small.read("bm25.bin")[: bm25_blocks.HEAD_BYTES]).slots
+    finally:
+        small.close()
+        large.close()
 
 
 _MEMORY_CHILD = textwrap.dedent("""

@@ -24,14 +24,16 @@ through a working directory in four passes:
    ``docs.parquet``); the key tables (``ids.bin``: ids, their hashes and record entries;
    ``doc_ids.bin``: chunks' ``doc_id``\\s) wait on disk in 64 shards by hash
    (:class:`vectordb.key_table.TableWriter`) and are written a shard at a time at the end;
-   BM25 postings are kept (24 bytes a posting). With ``cluster_by``, each row's vector
+   BM25 postings are kept up to an eighth of ``memory_bytes`` (12 bytes a posting), then
+   spilled in sorted runs that ``bm25.bin`` is merged from at the end
+   (:mod:`vectordb.bm25_spill`). With ``cluster_by``, each row's vector
    also goes to ``clusters.spill`` as float16 and its group is kept (4 bytes a row);
    ``clusters.bin`` is written from it, group by group, at the end
    (:class:`vectordb.clusters.ClusterWriter`).
 
 Peak memory is about ``memory_bytes``: an eighth for an input chunk, a quarter for the
-k-means sample, a quarter for a group of partitions, and the per-row state above (a few
-bytes a row, plus postings). The result is the same bytes whatever
+k-means sample, a quarter for a group of partitions, an eighth for BM25 postings, and the
+per-row state above (a few bytes a row, and the BM25 vocabulary). The result is the same bytes whatever
 ``memory_bytes`` (unless a bound so small that it shrinks the k-means sample), and the same
 as the in-memory build's before this module existed.
 
@@ -56,7 +58,7 @@ from typing import BinaryIO, Protocol
 
 import numpy as np
 
-from vectordb import attr_columns, bm25, bm25_blocks, clusters, doc_fields, ivf, key_table
+from vectordb import attr_columns, bm25_spill, clusters, doc_fields, ivf, key_table
 from vectordb.docs_format import DOC_ID, DocsLayout
 from vectordb.rows import RowBatch
 
@@ -364,7 +366,7 @@ class Spilled:
                  (("vectors.bin", "fields.bin", "rows.bin", "attrs.bin") if by_range
                   else ("vectors.bin", "docs.parquet"))}
         part_bytes = np.zeros(nlist + 1, np.int64)
-        lexical = bm25.BM25Builder()
+        lexical = bm25_spill.PostingsWriter(int(part_rows[-1]), self.workdir, self.memory_bytes // 8)
         keys = _Keys(self.workdir)
         grouping = clusters.ClusterWriter(self.cluster_by, self.dims, self.workdir) if by_range and self.cluster_by \
             else None
@@ -378,8 +380,7 @@ class Spilled:
                 if grouping is not None:
                     grouping.add(parsed, rows.vectors)
         described = writer.finish(files, keys, int(part_rows[-1]))
-        with open(self.workdir / "bm25.bin", "wb") as out:
-            out.write(bm25_blocks.encode(lexical.finish()))
+        lexical.write(self.workdir / "bm25.bin")
         files["bm25.bin"] = self.workdir / "bm25.bin"
         grouped = None
         if grouping is not None:
