@@ -161,9 +161,7 @@ def _shared_probes(reader: NamespaceReader, ctx: Context, q, metric, fetch: bool
             continue
         if ctx.fields:
             reader.prefetch_fields(ctx.ns, seg, layout, parts)
-        held = reader.held_partitions(ctx.ns, seg, parts)
-        missing += [(lambda seg=seg, layout=layout, p=p: reader.partition(ctx.ns, seg, layout, p))
-                    for p, h in zip(parts, held) if not h]
+        missing += reader.partition_loads(ctx.ns, seg, layout, parts)
     _parallel(reader, missing, len(missing) <= 1)
     return picked
 

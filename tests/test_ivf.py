@@ -171,3 +171,31 @@ def test_query_scans_run_faiss_on_one_thread_and_builds_get_every_thread_back():
     # The process default: what threads that set nothing have (captured at the first call).
     assert seen == {"after scan": 1, "after build": ivf._default_threads, "after filtered scan": 1}
     assert faiss.omp_get_max_threads() == here
+
+
+def _runs(numbers: np.ndarray) -> int:
+    """Runs of consecutive numbers in ``numbers``."""
+    s = np.sort(numbers)
+    return int(np.sum(np.diff(s) > 1)) + 1
+
+
+def test_spatial_order_puts_a_querys_probes_in_few_runs(monkeypatch):
+    """Centroids numbered in spatial order (what train_centroids returns): a query's
+    nprobe nearest ones form a few runs of consecutive numbers, where k-means' own
+    numbering scatters them; the order is a permutation and deterministic."""
+    rng = np.random.default_rng(7)
+    centres = rng.standard_normal((40, 32))
+    points = (centres[rng.integers(0, 40, 2000)] + 0.3 * rng.standard_normal((2000, 32))).astype(np.float32)
+    order = ivf.spatial_order(points)
+    assert sorted(order.tolist()) == list(range(2000))
+    assert np.array_equal(order, ivf.spatial_order(points.copy()))
+    queries = points[rng.integers(0, 2000, 50)] + 0.1 * rng.standard_normal((50, 32)).astype(np.float32)
+    shuffled = points[rng.permutation(2000)]  # as k-means numbers them: no order in space
+    before = [_runs(p) for p in ivf.probe(shuffled, queries, 40, "l2")]
+    after = [_runs(p) for p in ivf.probe(points[order], queries, 40, "l2")]
+    assert np.mean(after) < 0.4 * np.mean(before)
+    assert ivf.spatial_order(points[:2]).tolist() == [0, 1] and len(ivf.spatial_order(points[:0])) == 0
+    ordered = []
+    real = ivf.spatial_order
+    monkeypatch.setattr(ivf, "spatial_order", lambda c: ordered.append(len(c)) or real(c))
+    assert ivf.train_centroids(points, 64, "l2").shape == (64, 32) and ordered == [64]

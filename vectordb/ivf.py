@@ -134,7 +134,43 @@ def train_centroids(vectors: np.ndarray, nlist: int, metric: str, seed: int = 12
         verbose=False,
     )
     kmeans.train(np.ascontiguousarray(sample, dtype=np.float32))
-    return kmeans.centroids.astype(np.float32)
+    centroids = kmeans.centroids.astype(np.float32)
+    return centroids[spatial_order(centroids)]
+
+
+_ORDER_ITERATIONS = 16  # power iterations for a set's principal direction
+
+
+def spatial_order(centroids: np.ndarray) -> np.ndarray:
+    """An order of ``centroids`` (a permutation) in which near ones mostly have near
+    numbers: the set is split at the median of its projection on its principal direction,
+    each half the same way, down to pairs, and the halves follow each other. A partition's
+    number is its place in ``vectors.bin``, so a query's ``nprobe`` nearest centroids lie
+    in a few runs of neighbouring partitions, which a cold query reads in a few ranged GETs
+    (``NamespaceReader.partition_loads``): 100 probes of 10,000 centroids of the
+    benchmark's vectors fell into ~22 runs instead of ~99 as k-means numbered them.
+    Deterministic (the power iteration starts from the set's farthest member)."""
+    n = len(centroids)
+    x = centroids.astype(np.float64)
+    out: list[int] = []
+    stack = [np.arange(n)]
+    while stack:
+        ids = stack.pop()
+        if len(ids) <= 2:
+            out += ids.tolist()
+            continue
+        y = x[ids] - x[ids].mean(axis=0)
+        v = y[int(np.argmax(np.einsum("ij,ij->i", y, y)))]
+        for _ in range(_ORDER_ITERATIONS):
+            v = y.T @ (y @ v)
+            norm = np.linalg.norm(v)
+            if not norm:
+                break
+            v /= norm
+        by = np.argsort(y @ v, kind="stable")
+        half = len(ids) // 2
+        stack += [ids[by[half:]], ids[by[:half]]]  # the lower half comes out first
+    return np.array(out, np.int64)
 
 
 def training_rows(n: int, nlist: int, seed: int = 1234, max_rows: int | None = None) -> np.ndarray | None:

@@ -62,6 +62,9 @@ _GROUPS_SLACK = 16
 # buckets / this; else the whole table by range (a bucket holds ~16 ids: past that share, most
 # buckets would be read one GET each).
 _SCAN_SHARE = 4
+# Partitions not held are read in GETs of neighbouring partitions, reading through the
+# partitions between them while those add at most 1 / this of the bytes wanted.
+_PARTITION_SLACK = 8
 
 
 def _partition_bytes(part: Partition) -> int:
@@ -146,7 +149,8 @@ class NamespaceReader:
         return self._partitions.get((key, p), load)
 
     def partitions(self, ns: str, seg: SegmentRef, layout: Layout, parts) -> list[Partition]:
-        """Several partitions; those not yet decoded are fetched in parallel."""
+        """Several partitions; those not yet decoded are fetched in parallel, neighbours
+        in one GET (:meth:`partition_loads`)."""
         parts = [int(p) for p in parts]
         key = segment.file_key(ns, seg.id, "vectors.bin")
         found = self._partitions.peek_many([(key, p) for p in parts])
@@ -154,9 +158,56 @@ class NamespaceReader:
         if len(missing) == 1:
             found[parts.index(missing[0])] = self.partition(ns, seg, layout, missing[0])
         elif missing:
-            loaded = dict(zip(missing, self.pool.map(lambda p: self.partition(ns, seg, layout, p), missing)))
+            loads = self.partition_loads(ns, seg, layout, missing)
+            loaded: dict[int, Partition] = {}
+            for got in (self.pool.map(lambda load: load(), loads) if len(loads) > 1 else [loads[0]()]):
+                loaded.update(got)
             found = [part if part is not None else loaded[p] for p, part in zip(parts, found)]
         return found
+
+    def partition_loads(self, ns: str, seg: SegmentRef, layout: Layout, parts) -> list:
+        """Calls that fetch and hold those of partitions ``parts`` not held yet, one GET
+        each, returning the partitions it holds ({number: partition}): partitions whose
+        bytes are neighbours are read together, and so are those a few partitions apart
+        while the bytes read between them stay within 1 / ``_PARTITION_SLACK`` of those
+        wanted (``ranged_reads.coalesce_within``), each partition read through held too.
+        Centroids are numbered in spatial order (``ivf.spatial_order``), so a query's
+        probes fall into a few such runs: a cold query's round of partition GETs costs
+        about as much per GET whatever its size up to megabytes, on S3 as on disk."""
+        key = segment.file_key(ns, seg.id, "vectors.bin")
+        parts = sorted({int(p) for p in parts})
+        held = self._partitions.peek_many([(key, p) for p in parts])
+        missing = [p for p, part in zip(parts, held) if part is None]
+        empty = [p for p in missing if not layout.rows_in(p)]
+        wanted = [layout.byte_range(p) for p in missing if layout.rows_in(p)]
+        merged = ranged_reads.coalesce_within(wanted, 0, sum(n for _, n in wanted) // _PARTITION_SLACK)
+        loads = [lambda p=p: {p: self.partition(ns, seg, layout, p)} for p in empty]
+        return loads + [lambda start=start, length=length: self._load_partitions(ns, seg, layout, start, length)
+                        for start, length in merged]
+
+    def _load_partitions(self, ns: str, seg: SegmentRef, layout: Layout, start: int, length: int
+                         ) -> dict[int, Partition]:
+        """Bytes ``[start, start + length)`` of ``vectors.bin`` (whole partitions), read in
+        one GET; every partition in them decoded and held (each from a copy of its own
+        bytes, so that what the memo counts is what it holds)."""
+        key = segment.file_key(ns, seg.id, "vectors.bin")
+        first = int(np.searchsorted(layout.part_bytes, start, side="left"))
+        last = int(np.searchsorted(layout.part_bytes, start + length, side="left"))  # one past
+        if last - first == 1:
+            return {first: self.partition(ns, seg, layout, first)}
+        data = memoryview(self.store.get_range(key, start, length))
+        if hasattr(self.store, "discard"):
+            self.store.discard(key, start, length)  # held decoded below, not twice
+        out = {}
+        for p in range(first, last):
+            at, n = layout.byte_range(p)
+
+            def load(at=at, n=n, p=p) -> Partition:
+                return segment.decode_partition(bytes(data[at - start : at - start + n]), layout.rows_in(p), layout.dims,
+                                                layout.vector_dtype, held_codes=True)
+
+            out[p] = self._partitions.get((key, p), load)
+        return out
 
     def partitions_grouped(self, ns: str, seg: SegmentRef, layout: Layout,
                            parts) -> tuple[list[Partition], list[np.ndarray]]:

@@ -1,0 +1,93 @@
+"""A cold query reads its probed partitions in a few GETs (NamespaceReader.partition_loads):
+neighbouring partitions (centroids numbered in spatial order) in one, and those a few
+partitions apart too while the bytes between stay within an eighth; every partition a GET
+covers is held; the answers are those of partitions read one at a time."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from api.service import Service
+from bench.counting import CountingStore
+from storage.cache import CachedStore
+from storage.memory import MemoryStore
+from tests.fakes import unit_settings
+from vectordb import reader as reader_mod
+from vectordb import segment
+
+DIMS = 16
+
+
+@pytest.mark.parametrize("dtype", ["int8", "float32"])
+def test_a_cold_query_reads_neighbouring_partitions_in_one_get(dtype, monkeypatch):
+    rng = np.random.default_rng(3)
+    store = MemoryStore()
+    writer = Service(unit_settings(rows_per_partition=40), store=store)
+    writer.create_namespace("p", "none", DIMS, "l2", vector_dtype=dtype)
+    centres = rng.normal(size=(20, DIMS))
+    vectors = centres[rng.integers(0, 20, 6000)] + 0.3 * rng.normal(size=(6000, DIMS))
+    writer.upsert("p", [{"id": f"r{i}", "vector": v.tolist()} for i, v in enumerate(vectors)])
+    writer.index("p")
+    [seg] = writer.catalog.latest("p").segments
+    assert seg.nlist >= 100
+    queries = [vectors[i] + 0.05 * rng.normal(size=DIMS) for i in rng.integers(0, 6000, 12)]
+
+    def cold(one_by_one: bool):
+        hits, gets = [], []
+        for q in queries:  # a fresh worker each: every query cold
+            counting = CountingStore(store)
+            worker = Service(unit_settings(rows_per_partition=40), store=CachedStore(counting, 64 << 20))
+            reader = worker.reader
+            if one_by_one:  # a GET a partition, as before partition_loads
+                monkeypatch.setattr(reader, "partition_loads", lambda ns, s, layout, parts, reader=reader: [
+                    (lambda p=p: {p: reader.partition(ns, s, layout, p)})
+                    for p in sorted({int(p) for p in parts}) if not reader.held_partitions(ns, s, [p])[0]])
+            worker.query("p", vector=q.tolist(), top_k=1, nprobe=1)  # the manifest and centroids
+            worker.reader._partitions = type(worker.reader._partitions)(1 << 20, 1 << 30, lambda part: 1)
+            counting.take()
+            found = worker.query("p", vector=q.tolist(), top_k=10, nprobe=24).hits
+            hits.append([(h.id, round(h.score, 4)) for h in found])
+            gets.append(sum(1 for r in counting.take() if r.key.endswith("vectors.bin")))
+            worker.close()
+        return hits, gets
+
+    merged_hits, merged_gets = cold(False)
+    single_hits, single_gets = cold(True)
+    assert merged_hits == single_hits
+    assert all(g >= 20 for g in single_gets)  # a GET a probed partition (24 of them, a few empty)
+    assert np.mean(merged_gets) < 0.5 * np.mean(single_gets)
+    writer.close()
+
+
+def test_every_partition_a_get_covers_is_held_and_read_once(monkeypatch):
+    monkeypatch.setattr(reader_mod, "_PARTITION_SLACK", 1)  # gaps up to the bytes wanted are read through
+    rng = np.random.default_rng(4)
+    store = MemoryStore()
+    svc = Service(unit_settings(rows_per_partition=40), store=store)
+    svc.create_namespace("h", "none", DIMS, "l2", vector_dtype="int8")
+    svc.upsert("h", [{"id": f"r{i}", "vector": rng.normal(size=DIMS).tolist()} for i in range(3000)])
+    svc.index("h")
+    [seg] = svc.catalog.latest("h").segments
+    counting = CountingStore(store)
+    worker = Service(unit_settings(rows_per_partition=40), store=CachedStore(counting, 64 << 20))
+    try:
+        layout = worker.reader.layout("h", seg)
+        counting.take()
+        wanted = [3, 4, 5, 7, 60]  # 6 is read through (the gap is within the slack), 60 alone
+        parts = worker.reader.partitions("h", seg, layout, wanted)
+        reads = [r for r in counting.take() if r.key.endswith("vectors.bin")]
+        assert len(reads) == 2
+        assert worker.reader.held_partitions("h", seg, range(3, 8)) == [True] * 5
+        assert worker.reader.held_partitions("h", seg, [2, 8, 59, 61]) == [False] * 4
+        key = segment.file_key("h", seg.id, "vectors.bin")
+        for p, part in zip(wanted, parts):
+            start, length = layout.byte_range(p)
+            alone = segment.decode_partition(store.get_range(key, start, length), layout.rows_in(p), DIMS, "int8",
+                                             held_codes=True)
+            assert list(part.ids) == list(alone.ids) and np.array_equal(part.dense(), alone.dense())
+        worker.reader.partitions("h", seg, layout, range(3, 8))
+        assert not [r for r in counting.take() if r.key.endswith("vectors.bin")]
+    finally:
+        svc.close()
+        worker.close()
