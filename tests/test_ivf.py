@@ -199,3 +199,17 @@ def test_spatial_order_puts_a_querys_probes_in_few_runs(monkeypatch):
     real = ivf.spatial_order
     monkeypatch.setattr(ivf, "spatial_order", lambda c: ordered.append(len(c)) or real(c))
     assert ivf.train_centroids(points, 64, "l2").shape == (64, 32) and ordered == [64]
+
+
+def test_the_same_rows_train_the_same_centroids_in_any_order():
+    """k-means starts from rows chosen by their values (ivf.content_order), not their
+    places: a compaction or a Ray build that reads the same rows in another order trains
+    the same centroids."""
+    rng = np.random.default_rng(11)
+    rows = rng.standard_normal((5000, 24)).astype(np.float32)  # all of them train (40 x 128 at most)
+    once = ivf.train_centroids(rows, 40, "l2")
+    again = ivf.train_centroids(rows[rng.permutation(len(rows))], 40, "l2")
+    assert np.allclose(once, again, atol=1e-4)
+    order = ivf.content_order(rows)
+    assert sorted(order.tolist()) == list(range(len(rows)))
+    assert np.array_equal(rows[order], rows[::-1][ivf.content_order(rows[::-1])])

@@ -133,9 +133,27 @@ def train_centroids(vectors: np.ndarray, nlist: int, metric: str, seed: int = 12
         max_points_per_centroid=_TRAIN_POINTS_PER_CENTROID,
         verbose=False,
     )
-    kmeans.train(np.ascontiguousarray(sample, dtype=np.float32))
+    sample = np.ascontiguousarray(sample, dtype=np.float32)
+    kmeans.train(sample, init_centroids=sample[content_order(sample, seed)[:nlist]])
     centroids = kmeans.centroids.astype(np.float32)
     return centroids[spatial_order(centroids)]
+
+
+def content_order(rows: np.ndarray, seed: int = 1234) -> np.ndarray:
+    """An order of ``rows`` (float32) that follows from their values alone: by a 64-bit
+    multiplicative hash of each row's bits. k-means starts from the first ``nlist`` rows
+    in this order rather than from rows picked by position, so the same rows train the
+    same centroids however a build read them (a compaction reads its segments partition
+    by partition, a Ray build gathers its shards' samples one after another)."""
+    n, dims = rows.shape
+    bits = rows.view(np.uint32)
+    mult = np.random.default_rng(seed).integers(1, 2**63, dims, dtype=np.uint64) | np.uint64(1)
+    key = np.zeros(n, np.uint64)
+    for lo in range(0, n, 1 << 13):  # 25 MB of scratch at 384 dimensions
+        block = bits[lo : lo + (1 << 13)].astype(np.uint64)
+        block *= mult  # wraps modulo 2**64
+        key[lo : lo + len(block)] = block.sum(axis=1, dtype=np.uint64)
+    return np.argsort(key, kind="stable")
 
 
 _ORDER_ITERATIONS = 16  # power iterations for a set's principal direction
