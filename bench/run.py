@@ -252,6 +252,11 @@ def report(result: dict) -> str:
                      f"{inp['connect_first_ms']} ms = connect {inp['cold_connect_ms']} ms + first query "
                      f"{inp['cold_first_query_ms']} ms; object store: {inp['cold_requests']} requests, "
                      f"{inp['cold_bytes']:,} bytes, {inp['cold_round_trips']} sequential round trips")
+        if "cold_one_get_each" in inp:
+            one = inp["cold_one_get_each"]
+            parts.append(f"  the same cold queries with a GET a partition (alternated): {one['connect_first_ms']} ms, "
+                         f"{one['requests']} requests, {one['bytes']:,} bytes; coalesced / that: "
+                         f"{inp['cold_vs_one_get_each']}")
         trace = ", ".join(f"{t['op']} {t['key']} ({t['bytes']:,} B, {t['start_ms']:.1f}-{t['end_ms']:.1f} ms"
                           f"{', ' + t['error'] if 'error' in t else ''})" for t in inp["cold_trace"][:12])
         more = len(inp["cold_trace"]) - 12
