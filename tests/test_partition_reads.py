@@ -91,3 +91,31 @@ def test_every_partition_a_get_covers_is_held_and_read_once(monkeypatch):
     finally:
         svc.close()
         worker.close()
+
+
+def test_neighbours_are_read_in_gets_of_bounded_size(monkeypatch):
+    """The warm hint's partitions (all of them) are read in GETs of at most
+    _PARTITION_GET_BYTES, cut at partition boundaries, not in one GET of the file."""
+    rng = np.random.default_rng(5)
+    store = MemoryStore()
+    svc = Service(unit_settings(rows_per_partition=40), store=store)
+    svc.create_namespace("w", "none", DIMS, "l2")
+    svc.upsert("w", [{"id": f"r{i}", "vector": rng.normal(size=DIMS).tolist()} for i in range(3000)])
+    svc.index("w")
+    [seg] = svc.catalog.latest("w").segments
+    counting = CountingStore(store)
+    worker = Service(unit_settings(rows_per_partition=40), store=CachedStore(counting, 64 << 20))
+    try:
+        layout = worker.reader.layout("w", seg)
+        most = 4 * max(layout.byte_range(p)[1] for p in range(layout.nlist))
+        monkeypatch.setattr(reader_mod, "_PARTITION_GET_BYTES", most)
+        counting.take()
+        parts = worker.reader.partitions("w", seg, layout, range(layout.nlist))
+        reads = [r for r in counting.take() if r.key.endswith("vectors.bin")]
+        total = int(layout.part_bytes[-1])
+        assert total / most <= len(reads) <= 2 * total / most + 1
+        assert all(r.bytes <= most for r in reads) and sum(r.bytes for r in reads) == total
+        assert sum(len(p.ids) for p in parts) == 3000
+    finally:
+        svc.close()
+        worker.close()

@@ -65,6 +65,9 @@ _SCAN_SHARE = 4
 # Partitions not held are read in GETs of neighbouring partitions, reading through the
 # partitions between them while those add at most 1 / this of the bytes wanted.
 _PARTITION_SLACK = 8
+# ... in GETs of at most this many bytes (a partition bigger than that alone): the warm
+# hint's partitions would otherwise be one GET of the whole file, held twice while decoded.
+_PARTITION_GET_BYTES = 8 * 1024 * 1024
 
 
 def _partition_bytes(part: Partition) -> int:
@@ -178,12 +181,13 @@ class NamespaceReader:
         parts = sorted({int(p) for p in parts})
         held = self._partitions.peek_many([(key, p) for p in parts])
         missing = [p for p, part in zip(parts, held) if part is None]
-        empty = [p for p in missing if not layout.rows_in(p)]
-        wanted = [layout.byte_range(p) for p in missing if layout.rows_in(p)]
+        # Empty partitions need no GET, and one another caller is loading now is waited for.
+        alone = [p for p in missing if not layout.rows_in(p) or (key, p) in self._partitions]
+        wanted = [layout.byte_range(p) for p in missing if p not in alone]
         merged = ranged_reads.coalesce_within(wanted, 0, sum(n for _, n in wanted) // _PARTITION_SLACK)
-        loads = [lambda p=p: {p: self.partition(ns, seg, layout, p)} for p in empty]
+        loads = [lambda p=p: {p: self.partition(ns, seg, layout, p)} for p in alone]
         return loads + [lambda start=start, length=length: self._load_partitions(ns, seg, layout, start, length)
-                        for start, length in merged]
+                        for start, length in _split(merged, layout.part_bytes, _PARTITION_GET_BYTES)]
 
     def _load_partitions(self, ns: str, seg: SegmentRef, layout: Layout, start: int, length: int
                          ) -> dict[int, Partition]:
@@ -676,3 +680,20 @@ def _frozen(array: np.ndarray) -> np.ndarray:
     """``array``, read-only: a memoised mask is shared by every query (and by later masks)."""
     array.flags.writeable = False
     return array
+
+
+def _split(ranges: list[tuple[int, int]], bounds: np.ndarray, most: int) -> list[tuple[int, int]]:
+    """``ranges`` (each whole partitions: ``bounds`` are the partitions' byte offsets) cut
+    at partition boundaries into pieces of at most ``most`` bytes where partitions allow."""
+    out = []
+    for start, length in ranges:
+        end = start + length
+        while end - start > most:
+            cut = int(bounds[np.searchsorted(bounds, start + most, side="right") - 1])
+            if cut <= start:  # a partition bigger than ``most``: alone
+                cut = int(bounds[np.searchsorted(bounds, start, side="right")])
+            out.append((start, cut - start))
+            start = cut
+        if end > start:
+            out.append((start, end - start))
+    return out
