@@ -58,10 +58,6 @@ class PostingsWriter:
         self._slot = np.zeros(0, np.int64)  # term id -> its dictionary slot
         self._df = np.zeros(0, np.int64)  # term id -> its postings spilled so far
 
-    @property
-    def nbytes(self) -> int:
-        return self.builder.nbytes + 16 * len(self._names)
-
     def add(self, texts: Iterable[str]) -> None:
         self.builder.add(texts)
         if self.slots is not None and self.builder.postings_bytes >= self.max_bytes:

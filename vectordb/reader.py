@@ -175,8 +175,9 @@ class NamespaceReader:
         while the bytes read between them stay within 1 / ``_PARTITION_SLACK`` of those
         wanted (``ranged_reads.coalesce_within``), each partition read through held too.
         Centroids are numbered in spatial order (``ivf.spatial_order``), so a query's
-        probes fall into a few such runs: a cold query's round of partition GETs costs
-        about as much per GET whatever its size up to megabytes, on S3 as on disk."""
+        probes fall into a few such runs; on the benchmark's S3 server a GET costs about
+        as much whatever its size up to megabytes (``bench/range_reads.py``). Pieces of at
+        most ``_PARTITION_GET_BYTES``; a partition another caller is loading is waited for."""
         key = segment.file_key(ns, seg.id, "vectors.bin")
         parts = sorted({int(p) for p in parts})
         held = self._partitions.peek_many([(key, p) for p in parts])

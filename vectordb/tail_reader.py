@@ -211,9 +211,12 @@ class TailReader:
 
         if not parents or not manifest.wal:
             return []
-        keys = [ref.key for ref in manifest.wal]
-        objects = list(self._pool.map(
-            lambda key: self._ops.get(("chunks", key), lambda: ObjectChunks.read(self.store, key)), keys))
+        keys = [("chunks", ref.key) for ref in manifest.wal]
+        objects = self._ops.peek_many(keys)
+        missing = [key for key, obj in zip(keys, objects) if obj is None]
+        read = dict(zip(missing, self._pool.map(
+            lambda key: self._ops.get(key, lambda: ObjectChunks.read(self.store, key[1])), missing)))
+        objects = [obj if obj is not None else read[key] for key, obj in zip(keys, objects)]
         wanted = pa.array(parents, pa.string())
         named: dict[str, None] = {}
         for obj in objects:
