@@ -60,17 +60,24 @@ def test_a_cold_query_reads_neighbouring_partitions_in_one_get(dtype, monkeypatc
     writer.close()
 
 
-def test_every_partition_a_get_covers_is_held_and_read_once(monkeypatch):
-    monkeypatch.setattr(reader_mod, "_PARTITION_SLACK", 1)  # gaps up to the bytes wanted are read through
-    rng = np.random.default_rng(4)
+def _indexed(ns: str, dtype: str, seed: int):
+    """3,000 random rows indexed into one segment of ~75 partitions by one Service; a
+    second, cold one reads the store through a CountingStore."""
+    rng = np.random.default_rng(seed)
     store = MemoryStore()
     svc = Service(unit_settings(rows_per_partition=40), store=store)
-    svc.create_namespace("h", "none", DIMS, "l2", vector_dtype="int8")
-    svc.upsert("h", [{"id": f"r{i}", "vector": rng.normal(size=DIMS).tolist()} for i in range(3000)])
-    svc.index("h")
-    [seg] = svc.catalog.latest("h").segments
+    svc.create_namespace(ns, "none", DIMS, "l2", vector_dtype=dtype)
+    svc.upsert(ns, [{"id": f"r{i}", "vector": rng.normal(size=DIMS).tolist()} for i in range(3000)])
+    svc.index(ns)
+    [seg] = svc.catalog.latest(ns).segments
     counting = CountingStore(store)
     worker = Service(unit_settings(rows_per_partition=40), store=CachedStore(counting, 64 << 20))
+    return store, svc, seg, counting, worker
+
+
+def test_every_partition_a_get_covers_is_held_and_read_once(monkeypatch):
+    monkeypatch.setattr(reader_mod, "_PARTITION_SLACK", 1)  # gaps up to the bytes wanted are read through
+    store, svc, seg, counting, worker = _indexed("h", "int8", 4)
     try:
         layout = worker.reader.layout("h", seg)
         counting.take()
@@ -96,15 +103,7 @@ def test_every_partition_a_get_covers_is_held_and_read_once(monkeypatch):
 def test_neighbours_are_read_in_gets_of_bounded_size(monkeypatch):
     """The warm hint's partitions (all of them) are read in GETs of at most
     _PARTITION_GET_BYTES, cut at partition boundaries, not in one GET of the file."""
-    rng = np.random.default_rng(5)
-    store = MemoryStore()
-    svc = Service(unit_settings(rows_per_partition=40), store=store)
-    svc.create_namespace("w", "none", DIMS, "l2")
-    svc.upsert("w", [{"id": f"r{i}", "vector": rng.normal(size=DIMS).tolist()} for i in range(3000)])
-    svc.index("w")
-    [seg] = svc.catalog.latest("w").segments
-    counting = CountingStore(store)
-    worker = Service(unit_settings(rows_per_partition=40), store=CachedStore(counting, 64 << 20))
+    _, svc, seg, counting, worker = _indexed("w", "float32", 5)
     try:
         layout = worker.reader.layout("w", seg)
         most = 4 * max(layout.byte_range(p)[1] for p in range(layout.nlist))
