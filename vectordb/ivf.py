@@ -117,7 +117,9 @@ def default_nprobe(nlist: int) -> int:
 
 
 def train_centroids(vectors: np.ndarray, nlist: int, metric: str, seed: int = 1234) -> np.ndarray:
-    """k-means centroids (nlist × d). Spherical for cosine, so centroids stay unit-length."""
+    """k-means centroids (nlist × d). Spherical for cosine, so centroids stay unit-length.
+    Started from the sample's rows first in :func:`content_order`, and numbered in
+    :func:`spatial_order`."""
     if nlist == 1:
         return vectors.mean(axis=0, keepdims=True).astype(np.float32)
     faiss = _faiss()
