@@ -42,7 +42,7 @@ from api.service import Service  # noqa: E402
 from storage import CachedStore, open_raw_store  # noqa: E402
 from vectordb.ivf import default_nprobe  # noqa: E402
 from vectordb.settings import Settings  # noqa: E402
-from vectordb.testing import free_port  # noqa: E402
+from vectordb.testing import free_port, one_get_per_partition  # noqa: E402
 
 NAMESPACE = "bench"
 JSON_HEADERS = {"content-type": "application/json"}
@@ -396,15 +396,6 @@ def ingest(data: ds_mod.Dataset, env: dict, workdir: Path, clients: int, batch: 
     return out
 
 
-def _one_get_each(reader) -> None:
-    """Make ``reader`` fetch each partition a query needs in a GET of its own."""
-    def loads(ns, seg, layout, parts):
-        return [(lambda p=p: {p: reader.partition(ns, seg, layout, p)})
-                for p in sorted({int(p) for p in parts}) if not reader.held_partitions(ns, seg, [p])[0]]
-
-    reader.partition_loads = loads
-
-
 def in_process(data: ds_mod.Dataset, settings: Settings, colds: int, log) -> dict:
     """Fresh Services with empty caches (cold), then warm passes on the last one."""
     from vectordb import ivf
@@ -422,7 +413,7 @@ def in_process(data: ds_mod.Dataset, settings: Settings, colds: int, log) -> dic
             counting = CountingStore(open_raw_store(settings))
             service = Service(settings, store=CachedStore(counting, settings.cache_bytes))
             if single:
-                _one_get_each(service.reader)
+                one_get_per_partition(service.reader)
             t1 = time.perf_counter()
             counting.take()
             service.query(NAMESPACE, vector=q, top_k=ds_mod.K, consistency="eventual")

@@ -15,12 +15,13 @@ from storage.memory import MemoryStore
 from tests.fakes import unit_settings
 from vectordb import reader as reader_mod
 from vectordb import segment
+from vectordb.testing import one_get_per_partition
 
 DIMS = 16
 
 
 @pytest.mark.parametrize("dtype", ["int8", "float32"])
-def test_a_cold_query_reads_neighbouring_partitions_in_one_get(dtype, monkeypatch):
+def test_a_cold_query_reads_neighbouring_partitions_in_one_get(dtype):
     rng = np.random.default_rng(3)
     store = MemoryStore()
     writer = Service(unit_settings(rows_per_partition=40), store=store)
@@ -40,9 +41,7 @@ def test_a_cold_query_reads_neighbouring_partitions_in_one_get(dtype, monkeypatc
             worker = Service(unit_settings(rows_per_partition=40), store=CachedStore(counting, 64 << 20))
             reader = worker.reader
             if one_by_one:  # a GET a partition, as before partition_loads
-                monkeypatch.setattr(reader, "partition_loads", lambda ns, s, layout, parts, reader=reader: [
-                    (lambda p=p: {p: reader.partition(ns, s, layout, p)})
-                    for p in sorted({int(p) for p in parts}) if not reader.held_partitions(ns, s, [p])[0]])
+                one_get_per_partition(reader)
             worker.query("p", vector=q.tolist(), top_k=1, nprobe=1)  # the manifest and centroids
             worker.reader._partitions = type(worker.reader._partitions)(1 << 20, 1 << 30, lambda part: 1)
             counting.take()

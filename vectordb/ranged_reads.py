@@ -11,6 +11,7 @@ column chunks fetched here.
 from __future__ import annotations
 
 import io
+from bisect import bisect_right
 from collections.abc import Iterable
 from concurrent.futures import Executor
 
@@ -53,6 +54,24 @@ def coalesce_within(ranges: Iterable[tuple[int, int]], gap: int, budget: int) ->
         else:
             out.append([start, length])
     return [(s, n) for s, n in out]
+
+
+def split_at(ranges: list[tuple[int, int]], bounds, most: int) -> list[tuple[int, int]]:
+    """``ranges`` (each made of whole pieces: ``bounds`` are the pieces' start offsets, and
+    the end, ascending) cut at piece boundaries into ranges of at most ``most`` bytes where
+    the pieces allow (a piece bigger than ``most`` is a range alone)."""
+    out = []
+    for start, length in ranges:
+        end = start + length
+        while end - start > most:
+            cut = int(bounds[bisect_right(bounds, start + most) - 1])
+            if cut <= start:  # a piece bigger than ``most``: alone
+                cut = int(bounds[bisect_right(bounds, start)])
+            out.append((start, cut - start))
+            start = cut
+        if end > start:
+            out.append((start, end - start))
+    return out
 
 
 class Spans:

@@ -188,7 +188,7 @@ class NamespaceReader:
         merged = ranged_reads.coalesce_within(wanted, 0, sum(n for _, n in wanted) // _PARTITION_SLACK)
         loads = [lambda p=p: {p: self.partition(ns, seg, layout, p)} for p in alone]
         return loads + [lambda start=start, length=length: self._load_partitions(ns, seg, layout, start, length)
-                        for start, length in _split(merged, layout.part_bytes, _PARTITION_GET_BYTES)]
+                        for start, length in ranged_reads.split_at(merged, layout.part_bytes, _PARTITION_GET_BYTES)]
 
     def _load_partitions(self, ns: str, seg: SegmentRef, layout: Layout, start: int, length: int
                          ) -> dict[int, Partition]:
@@ -682,19 +682,3 @@ def _frozen(array: np.ndarray) -> np.ndarray:
     array.flags.writeable = False
     return array
 
-
-def _split(ranges: list[tuple[int, int]], bounds: np.ndarray, most: int) -> list[tuple[int, int]]:
-    """``ranges`` (each whole partitions: ``bounds`` are the partitions' byte offsets) cut
-    at partition boundaries into pieces of at most ``most`` bytes where partitions allow."""
-    out = []
-    for start, length in ranges:
-        end = start + length
-        while end - start > most:
-            cut = int(bounds[np.searchsorted(bounds, start + most, side="right") - 1])
-            if cut <= start:  # a partition bigger than ``most``: alone
-                cut = int(bounds[np.searchsorted(bounds, start, side="right")])
-            out.append((start, cut - start))
-            start = cut
-        if end > start:
-            out.append((start, end - start))
-    return out

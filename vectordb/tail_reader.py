@@ -91,6 +91,23 @@ class ObjectChunks(ObjectOps):
         return super().nbytes + self.doc_ids.nbytes + self.at.nbytes
 
 
+def _newest(count: int, object_at, ids: list[str]):
+    """For each of ``ids``, the newest of ``count`` WAL objects that names it (as
+    :class:`ObjectOps`; ``object_at(o)`` gives object ``o``, asked newest first and only
+    while some id is undecided): yields (index into ``ids``, o, the object, the id's place
+    in its :class:`~vectordb.id_set.IdSet`). Ids no object names are not yielded."""
+    hashes = blake2b64(ids)
+    open_ = np.arange(len(ids))
+    for o in range(count - 1, -1, -1):
+        if not len(open_):
+            return
+        obj = object_at(o)
+        at = obj.ids.positions([ids[n] for n in open_.tolist()], hashes[open_])
+        for n, j in zip(open_[at >= 0].tolist(), at[at >= 0].tolist()):
+            yield n, o, obj, j
+        open_ = open_[at < 0]
+
+
 def signature(manifest: Manifest) -> tuple:
     """What identifies a manifest's tail: its namespace and dimensions (an empty WAL looks
     the same in every namespace), then its WAL keys in order."""
@@ -187,18 +204,13 @@ class TailReader:
         if self.has(manifest):
             tail = self.tail(manifest)
             return {i: i not in tail.deleted for i in ids if i in tail.touched}
-        hashes = blake2b64(ids)
-        out: dict[str, bool] = {}
-        open_ = np.arange(len(ids))
-        for ref in reversed(manifest.wal):
-            ops = self._ops.get(ref.key, lambda ref=ref: ObjectOps.read(self.store, ref.key))
-            at = ops.ids.positions([ids[n] for n in open_.tolist()], hashes[open_])
-            for n, j in zip(open_[at >= 0].tolist(), at[at >= 0].tolist()):
-                out[ids[n]] = not ops.deleted[j]
-            open_ = open_[at < 0]
-            if not len(open_):
-                break
-        return out
+        wal_refs = manifest.wal
+
+        def ops_of(o: int) -> ObjectOps:
+            key = wal_refs[o].key
+            return self._ops.get(key, lambda: ObjectOps.read(self.store, key))
+
+        return {ids[n]: not ops.deleted[j] for n, _, ops, j in _newest(len(wal_refs), ops_of, ids)}
 
     def chunk_ids(self, manifest: Manifest, parents: list[str]) -> list[str]:
         """Ids of the rows of the tail of ``manifest`` whose ``doc_id`` is one of
@@ -222,21 +234,10 @@ class TailReader:
         for obj in objects:
             rows = np.flatnonzero(pc.is_in(obj.doc_ids, value_set=wanted).to_numpy(zero_copy_only=False))
             named.update(dict.fromkeys(obj.ids.ids.take(pa.array(rows)).to_pylist()))
-        ids = list(named)
-        hashes = blake2b64(ids)
-        wanted_set = set(parents)
-        live: list[tuple[int, int, str]] = []  # (object, place in it, id) of each live chunk
-        open_ = np.arange(len(ids))
-        for o in range(len(objects) - 1, -1, -1):  # an id's newest operation decides it
-            if not len(open_):
-                break
-            obj = objects[o]
-            at = obj.ids.positions([ids[n] for n in open_.tolist()], hashes[open_])
-            for n, j in zip(open_[at >= 0].tolist(), at[at >= 0].tolist()):
-                if not obj.deleted[j] and obj.doc_ids[j].as_py() in wanted_set:
-                    live.append((o, int(obj.at[j]), ids[n]))
-            open_ = open_[at < 0]
-        return [i for _, _, i in sorted(live)]
+        ids, wanted_set = list(named), set(parents)
+        live = sorted((o, int(obj.at[j]), ids[n]) for n, o, obj, j in _newest(len(objects), objects.__getitem__, ids)
+                      if not obj.deleted[j] and obj.doc_ids[j].as_py() in wanted_set)
+        return [i for _, _, i in live]  # in the order of their operations
 
     def _decode(self, refs, dims: int) -> list[Batch]:
         if len(refs) <= 1:

@@ -297,3 +297,15 @@ def nfcorpus_docs(limit: int | None = None) -> list[dict]:
             if limit and len(docs) >= limit:
                 break
     return docs
+
+
+def one_get_per_partition(reader) -> None:
+    """Make ``reader`` (a :class:`vectordb.reader.NamespaceReader`) fetch each partition a
+    query lacks in a GET of its own, as before neighbours were read together
+    (``NamespaceReader.partition_loads``): the baseline its tests and ``bench/run.py``
+    compare with."""
+    def loads(ns, seg, layout, parts):
+        return [(lambda p=p: {p: reader.partition(ns, seg, layout, p)})
+                for p in sorted({int(p) for p in parts}) if not reader.held_partitions(ns, seg, [p])[0]]
+
+    reader.partition_loads = loads
