@@ -134,6 +134,10 @@ def collect(
                 bytes_ += info.size
             else:
                 spared += 1
+    if newest.deleted:
+        # A dropped namespace's copies of its centroids (vectordb.layout_hint): no reader
+        # takes them (its segment ids are gone from every live version), so they go now.
+        store.delete(keys.layout_hint_key(ns))
     left = [info.key for info in listed_objects if info.key in own | tagged | forked]
     for_versions = sum(key in own for key in left)
     for_tags = sum(key in tagged and key not in own for key in left)

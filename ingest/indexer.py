@@ -36,7 +36,7 @@ from ingest.background import OnePerNamespace
 from ingest.build_input import Chained, SegmentRows, WalTail
 from storage.base import ObjectStore
 from storage.errors import ObjectNotFound, PreconditionFailed
-from vectordb import id_set, segment, wal
+from vectordb import id_set, layout_hint, segment, wal
 from vectordb.catalog import Catalog
 from vectordb.errors import Conflict
 from vectordb.id_set import IdSet
@@ -86,6 +86,7 @@ class _Build:
     rows: int = 0
     compacted: bool = False
     remote: RayBuilt | None = None  # segments a Ray build uploaded already (ingest.ray_build)
+    published_id: str | None = None  # the id ``built`` was last uploaded under (publish)
 
     def publish(self, store: ObjectStore, pool, key_version: int) -> tuple[SegmentRef, ...]:
         """Upload the new segment and tombstone lists under ``key_version``; the segments of
@@ -105,6 +106,7 @@ class _Build:
             items = list(built.files.items())
             list(pool.map(lambda kv: store.put_file(segment.file_key(ns, built.id, kv[0]), kv[1]), items))
             segments.append(SegmentRef(built.id, built.rows, built.nlist, built.bytes))
+            self.published_id = built.id
         if self.remote is not None:
             segments.extend(self.remote.under(store, key_version))
         return tuple(segments)
@@ -318,8 +320,21 @@ class Indexer:
                 segments = build.publish(self.store, self.reader.pool, key_version)
             change = {"op": "compact" if build.compacted else "index", "rows": build.rows}
             try:
-                return self.catalog.commit(
+                committed = self.catalog.commit(
                     current.next(segments=segments, wal=current.wal[len(base.wal) :], change=change)
                 )
             except PreconditionFailed:
                 current = self.catalog.latest(base.namespace)
+                continue
+            self._write_layout_hint(committed, build)
+            return committed
+
+    def _write_layout_hint(self, manifest: Manifest, build: _Build) -> None:
+        """Rewrite ``layouts.bin`` for ``manifest`` (:mod:`vectordb.layout_hint`): the new
+        segment's ``ivf.bin`` from its local file, the others' read from the store. Only a
+        hint: a failure is logged, and cold workers read each ``ivf.bin`` meanwhile."""
+        held = {build.published_id: build.built.read("ivf.bin")} if build.published_id is not None else {}
+        try:
+            layout_hint.write(self.store, manifest, held, self.reader.pool.map)
+        except Exception:  # noqa: BLE001 - the commit stands; the hint is an optimisation
+            log.warning("could not write the layout hint of %s", manifest.namespace, exc_info=True)

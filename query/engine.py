@@ -10,6 +10,7 @@ outlives a restart except what the store's cache holds; a fresh worker answers t
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -22,13 +23,14 @@ from query import documents, fusion, lexical, vector_search
 from query.plan import TAIL, Candidate, Context, filter_key, partition_of, row_key
 from query.probe_group import ProbeGroup
 from storage.errors import ObjectNotFound
-from vectordb import embedders, ivf
+from vectordb import embedders, ivf, layout_hint
 from vectordb.bm25 import analyze
 from vectordb.catalog import Catalog
 from vectordb.doc_fields import Record
 from vectordb.errors import DocumentNotFound, InvalidArgument, VersionNotRetained
 from vectordb.filters import parse_filter
 from vectordb.manifest import Manifest
+from vectordb.namespace import check_namespace_name
 from vectordb.reader import NamespaceReader
 from vectordb.settings import Settings
 from vectordb.vectors import check_vector
@@ -36,6 +38,7 @@ from vectordb.vectors import check_vector
 INCLUDABLE = ("text", "attributes", "vector")
 CONSISTENCY = ("strong", "eventual")
 MODES = ("vector", "bm25", "hybrid")
+log = logging.getLogger(__name__)
 # After a probe finds a newer version, strong queries of that namespace wait for their
 # probe before searching for this long (a namespace being written would search twice).
 _SPECULATION_PAUSE_S = 1.0
@@ -145,21 +148,32 @@ class QueryEngine:
 
     def _speculate(self, ns: str, req: QueryRequest,
                    search: Callable[[Manifest], QueryResult]) -> tuple[object, Manifest | None]:
-        """A strong query on a worker that knows ``ns``: ``search`` the newest version it
-        knows while the probe asks the store for the next one. (answer, newest) when the
+        """A strong query on a worker that knows ``ns``, or any query on one that does not
+        (:meth:`_cold_start`): ``search`` the newest version it knows while the probe asks
+        the store for the next one. (answer, newest) when the
         probe found no newer version: the answer is then of a version that was the newest
         during the query, which is what a strong read promises. (_MISSED, newest) when it
         found one, or the search failed: the caller searches ``newest``, where an error
         counts. (_MISSED, None): not speculated. (Not for GET by id: its work, ~1-2 ms
         warm, gained less than the hand-off to the probe's thread cost,
         bench/speculative_reads.py.)"""
-        if req.consistency != "strong" or req.as_of is not None or not self.settings.speculative_reads:
+        if req.as_of is not None or not self.settings.speculative_reads:
+            return _MISSED, None
+        if time.monotonic() - self._moved_at.get(ns, -_SPECULATION_PAUSE_S) < _SPECULATION_PAUSE_S:
             return _MISSED, None
         start = self.catalog.trusted(ns)
-        if start is None or time.monotonic() - self._moved_at.get(ns, -_SPECULATION_PAUSE_S) < _SPECULATION_PAUSE_S:
+        if start is not None and req.consistency == "strong":
+            # Started after this query arrived, so it sees every write acknowledged before.
+            probe = self._probes.submit(self._strong.latest, ns)
+        elif start is not None:  # eventual, on a worker that knows ns: no probe to hide
             return _MISSED, None
-        # Started after this query arrived, so it sees every write acknowledged before.
-        probe = self._probes.submit(self._strong.latest, ns)
+        else:  # a cold worker, strong or eventual: the probe is the same
+            start = self._cold_start(ns)
+            if start is None:
+                return _MISSED, None
+            # Probes from a version read after this query arrived: sees every acknowledged write.
+            probe = self._probes.submit(self.catalog.probe_from, ns, start)
+        time.sleep(0)  # hand the probe's thread the GIL: its GET goes out before the search's work
         try:
             answer = search(start)
         except Exception:  # noqa: BLE001 - done again on the newest version, where the error counts
@@ -182,6 +196,26 @@ class QueryEngine:
         if consistency == "strong":
             return self._strong.latest(ns)
         return self.catalog.latest(ns, consistency, on_start=self._prefetch)
+
+    def _cold_start(self, ns: str) -> Manifest | None:
+        """A worker that does not know ``ns``: the version to speculate on (``latest.json``,
+        :meth:`Catalog.start`), read beside ``layouts.bin`` (:mod:`vectordb.layout_hint`),
+        whose copies of its segments' ``ivf.bin`` the reader then holds. So the query reads
+        its partitions in its second round trip, beside the probe for a newer version, not
+        its third. None: no live version to start from (the caller finds out why)."""
+        check_namespace_name(ns)  # before its name goes into a key
+        hint = self.reader.pool.submit(layout_hint.read, self.reader.store, ns)
+        start = self.catalog.start(ns)
+        if start is None or start.deleted:
+            return None
+        try:
+            copies = hint.result()
+        except Exception:  # noqa: BLE001 - only a hint: the query reads each ivf.bin, where errors count
+            log.warning("could not read the layout hint of %s", ns, exc_info=True)
+            copies = {}
+        self.reader.hold_layouts(ns, start.segments, copies)
+        self._prefetch(start)
+        return start
 
     def _prefetch(self, manifest: Manifest) -> None:
         """Start loading what any query of ``manifest`` needs first (centroids, tombstones, the

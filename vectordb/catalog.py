@@ -109,10 +109,7 @@ class Catalog:
             known = self._known.get(ns)
         if known and consistency == "eventual" and now - known[1] < self.eventual_ttl_s:
             return known[0]
-        if known and now - known[1] < self.trust_s:
-            start = known[0]
-        else:
-            start = self._resync(ns, known[0] if known else None, now)
+        start = self._start(ns, known, now)
         if start is None:
             return None
         if on_start is not None and not start.deleted:
@@ -120,6 +117,31 @@ class Catalog:
         newest = self._probe_forward(ns, start, now)
         self._remember(newest, now)
         return newest
+
+    def start(self, ns: str) -> Manifest | None:
+        """The version a search for the newest of ``ns`` starts from (the one this process
+        trusts, else the ``latest.json`` hint or a LIST, as :meth:`newest` does); None if
+        ``ns`` never existed. A version that was committed, but not confirmed the newest:
+        a caller may read it while :meth:`probe_from` looks past it."""
+        check_namespace_name(ns)
+        with self._lock:
+            known = self._known.get(ns)
+        return self._start(ns, known, self.clock())
+
+    def probe_from(self, ns: str, start: Manifest) -> Manifest:
+        """The newest live version, probing forward from ``start`` (from :meth:`start`).
+        Raises NamespaceNotFound if it is dropped."""
+        now = self.clock()
+        newest = self._probe_forward(ns, start, now)
+        self._remember(newest, now)
+        if newest.deleted:
+            raise NamespaceNotFound(f"namespace {ns!r} does not exist")
+        return newest
+
+    def _start(self, ns: str, known: tuple[Manifest, float] | None, now: float) -> Manifest | None:
+        if known and now - known[1] < self.trust_s:
+            return known[0]
+        return self._resync(ns, known[0] if known else None, now)
 
     def read_version(self, ns: str, version: int) -> Manifest | Pruned | None:
         """Version ``version`` as stored: the manifest, its stub, or None if absent."""

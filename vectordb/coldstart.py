@@ -16,7 +16,7 @@ imports before this module count too). The stages a query worker passes, in orde
     first_answer      the first query was answered
 
 :meth:`ColdStart.watch` attaches to a service's catalog and reader without changing them:
-it wraps three instance methods so that their first return marks a stage. A process has
+it wraps four instance methods so that their first return marks a stage. A process has
 one cold start: :func:`process_clock` is the instance that the HTTP app and a hosting
 engine share.
 """
@@ -110,13 +110,15 @@ class ColdStart:
             return self._marks.get("first_answer")
 
     def watch(self, catalog: Any, reader: Any) -> None:
-        """Mark first_manifest, centroids and first_partitions when ``catalog.latest``,
+        """Mark first_manifest, centroids and first_partitions when ``catalog.latest`` (or
+        ``catalog.start``: the version a cold worker searches while it probes past it),
         ``reader.layout`` and ``reader.partitions`` first return (once per pair)."""
         with self._lock:
             if (id(catalog), id(reader)) in self._watched:
                 return
             self._watched.add((id(catalog), id(reader)))
         _on_first_return(catalog, "latest", lambda: self.mark("first_manifest"))
+        _on_first_return(catalog, "start", lambda: self.mark("first_manifest"))
         _on_first_return(reader, "layout", lambda: self.mark("centroids"))
         _on_first_return(reader, "partitions", lambda: self.mark("first_partitions"))
 

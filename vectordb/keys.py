@@ -38,6 +38,11 @@ def latest_hint_key(ns: str) -> str:
     return f"{ns}/latest.json"
 
 
+def layout_hint_key(ns: str) -> str:
+    """Copies of a recent version's segments' ``ivf.bin`` (:mod:`vectordb.layout_hint`)."""
+    return f"{ns}/layouts.bin"
+
+
 def wal_key(ns: str, version: int, uid: str) -> str:
     return f"{ns}/wal/{versioned_name(version, uid)}.parquet"
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import threading
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import TYPE_CHECKING
@@ -34,6 +35,7 @@ from vectordb.bm25_reader import BM25Reader, TermPostings
 from vectordb.doc_fields import Record
 from vectordb.docs_format import DOC_ID, DocsLayout
 from vectordb.docs_reader import ENTRY_GAP, DocsReader, StoredRows
+from vectordb.errors import VectorDBError
 from vectordb.filters import Filter
 from vectordb.id_set import IdSet
 from vectordb.manifest import Manifest, SegmentRef, WalRef
@@ -46,7 +48,11 @@ from vectordb.tail_doc_ids import TailDocIds
 from vectordb.tail_reader import TailReader
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     import pyarrow as pa
+
+log = logging.getLogger(__name__)
 
 # Decoded state beside the partitions (tails, masks, id lookups) when the reader is given
 # no partition budget; with one, an eighth of it.
@@ -131,6 +137,25 @@ class NamespaceReader:
 
     def has_tail(self, manifest: Manifest) -> bool:
         return self.tails.has(manifest)
+
+    def hold_layouts(self, ns: str, segments, copies: Mapping[str, bytes]) -> None:
+        """Hold the layouts of those of ``segments`` that ``copies`` (segment id -> its
+        ``ivf.bin``: ``layouts.bin``'s entries) has; a copy that does not decode, or does
+        not describe the segment's rows and partitions, is skipped (:meth:`layout` reads
+        that segment's own)."""
+        for seg in segments:
+            data = copies.get(seg.id)
+            key = segment.file_key(ns, seg.id, "ivf.bin")
+            if data is None or key in self._layouts:
+                continue
+            try:
+                layout = Layout.from_bytes(data)
+            except (VectorDBError, ValueError):
+                layout = None
+            if layout is None or layout.nlist != seg.nlist or int(layout.part_rows[-1]) != seg.rows:
+                log.warning("layouts.bin of %s holds a bad copy of segment %s's ivf.bin", ns, seg.id)
+                continue
+            self._layouts.get(key, lambda layout=layout: layout)
 
     def layout(self, ns: str, seg: SegmentRef) -> Layout:
         key = segment.file_key(ns, seg.id, "ivf.bin")
