@@ -402,25 +402,29 @@ def in_process(data: ds_mod.Dataset, settings: Settings, colds: int, log) -> dic
 
     ivf._faiss()  # import FAISS first: "connect -> first answer" is in a warm process
     queries = data.queries
-    cold, one_each = [], []
+    cold, one_each, no_hint = [], [], []
     service = None
     for i in range(colds):
         q = queries[i % len(queries)]
         # The same cold query with its partitions read one GET each (as before
-        # NamespaceReader.partition_loads read neighbours together): the baseline, alternated.
-        for runs, single in ((one_each, True), (cold, False)):
+        # NamespaceReader.partition_loads read neighbours together), and without layouts.bin
+        # (each ivf.bin read once latest.json named the segments, as before
+        # vectordb.layout_hint): the baselines, alternated.
+        for runs, baseline in ((one_each, "one GET each"), (no_hint, "no layouts.bin"), (cold, None)):
             t0 = time.perf_counter()
             counting = CountingStore(open_raw_store(settings))
             service = Service(settings, store=CachedStore(counting, settings.cache_bytes))
-            if single:
+            if baseline == "one GET each":
                 one_get_per_partition(service.reader)
+            elif baseline == "no layouts.bin":
+                service.engine._cold_start = lambda ns: None  # the worker reads no hint, speculates not
             t1 = time.perf_counter()
             counting.take()
             service.query(NAMESPACE, vector=q, top_k=ds_mod.K, consistency="eventual")
             t2 = time.perf_counter()
             runs.append({"connect_ms": ms(t1 - t0), "first_query_ms": ms(t2 - t1), "connect_first_ms": ms(t2 - t0),
                          **describe_requests(counting.take())})
-            if single or i < colds - 1:
+            if baseline or i < colds - 1:
                 service.close()
     assert service is not None
     median = sorted(cold, key=lambda c: c["connect_first_ms"])[len(cold) // 2]
@@ -441,6 +445,14 @@ def in_process(data: ds_mod.Dataset, settings: Settings, colds: int, log) -> dic
         },
     }
     out["cold_vs_one_get_each"] = round(out["connect_first_ms"] / out["cold_one_get_each"]["connect_first_ms"], 3)
+    plain = sorted(no_hint, key=lambda c: c["connect_first_ms"])[len(no_hint) // 2]
+    out["cold_no_layout_hint"] = {
+        "connect_first_ms": round(statistics.median(c["connect_first_ms"] for c in no_hint), 1),
+        "requests": plain["requests"], "bytes": plain["bytes"], "round_trips": plain["round_trips"],
+        "runs": [{k: v for k, v in c.items() if k != "trace"} for c in no_hint],
+        "trace": plain["trace"],
+    }
+    out["cold_vs_no_layout_hint"] = round(out["connect_first_ms"] / out["cold_no_layout_hint"]["connect_first_ms"], 3)
 
     def search(q, consistency="eventual"):
         return [row_of(h.id) for h in service.query(NAMESPACE, vector=q, top_k=ds_mod.K, consistency=consistency).hits]
@@ -461,8 +473,10 @@ def in_process(data: ds_mod.Dataset, settings: Settings, colds: int, log) -> dic
     out["warm_strong_requests"] = strong_requests["by_op"]
     out["warm_strong_round_trips_per_query"] = round(strong_requests["round_trips"] / len(strong), 2)
     service.close()
-    log(f"ours in-process: cold {out['connect_first_ms']} ms ({out['cold_one_get_each']['connect_first_ms']} ms "
-        f"with a GET a partition: {out['cold_vs_one_get_each']}x), warm p50 {out['warm_p50_ms']} ms, "
+    log(f"ours in-process: cold {out['connect_first_ms']} ms in {out['cold_round_trips']} round trips "
+        f"({out['cold_one_get_each']['connect_first_ms']} ms with a GET a partition: {out['cold_vs_one_get_each']}x; "
+        f"{out['cold_no_layout_hint']['connect_first_ms']} ms in {out['cold_no_layout_hint']['round_trips']} without "
+        f"layouts.bin: {out['cold_vs_no_layout_hint']}x), warm p50 {out['warm_p50_ms']} ms, "
         f"recall {out['recall_at_10']}")
     return out
 
