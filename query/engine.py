@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -99,6 +99,7 @@ class QueryEngine:
         # Runs the newest-manifest probe of a speculated strong query (see _speculate).
         self._probes = ThreadPoolExecutor(max_workers=8, thread_name_prefix="probe")
         self._moved_at: dict[str, float] = {}  # namespace -> when a probe last found a newer version
+        self._cold_starts: dict[str, Future] = {}  # namespace -> its cold start in flight (_cold_start)
 
     # --- public ------------------------------------------------------------------------
     def query(self, ns: str, **kwargs) -> QueryResult:
@@ -168,11 +169,9 @@ class QueryEngine:
         elif start is not None:  # eventual, on a worker that knows ns: no probe to hide
             return _MISSED, None
         else:  # a cold worker, strong or eventual: the probe is the same
-            start = self._cold_start(ns)
+            start, probe = self._cold_start(ns)
             if start is None:
                 return _MISSED, None
-            # Probes from a version read after this query arrived: sees every acknowledged write.
-            probe = self._probes.submit(self.catalog.probe_from, ns, start)
         time.sleep(0)  # hand the probe's thread the GIL: its GET goes out before the search's work
         try:
             answer = search(start)
@@ -202,12 +201,39 @@ class QueryEngine:
         :meth:`Catalog.start`), read beside ``layouts.bin`` (:mod:`vectordb.layout_hint`),
         whose copies of its segments' ``ivf.bin`` the reader then holds. So the query reads
         its partitions in its second round trip, beside the probe for a newer version, not
-        its third. None: no live version to start from (the caller finds out why)."""
+        its third. Returns that version and the probe past it (started as soon as the
+        version is known, while the hint is still being read and decoded); (None, None):
+        no live version to start from (the caller finds out why). Queries that arrive
+        together at a cold worker share one read of both (a burst would otherwise read and
+        decode the hint once each); each probes for itself, after it arrived, so it sees
+        every write acknowledged before."""
         check_namespace_name(ns)  # before its name goes into a key
+        with self._hints_lock:
+            flight = self._cold_starts.get(ns)
+            leader = flight is None
+            if leader:
+                flight = self._cold_starts[ns] = Future()
+        if not leader:
+            start = flight.result()
+            return (start, self._probes.submit(self.catalog.probe_from, ns, start)) if start else (None, None)
+        try:
+            start, probe = self._read_cold_start(ns)
+        except BaseException as exc:
+            flight.set_exception(exc)
+            raise
+        else:
+            flight.set_result(start)
+            return start, probe
+        finally:
+            with self._hints_lock:
+                del self._cold_starts[ns]
+
+    def _read_cold_start(self, ns: str) -> tuple[Manifest | None, Future | None]:
         hint = self.reader.pool.submit(layout_hint.read, self.reader.store, ns)
         start = self.catalog.start(ns)
         if start is None or start.deleted:
-            return None
+            return None, None
+        probe = self._probes.submit(self.catalog.probe_from, ns, start)
         try:
             copies = hint.result()
         except Exception:  # noqa: BLE001 - only a hint: the query reads each ivf.bin, where errors count
@@ -215,7 +241,7 @@ class QueryEngine:
             copies = {}
         self.reader.hold_layouts(ns, start.segments, copies)
         self._prefetch(start)
-        return start
+        return start, probe
 
     def _prefetch(self, manifest: Manifest) -> None:
         """Start loading what any query of ``manifest`` needs first (centroids, tombstones, the

@@ -5,7 +5,9 @@ changes no answer: the worker reads the ``ivf.bin`` of the segments it lacks."""
 
 from __future__ import annotations
 
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -48,6 +50,14 @@ def _cold_query(store, q, **kwargs):
     return hits, counting.take()
 
 
+def _starts(requests, key_part: str) -> list[float]:
+    return [r.start for r in requests if key_part in r.key]
+
+
+def _ends(requests, key_part: str) -> list[float]:
+    return [r.end for r in requests if key_part in r.key]
+
+
 def _ivf_reads(requests) -> list[str]:
     return sorted(r.key.split("/")[2] for r in requests if r.key.endswith("/ivf.bin"))
 
@@ -83,15 +93,25 @@ def test_a_cold_query_reads_partitions_in_its_second_round_trip(indexed, tail, c
     for q in rng.normal(size=(3, DIMS)):
         hits, requests = _cold_query(store, q, consistency=consistency)
         assert _ivf_reads(requests) == []
-        assert round_trips(requests) == (3 if tail else 2), [(r.op, r.key) for r in requests]
-        # Without the hint: the same answer, each ivf.bin read, one round trip more.
+        # latest.json and layouts.bin together, then the partitions beside the probe (with a
+        # tail, after its WAL object). Requests that overlap count as one round trip here.
+        first = _ends(requests, "latest.json") + _ends(requests, "layouts.bin")
+        assert min(_starts(requests, "latest.json") + _starts(requests, "layouts.bin")) < min(first)
+        partitions = _starts(requests, "vectors.bin")
+        assert min(partitions) >= max(first)
+        if not tail:
+            assert min(partitions) < max(_ends(requests, "/manifests/"))
+            assert round_trips(requests) <= 2
+        # Without the hint: the same answer, but each ivf.bin is read once latest.json named
+        # it, and the partitions only after that: a step more.
         saved = store.get(keys.layout_hint_key("h"))
         store.delete(keys.layout_hint_key("h"))
         plain, plain_requests = _cold_query(store, q, consistency=consistency)
         store.put(keys.layout_hint_key("h"), saved)
         assert hits == plain
         assert len(_ivf_reads(plain_requests)) == 2
-        assert round_trips(plain_requests) == 3
+        assert min(_starts(plain_requests, "ivf.bin")) >= max(_ends(plain_requests, "latest.json"))
+        assert min(_starts(plain_requests, "vectors.bin")) >= max(_ends(plain_requests, "ivf.bin"))
         # The answer of the writer, which holds the tail and read everything itself.
         assert hits == [(h.id, round(h.score, 5)) for h in writer.query("h", vector=q.tolist(), top_k=10).hits]
 
@@ -223,3 +243,26 @@ def test_cold_query_workers_in_their_own_processes_answer_from_fresh_stale_and_n
     finally:
         ingest.stop()
         helper.close()
+
+
+def test_a_burst_of_queries_at_a_cold_worker_reads_the_hint_once(indexed):
+    store, writer, rng = indexed
+    queries = rng.normal(size=(8, DIMS))
+    counting = CountingStore(store)
+    worker = Service(unit_settings(preload_embedder=""), store=counting)
+    barrier = threading.Barrier(len(queries))
+
+    def ask(q):
+        barrier.wait()
+        return [h.id for h in worker.query("h", vector=q.tolist(), top_k=5, consistency="eventual").hits]
+
+    try:
+        with ThreadPoolExecutor(len(queries)) as pool:
+            got = list(pool.map(ask, queries))
+    finally:
+        worker.close()
+    requests = counting.take()
+    assert sum(r.key.endswith("layouts.bin") for r in requests) == 1
+    assert sum(r.key.endswith("latest.json") for r in requests) == 1
+    assert _ivf_reads(requests) == []
+    assert got == [[h.id for h in writer.query("h", vector=q.tolist(), top_k=5).hits] for q in queries]
