@@ -40,6 +40,7 @@ from counting import CountingStore, describe_requests  # noqa: E402
 
 from api.service import Service  # noqa: E402
 from storage import CachedStore, open_raw_store  # noqa: E402
+from vectordb import keys  # noqa: E402
 from vectordb.ivf import default_nprobe  # noqa: E402
 from vectordb.settings import Settings  # noqa: E402
 from vectordb.testing import free_port, one_get_per_partition  # noqa: E402
@@ -411,19 +412,24 @@ def in_process(data: ds_mod.Dataset, settings: Settings, colds: int, log) -> dic
         # (each ivf.bin read once latest.json named the segments, as before
         # vectordb.layout_hint): the baselines, alternated.
         for runs, baseline in ((one_each, "one GET each"), (no_hint, "no layouts.bin"), (cold, None)):
+            hint = None
+            if baseline == "no layouts.bin":  # taken away for this query, put back after it
+                raw = open_raw_store(settings)
+                hint = raw.get(keys.layout_hint_key(NAMESPACE))
+                raw.delete(keys.layout_hint_key(NAMESPACE))
             t0 = time.perf_counter()
             counting = CountingStore(open_raw_store(settings))
             service = Service(settings, store=CachedStore(counting, settings.cache_bytes))
             if baseline == "one GET each":
                 one_get_per_partition(service.reader)
-            elif baseline == "no layouts.bin":
-                service.engine._cold_start = lambda ns: None  # the worker reads no hint, speculates not
             t1 = time.perf_counter()
             counting.take()
             service.query(NAMESPACE, vector=q, top_k=ds_mod.K, consistency="eventual")
             t2 = time.perf_counter()
             runs.append({"connect_ms": ms(t1 - t0), "first_query_ms": ms(t2 - t1), "connect_first_ms": ms(t2 - t0),
                          **describe_requests(counting.take())})
+            if hint is not None:
+                raw.put(keys.layout_hint_key(NAMESPACE), hint)
             if baseline or i < colds - 1:
                 service.close()
     assert service is not None
