@@ -135,8 +135,9 @@ def collect(
             else:
                 spared += 1
     if newest.deleted:
-        # A dropped namespace's copies of its centroids (vectordb.layout_hint): no reader
-        # takes them (its segment ids are gone from every live version), so they go now.
+        # A dropped namespace's copies of its centroids (vectordb.layout_hint): no live
+        # version names those segments. A re-creation racing this loses only its own copy,
+        # which its cold workers do without until its next build.
         store.delete(keys.layout_hint_key(ns))
     left = [info.key for info in listed_objects if info.key in own | tagged | forked]
     for_versions = sum(key in own for key in left)

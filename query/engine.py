@@ -196,7 +196,7 @@ class QueryEngine:
             return self._strong.latest(ns)
         return self.catalog.latest(ns, consistency, on_start=self._prefetch)
 
-    def _cold_start(self, ns: str) -> Manifest | None:
+    def _cold_start(self, ns: str) -> tuple[Manifest | None, Future | None]:
         """A worker that does not know ``ns``: the version to speculate on (``latest.json``,
         :meth:`Catalog.start`), read beside ``layouts.bin`` (:mod:`vectordb.layout_hint`),
         whose copies of its segments' ``ivf.bin`` the reader then holds. So the query reads

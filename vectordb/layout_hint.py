@@ -9,10 +9,10 @@ first query reads partitions in its second round trip (``query.engine``).
 It is only a hint, and a stale one is harmless: segments are immutable and their ids never
 reused, so a copy held here for a segment id is that segment's ``ivf.bin`` whatever version
 wrote it. A reader takes the entries of the segments its manifest names and reads the
-others' ``ivf.bin`` as before. The indexer rewrites it after each commit that adds a
-segment (last writer wins: two indexers racing may leave the older set, which costs a
-cold worker one round trip until the next build); garbage collection deletes it with a
-dropped namespace.
+others' ``ivf.bin`` as before. The indexer rewrites it after each commit it makes (a
+build or a compaction; last writer wins: two indexers racing may leave the older set,
+which costs a cold worker one round trip until the next build); garbage collection
+deletes it with a dropped namespace.
 
 Format: magic ``VDBLAYT1``, u32 entry count, then per entry u32 id length, the segment id
 (UTF-8), u64 length, the ``ivf.bin`` bytes. Entries past ``MAX_BYTES`` are left out.
@@ -33,8 +33,8 @@ log = logging.getLogger(__name__)
 
 MAGIC = b"VDBLAYT1"
 # A cold worker reads the whole object in its first round trip: 32 MiB holds the float16
-# centroids of ~43,000 partitions of 384 dimensions (about 35M rows at the default 800 rows
-# a partition); a bigger namespace's other segments are read as before.
+# centroids (and offsets) of ~42,000 partitions of 384 dimensions, about 42M rows at the
+# default 1,000 rows a partition; a bigger namespace's other segments are read as before.
 MAX_BYTES = 32 << 20
 
 
