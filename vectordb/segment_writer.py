@@ -51,6 +51,7 @@ import re
 import shutil
 import socket
 import tempfile
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -151,12 +152,16 @@ def spill(source: RowSource, metric: str, vector_dtype: str, docs: str, memory_b
     gathered from all of them, then each :meth:`Spilled.finish` on it. An exception
     removes the directory."""
     _sweep_killed_builds(temp_dir)
-    workdir = Path(tempfile.mkdtemp(prefix=f"{_WORKDIR_PREFIX}{_host()}-{os.getpid()}-", dir=temp_dir))
-    spilled = Spilled(source, metric, vector_dtype, docs, memory_bytes, workdir, cluster_by)
+    root = Path(temp_dir or tempfile.gettempdir())
+    workdir = root / f"{_WORKDIR_PREFIX}{_host()}-{os.getpid()}-{uuid.uuid4().hex}"
     try:
+        # Made inside the try: a build child stopped by SIGTERM (SystemExit at the next
+        # bytecode, ingest.build_process) right after the mkdir still removes it.
+        workdir.mkdir(mode=0o700)
+        spilled = Spilled(source, metric, vector_dtype, docs, memory_bytes, workdir, cluster_by)
         spilled.spill()
     except BaseException:
-        spilled.close()
+        shutil.rmtree(workdir, ignore_errors=True)
         raise
     return spilled
 
