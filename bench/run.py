@@ -257,6 +257,11 @@ def report(result: dict) -> str:
             parts.append(f"  the same cold queries with a GET a partition (alternated): {one['connect_first_ms']} ms, "
                          f"{one['requests']} requests, {one['bytes']:,} bytes; coalesced / that: "
                          f"{inp['cold_vs_one_get_each']}")
+        if "cold_no_layout_hint" in inp:
+            plain = inp["cold_no_layout_hint"]
+            parts.append(f"  the same cold queries without layouts.bin (alternated): {plain['connect_first_ms']} ms, "
+                         f"{plain['requests']} requests, {plain['round_trips']} round trips; with it / without: "
+                         f"{inp['cold_vs_no_layout_hint']}")
         trace = ", ".join(f"{t['op']} {t['key']} ({t['bytes']:,} B, {t['start_ms']:.1f}-{t['end_ms']:.1f} ms"
                           f"{', ' + t['error'] if 'error' in t else ''})" for t in inp["cold_trace"][:12])
         more = len(inp["cold_trace"]) - 12

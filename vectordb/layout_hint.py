@@ -38,10 +38,6 @@ MAGIC = b"VDBLAYT1"
 MAX_BYTES = 32 << 20
 
 
-def key(ns: str) -> str:
-    return keys.layout_hint_key(ns)
-
-
 def encode(entries: list[tuple[str, bytes]]) -> bytes:
     parts = [MAGIC, struct.pack("<I", len(entries))]
     for seg_id, data in entries:
@@ -76,13 +72,13 @@ def read(store: ObjectStore, ns: str) -> dict[str, bytes]:
     """The hint's entries; empty when there is none or it cannot be decoded (a reader then
     reads each ``ivf.bin``, as without a hint)."""
     try:
-        data = store.get(key(ns))
+        data = store.get(keys.layout_hint_key(ns))
     except ObjectNotFound:
         return {}
     try:
         return decode(data)
     except (ValueError, UnicodeDecodeError) as exc:
-        log.warning("ignoring %s: %s", key(ns), exc)
+        log.warning("ignoring %s: %s", keys.layout_hint_key(ns), exc)
         return {}
 
 
@@ -105,5 +101,5 @@ def write(store: ObjectStore, manifest: Manifest, held: Mapping[str, bytes], poo
         entries.append((seg.id, data))
         total += size
     body = encode(entries)
-    store.put(key(ns), body)
+    store.put(keys.layout_hint_key(ns), body)
     return len(body)
