@@ -9,6 +9,7 @@ import pytest
 from api.service import Service
 from storage.cache import CachedStore
 from storage.memory import MemoryStore
+from vectordb import keys as keys_mod
 from vectordb import segment
 from vectordb.errors import InvalidArgument
 from vectordb.settings import Settings
@@ -104,11 +105,12 @@ def test_decoded_float16_partitions_leave_the_ram_cache(settings):
     svc = Service(settings, store=cached)
     try:
         _ingest(svc, "f16", rng.standard_normal((400, 16)).astype(np.float32), "dot", "float16")
+        cached.inner.delete(keys_mod.layout_hint_key("f16"))  # centroids from ivf.bin, through the cache
         fresh = Service(settings, store=CachedStore(cached.inner, 64 * 1024**2))
         fresh.query("f16", vector=[0.5] * 16, top_k=5, nprobe=3)
         keys = [entry[0] for entry in fresh.store._entries]
         assert not any(k.endswith("vectors.bin") for k in keys)  # decoded copies live in the reader only
-        assert any(k.endswith("layouts.bin") for k in keys)  # the centroids, read through the cache
+        assert any(k.endswith("ivf.bin") for k in keys)
         fresh.close()
     finally:
         svc.close()

@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping
 from storage.base import ObjectStore
 from storage.errors import ObjectNotFound
 from vectordb import keys, segment
+from vectordb.catalog import get_fresh
 from vectordb.manifest import Manifest
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,7 @@ def read(store: ObjectStore, ns: str) -> dict[str, bytes]:
     """The hint's entries; empty when there is none or it cannot be decoded (a reader then
     reads each ``ivf.bin``, as without a hint)."""
     try:
-        data = store.get(keys.layout_hint_key(ns))
+        data = get_fresh(store, keys.layout_hint_key(ns))  # rewritten in place: never from a cache
     except ObjectNotFound:
         return {}
     try:
