@@ -17,6 +17,7 @@ from bench.counting import CountingStore, round_trips
 from storage.memory import MemoryStore
 from tests.fakes import unit_settings
 from vectordb import keys, layout_hint, segment
+from vectordb.catalog import get_fresh
 
 DIMS = 16
 
@@ -176,11 +177,14 @@ def _docs(lo: int, hi: int, rng) -> list[dict]:
 
 @pytest.mark.s3
 @pytest.mark.integration
-def test_cold_query_workers_in_their_own_processes_answer_from_fresh_stale_and_no_hints(s3_endpoint, tmp_path):
+def test_cold_and_idle_query_workers_in_their_own_processes_answer_from_fresh_stale_and_no_hints(s3_endpoint, tmp_path):
     """An ingest worker builds segments (and rewrites the hint); a query worker started cold
     after each change, a process of its own, answers as an in-process reader of the same
     store does: with the hint fresh, stale (an older build's set), and gone. Dropping the
-    namespace and collecting it removes the hint."""
+    namespace and collecting it removes the hint. A query worker started at the beginning
+    sits idle with what it cached through all of it, and answers as a fresh reader does
+    after the changes, and after the drop, collection and re-creation (whose first build
+    writes a new hint) sees only the new namespace."""
     from tests.s3server import s3_env
     from tests.test_lagging_workers import _gc
     from vectordb.settings import Settings
@@ -194,6 +198,7 @@ def test_cold_query_workers_in_their_own_processes_answer_from_fresh_stale_and_n
     rng = np.random.default_rng(9)
     ingest = start_server(env, tmp_path, "ingest")
     helper = Service(settings)
+    workers = []
     try:
         with ingest.client() as w:
             r = w.put("/v1/namespaces/n", json={"embedder": "none", "dimensions": DIMS, "metric": "l2"})
@@ -203,8 +208,7 @@ def test_cold_query_workers_in_their_own_processes_answer_from_fresh_stale_and_n
                 assert w.post("/v1/namespaces/n/documents", json={"documents": _docs(lo, hi, rng)}).status_code == 200
                 assert w.post("/v1/namespaces/n/index", json={}).status_code == 200
 
-            def check_cold_worker() -> None:
-                query = start_server(env, tmp_path, "query")
+            def check_worker(query) -> None:
                 fresh = Service(settings)
                 try:
                     with query.client() as q:
@@ -215,19 +219,28 @@ def test_cold_query_workers_in_their_own_processes_answer_from_fresh_stale_and_n
                             want = [(h.id, round(h.score, 4)) for h in fresh.query("n", **body).hits]
                             assert got and got == want, body
                 finally:
-                    query.stop()
                     fresh.close()
 
+            def check_cold_worker() -> None:
+                query = start_server(env, tmp_path, "query")
+                try:
+                    check_worker(query)
+                finally:
+                    query.stop()
+
             grow(0, 1500)
+            idle = start_server(env, tmp_path, "query")  # holds version 1's segment, then idles
+            workers.append(idle)
+            check_worker(idle)
             grow(1500, 3000)
             store = helper.store
             hint_key = keys.layout_hint_key("n")
             manifest = helper.catalog.latest("n")
-            copies = layout_hint.decode(store.get(hint_key))
+            copies = layout_hint.decode(get_fresh(store, hint_key))
             assert sorted(copies) == sorted(seg.id for seg in manifest.segments)
             check_cold_worker()  # fresh hint
 
-            stale = store.get(hint_key)
+            stale = get_fresh(store, hint_key)
             grow(3000, 4500)
             store.put(hint_key, stale)  # an older build's set won the race
             check_cold_worker()
@@ -236,11 +249,27 @@ def test_cold_query_workers_in_their_own_processes_answer_from_fresh_stale_and_n
             check_cold_worker()  # no hint at all
 
             grow(4500, 5000)  # rewritten by the next build
-            assert len(layout_hint.decode(store.get(hint_key))) == 4
+            assert len(layout_hint.decode(get_fresh(store, hint_key))) == 4
+            check_worker(idle)  # idle since the first build: four segments and a new hint since
             assert w.delete("/v1/namespaces/n").status_code == 200
             _gc(env, "n")
             assert store.head(hint_key) is None
+
+            # Re-created: the idle worker knows only a dropped version, so it starts cold
+            # again, from the new incarnation's latest.json and hint.
+            r = w.put("/v1/namespaces/n", json={"embedder": "none", "dimensions": DIMS, "metric": "l2"})
+            assert r.status_code in (200, 201), r.text
+            grow(9000, 9400)
+            assert len(layout_hint.decode(get_fresh(store, hint_key))) == 1
+            check_worker(idle)
+            with idle.client() as q:
+                r = q.post("/v1/namespaces/n/query", json={"vector": [0.3] * DIMS, "top_k": 50})
+                assert r.status_code == 200, r.text
+                got = {h["id"] for h in r.json()["results"]}
+                assert len(got) == 50 and got <= {f"d{i}" for i in range(9000, 9400)}
     finally:
+        for worker in workers:
+            worker.stop()
         ingest.stop()
         helper.close()
 
