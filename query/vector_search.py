@@ -22,6 +22,7 @@ runs on tensors that device holds; filtered search and the tail stay on this FAI
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 
@@ -64,7 +65,7 @@ def search(
     torch_device = gpu.resolve_device(device) if ctx.filter is None else None
     tensors = gpu.segment_tensors(reader, torch_device, device_bytes) if torch_device else None
     segments = ctx.manifest.segments
-    shared = _shared_probes(reader, ctx, q, metric, tensors is None) if ctx.filter is None and len(segments) > 1 else None
+    shared = _shared_probes(reader, ctx, q, metric) if ctx.filter is None and len(segments) > 1 else None
     if shared is not None and tensors is None:
         return out + _search_shared(reader, ctx, shared, q, k, metric)
     for seg in segments:
@@ -78,33 +79,80 @@ def search(
 
 def _search_shared(reader: NamespaceReader, ctx: Context, shared: dict[str, list[int]], q, k, metric) -> list[Candidate]:
     """The segments' shares of one probe budget (:func:`_shared_probes`) searched: the
-    probed partitions of every segment without dead rows scanned as one
-    (:func:`vectordb.ivf.scan_many`), so only the best ``k`` of them all become candidates
-    (a namespace grown in batches has ~10 segments, and ~50 probed partitions, many small:
-    scoring, sorting and naming each segment's own top k cost more than its scan);
-    a segment with dead rows alone (:func:`_search_segment`)."""
-    out: list[Candidate] = []
-    blocks, where = [], []
+    partitions not held are read in one round of parallel GETs for all segments; those of
+    segments without dead rows are scanned as one as they land (:func:`_scan_arriving`),
+    so only the best ``k`` of them all become candidates (a namespace grown in batches has
+    ~10 segments, and ~50 probed partitions, many small: scoring, sorting and naming each
+    segment's own top k cost more than its scan); a segment with dead rows alone
+    (:func:`_search_segment`), once its reads are in."""
+    live, dead = [], []
+    loads: list = []
     for seg in ctx.manifest.segments:
         probes = shared.get(seg.id)
         if not probes:
             continue
-        if ctx.tail.touched or reader.tombstones(ctx.ns, seg):
-            out += _search_segment(reader, ctx, seg, q, k, metric, None, probes)
-            continue
         layout = reader.layout(ctx.ns, seg)
-        parts = reader.partitions(ctx.ns, seg, layout, probes)
-        blocks += [part.vectors for part in parts]
-        where += [(seg, int(layout.part_rows[p]), part) for p, part in zip(probes, parts)]
-    if blocks:
-        scores, which, rows = ivf.scan_many(blocks, q, k, metric)
-        for s, w, r in zip(scores.tolist(), which.tolist(), rows.tolist()):
-            seg, first, part = where[w]
-            out.append(Candidate(s, part.ids[r], seg, first + r))
+        if ctx.fields:
+            reader.prefetch_fields(ctx.ns, seg, layout, probes)
+        if ctx.tail.touched or reader.tombstones(ctx.ns, seg):
+            dead.append((seg, probes))
+            loads += reader.partition_loads(ctx.ns, seg, layout, probes)  # read in the same round
+        else:
+            live.append((seg, layout, probes))
+    out = _scan_arriving(reader, ctx, live, q, k, metric, loads)
+    for seg, probes in dead:
+        out += _search_segment(reader, ctx, seg, q, k, metric, None, probes)
     return out
 
 
-def _shared_probes(reader: NamespaceReader, ctx: Context, q, metric, fetch: bool = True) -> dict[str, list[int]]:
+def _scan_arriving(reader: NamespaceReader, ctx: Context, work: list[tuple[SegmentRef, Layout, list[int]]], q, k,
+                   metric, other_loads: list = ()) -> list[Candidate]:
+    """The top ``k`` of the probed partitions of ``work`` (per segment without dead rows:
+    its layout and probes), all scanned as one (:class:`vectordb.ivf.BlockScan`). Those
+    not held are read in one round of parallel GETs (:meth:`NamespaceReader.partition_loads`,
+    with ``other_loads`` beside them), and each GET's partitions are picked from by the
+    thread that read them, as soon as they land, while the other GETs are in flight: a
+    cold query at 10M vectors reads ~70-100 MB in ~17 GETs, and picking from all of them
+    once the last had landed left ~50 ms of work after it (FAISS lets go of the
+    interpreter while it scans, so two cores pick). Partitions held before are picked
+    from at the end."""
+    blocks = [(seg, layout, p) for seg, layout, probes in work for p in probes]
+    number = {(seg.id, p): i for i, (seg, _, p) in enumerate(blocks)}
+    scan = ivf.BlockScan(q, k, metric)
+    parts: list = [None] * len(blocks)
+    lock = threading.Lock()
+    loads = [(seg, load) for seg, layout, probes in work
+             for load in reader.partition_loads(ctx.ns, seg, layout, probes, metric)]
+    loads += [(None, load) for load in other_loads]
+
+    def take(seg: SegmentRef | None, got: dict) -> None:
+        for p, part in got.items():
+            i = number.get((seg.id, p)) if seg is not None else None
+            if i is None:
+                continue
+            with lock:
+                if parts[i] is not None:
+                    continue
+                parts[i] = part
+            scan.add(i, part.vectors)
+
+    if len(loads) == 1:  # a hand-off to a thread costs more than it saves
+        seg, load = loads[0]
+        take(seg, load())
+    elif loads:
+        for done in [reader.pool.submit(lambda seg=seg, load=load: take(seg, load())) for seg, load in loads]:
+            done.result()
+    for seg, layout, probes in work:  # held now (but any evicted meanwhile: read again)
+        take(seg, dict(zip(probes, reader.partitions(ctx.ns, seg, layout, probes))))
+    scores, which, rows = scan.result()
+    out = []
+    for s, w, r in zip(scores.tolist(), which.tolist(), rows.tolist()):
+        seg, layout, p = blocks[w]
+        out.append(Candidate(s, parts[w].ids[r], seg, int(layout.part_rows[p]) + r))
+    return out
+
+
+def _shared_probes(reader: NamespaceReader, ctx: Context, q, metric) -> dict[str, list[int]]:
     """One probe budget for all segments: every distinct centroid ranked together, the
     best ``nprobe`` partitions of the namespace (``nprobe`` as for one segment of all
     their partitions) scanned, wherever they are; a one-partition segment always. So a
@@ -113,9 +161,9 @@ def _shared_probes(reader: NamespaceReader, ctx: Context, q, metric, fetch: bool
     at least ``MIN_PROBES_PER_SET`` of its own best partitions. Segments that share one set of centroids (a Ray build's
     shards: ``Layout.centroid_set``) count it once: its centroid ``p`` is ranked once
     and, when picked, partition ``p`` of each of them is scanned (together they are the
-    partition one segment of all their rows would have). Layouts and then the picked
-    partitions are fetched in one round of parallel reads each, however many segments
-    there are."""
+    partition one segment of all their rows would have). Layouts are fetched in one round
+    of parallel reads, however many segments there are, and the picked partitions in one
+    more (:func:`_search_shared`)."""
     segments = ctx.manifest.segments
     layouts = _parallel(reader, [(lambda seg=seg: reader.layout(ctx.ns, seg)) for seg in segments],
                         all(reader.has_layout(ctx.ns, seg) for seg in segments))
@@ -130,19 +178,21 @@ def _shared_probes(reader: NamespaceReader, ctx: Context, q, metric, fetch: bool
             for i in members:
                 picked[segments[i].id] = [0] if layouts[i].rows_in(0) else []
             continue
-        owner.append(np.full(layout.nlist, g))
-        part.append(np.arange(layout.nlist))
-        scores.append(ivf.exact_scores(layout.centroids, q.reshape(-1), metric))
+        # Each set's best ``budget`` (best first) hold the namespace's best ``budget``.
+        best_scores, best_parts = layout.top_centroids(q, budget, metric)
+        owner.append(np.full(len(best_parts), g))
+        part.append(best_parts)
+        scores.append(best_scores)
     if scores:
         order = np.argsort(-np.concatenate(scores), kind="stable")[:budget]
         owners, parts = np.concatenate(owner)[order], np.concatenate(part)[order]
         if len(scores) > 1 and ctx.nprobe is None:
             # Every set of centroids probes at least MIN_PROBES_PER_SET of its own best.
             extra_o, extra_p = [], []
-            for o, sc in zip(owner, scores):
-                g, want = int(o[0]), min(len(sc), MIN_PROBES_PER_SET)
+            for o, best_parts in zip(owner, part):
+                g, want = int(o[0]), min(len(best_parts), MIN_PROBES_PER_SET)
                 have = set(parts[owners == g].tolist())
-                more = [p for p in np.argsort(-sc, kind="stable")[:want].tolist() if p not in have]
+                more = [p for p in best_parts[:want].tolist() if p not in have]
                 more = more[: max(0, want - len(have))]
                 extra_o += [g] * len(more)
                 extra_p += more
@@ -152,17 +202,6 @@ def _shared_probes(reader: NamespaceReader, ctx: Context, q, metric, fetch: bool
             for i in groups[g]:
                 if layouts[i].rows_in(p):
                     picked.setdefault(segments[i].id, []).append(p)
-    if not fetch:  # a torch device holds the segments (query.gpu)
-        return picked
-    missing = []
-    for seg, layout in zip(segments, layouts):
-        parts = picked.get(seg.id)
-        if not parts:
-            continue
-        if ctx.fields:
-            reader.prefetch_fields(ctx.ns, seg, layout, parts)
-        missing += reader.partition_loads(ctx.ns, seg, layout, parts)
-    _parallel(reader, missing, len(missing) <= 1)
     return picked
 
 
@@ -220,17 +259,13 @@ def _search_segment(reader: NamespaceReader, ctx: Context, seg: SegmentRef, q, k
     if index is not None:
         return _search_segment_tensors(tensors, index, seg, q, k, _nprobe(ctx, layout.nlist), dead, touched, probes)
     if probes is None:
-        probes = ivf.probe(layout.centroids, q.reshape(1, -1), _nprobe(ctx, layout.nlist), metric)[0]
+        probes = layout.top_centroids(q, _nprobe(ctx, layout.nlist), metric)[1]
         probes = [int(p) for p in probes if p >= 0 and layout.rows_in(int(p)) > 0]
         if ctx.fields:
             reader.prefetch_fields(ctx.ns, seg, layout, probes)
-    parts = reader.partitions(ctx.ns, seg, layout, probes)
     if not dead and not touched:
-        scores, which, rows = ivf.scan_many([part.vectors for part in parts], q, k, metric)
-        return [
-            Candidate(float(s), parts[w].ids[r], seg, int(layout.part_rows[probes[w]]) + int(r))
-            for s, w, r in zip(scores, which, rows)
-        ]
+        return _scan_arriving(reader, ctx, [(seg, layout, [int(p) for p in probes])], q, k, metric)
+    parts = reader.partitions(ctx.ns, seg, layout, probes)
     # Each partition's live top k, then the segment's top k of those: only the winners'
     # ids are decoded (a partition's ids are a blob; a decode costs a few microseconds).
     found_scores, found_parts, found_rows = [], [], []
@@ -321,7 +356,7 @@ def _broad_probes(reader, ctx: Context, seg: SegmentRef, layout: Layout, q, metr
     more it drops (PROBE_GROWTH). Starts fetching the fields of their rows."""
     base_nprobe = _nprobe(ctx, layout.nlist)
     wanted = min(layout.nlist, math.ceil(base_nprobe * (seg.rows / n_allowed) ** PROBE_GROWTH))
-    parts = ivf.probe(layout.centroids, q.reshape(1, -1), wanted, metric)[0]
+    parts = layout.top_centroids(q, wanted, metric)[1]
     parts = np.array([p for p in parts if p >= 0 and layout.rows_in(int(p)) > 0], np.int64)
     if ctx.fields:
         reader.prefetch_fields(ctx.ns, seg, layout, parts)

@@ -118,6 +118,41 @@ def test_scan_many_is_one_exact_scan_over_all_blocks(kernel, metric):
     assert [len(x) for x in ivf.scan_many([vectors[:0]], queries[0], 5, metric)] == [0, 0, 0]
 
 
+@pytest.mark.parametrize("metric", METRICS)
+def test_blocks_scanned_as_they_arrive_answer_as_one_scan_of_all(kernel, metric):
+    vectors, queries = data(metric, rows=300)
+    cuts = [0, 40, 40, 41, 200, 200, 300]  # empty blocks too
+    blocks = [vectors[a:b] for a, b in zip(cuts, cuts[1:])]
+    rng = np.random.default_rng(1)
+    for q in queries:
+        want = ivf.scan_many(blocks, q, 12, metric)
+        scan = ivf.BlockScan(q, 12, metric)
+        for i in rng.permutation(len(blocks)):  # any order of arrival
+            scan.add(int(i), blocks[i])
+        got = scan.result()
+        assert [x.tolist() for x in got] == [x.tolist() for x in want]
+        assert got[0].tobytes() == want[0].tobytes()
+    assert [len(x) for x in ivf.BlockScan(queries[0], 5, metric).result()] == [0, 0, 0]
+
+
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("stored", ["float16", "float32"])
+def test_a_layout_ranks_its_centroids_as_stored_as_an_exact_ranking_does(kernel, metric, stored):
+    from vectordb import segment
+
+    centroids, queries = data(metric, rows=500)
+    part_rows = np.arange(501, dtype=np.int64)
+    layout = segment.Layout.from_bytes(segment.Layout(centroids, part_rows * 8, part_rows,
+                                                      "int8" if stored == "float16" else "float32").to_bytes())
+    assert layout.stored_centroids.dtype == np.dtype(stored) and layout.centroids.dtype == np.float32
+    for q in queries:
+        scores, parts = layout.top_centroids(q, 20, metric)
+        truth = ivf.exact_scores(layout.centroids, q, metric)
+        assert list(parts) == list(np.argsort(-truth, kind="stable")[:20])
+        np.testing.assert_allclose(scores, truth[parts], rtol=1e-5, atol=1e-4)
+    assert len(layout.top_centroids(queries[0], 10_000, metric)[1]) == 500
+
+
 @pytest.mark.parametrize("metric", ["cosine", "l2"])
 def test_two_level_assignment_finds_nearly_every_nearest_centroid(metric):
     """Past TWO_LEVEL_MIN_CENTROIDS, rows are compared with a few groups' centroids only;

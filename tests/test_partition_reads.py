@@ -117,3 +117,42 @@ def test_neighbours_are_read_in_gets_of_bounded_size(monkeypatch):
     finally:
         svc.close()
         worker.close()
+
+
+@pytest.mark.parametrize("dtype", ["int8", "float32"])
+def test_partitions_a_cold_query_scans_as_they_land_hold_nothing_of_the_gets_bytes(dtype):
+    """Partitions read together are picked from as each GET lands (query.vector_search's
+    _scan_arriving); an int8 one's codes go into its FAISS index, not through a copy of
+    their own, and no held partition views the GET's buffer (the memo counts what it
+    holds). The answers are those of a worker that reads a partition a GET."""
+    from vectordb import ivf
+    from vectordb.int8_rows import Int8Rows
+
+    ivf._faiss()
+    store, svc, seg, counting, worker = _indexed("own", dtype, 5)
+    baseline = Service(unit_settings(rows_per_partition=40), store=CachedStore(CountingStore(store), 64 << 20))
+    one_get_per_partition(baseline.reader)
+    try:
+        rng = np.random.default_rng(6)
+        for q in rng.normal(size=(6, DIMS)):
+            got = worker.query("own", vector=q.tolist(), top_k=10, nprobe=30).hits
+            want = baseline.query("own", vector=q.tolist(), top_k=10, nprobe=30).hits
+            assert [(h.id, h.score) for h in got] == [(h.id, h.score) for h in want]
+        layout = worker.reader.layout("own", seg)
+        key = segment.file_key("own", seg.id, "vectors.bin")
+        held = [(p, part) for p, part in enumerate(worker.reader._partitions.peek_many(
+            [(key, p) for p in range(layout.nlist)])) if part is not None]
+        assert len(held) > 30
+        for p, part in held:
+            assert isinstance(part.ids._blob, bytes) and len(part.ids._blob) < layout.byte_range(p)[1] // 4
+            if dtype == "int8":
+                assert part.vectors._index is not None  # the codes are FAISS's; the GET's bytes are let go
+            else:  # a copy of the partition's own bytes
+                owner = part.vectors
+                while isinstance(owner, np.ndarray):
+                    owner = owner.base
+                assert isinstance(owner, bytes) and len(owner) == layout.byte_range(p)[1]
+    finally:
+        baseline.close()
+        worker.close()
+        svc.close()

@@ -144,7 +144,7 @@ def test_a_centroid_shared_by_segments_counts_once_in_the_probe_budget(world, np
     a, b = segs["a"], segs["b"]
     budget = nprobe or ivf.default_nprobe(NLIST)  # one set of NLIST centroids, not 2 x NLIST
     for q in vectors[::500]:
-        picked = vector_search._shared_probes(reader, _ctx([a, b], nprobe), q, METRIC, fetch=False)
+        picked = vector_search._shared_probes(reader, _ctx([a, b], nprobe), q, METRIC)
         (cells,) = _ranked([reader.layout(NS, a)], q, budget)
         assert len(set(cells)) == budget
         for seg in (a, b):  # the same cells, each scanned in both halves
@@ -156,11 +156,11 @@ def test_segments_with_their_own_centroids_share_the_budget_each_probing_a_few_o
     a, b, c, d = (reader.layout(NS, segs[name]) for name in "abcd")
     budget = ivf.default_nprobe(2 * NLIST)
     for q in vectors[::400]:
-        picked = vector_search._shared_probes(reader, _ctx([segs["c"], segs["d"]]), q, METRIC, fetch=False)
+        picked = vector_search._shared_probes(reader, _ctx([segs["c"], segs["d"]]), q, METRIC)
         c_cells, d_cells = _ranked([c, d], q, budget)
         assert [picked.get(segs["c"].id, []), picked.get(segs["d"].id, [])] == [_held(c, c_cells), _held(d, d_cells)]
         # Beside a segment of its own, the shared set ranks as one segment would.
-        picked = vector_search._shared_probes(reader, _ctx([segs["a"], segs["c"], segs["b"]]), q, METRIC, fetch=False)
+        picked = vector_search._shared_probes(reader, _ctx([segs["a"], segs["c"], segs["b"]]), q, METRIC)
         shared_cells, c_cells = _ranked([a, c], q, budget)
         assert picked.get(segs["c"].id, []) == _held(c, c_cells)
         assert picked.get(segs["a"].id, []) == _held(a, shared_cells)

@@ -26,7 +26,7 @@ _KMEANS_ITERATIONS = 12
 
 def _faiss():
     """FAISS for a build (k-means, assignment): this thread's calls use every OpenMP thread
-    (a thread that ran queries is given them back, see :func:`_query_threads`)."""
+    (a thread that ran queries is given them back, see :func:`faiss_for_query`)."""
     import faiss  # heavy: imported on first use so workers start fast
 
     _set_threads(faiss, 0)
@@ -54,7 +54,7 @@ def _set_threads(faiss, n: int) -> None:
     _omp.n = n
 
 
-def _query_threads():
+def faiss_for_query():
     """FAISS, where imported, with this thread's scans on one OpenMP thread; else None."""
     faiss = _faiss_if_loaded()
     if faiss is not None:
@@ -97,7 +97,8 @@ def load_faiss_soon() -> None:
             _faiss_import.start()
 
 
-def _metric(metric: str) -> int:
+def faiss_metric(metric: str) -> int:
+    """FAISS's metric constant for ``metric``."""
     import faiss  # not _faiss(): a query's scan asks too, and must keep its one thread
 
     return faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
@@ -211,7 +212,7 @@ def assign(vectors: np.ndarray, centroids: np.ndarray, metric: str) -> np.ndarra
     """The partition of each row. Rows are assigned by the metric that queries use."""
     if len(centroids) == 1:
         return np.zeros(len(vectors), np.int64)
-    _, labels = _faiss().knn(np.ascontiguousarray(vectors, np.float32), centroids, 1, metric=_metric(metric))
+    _, labels = _faiss().knn(np.ascontiguousarray(vectors, np.float32), centroids, 1, metric=faiss_metric(metric))
     return labels[:, 0]
 
 
@@ -277,9 +278,9 @@ def probe(centroids: np.ndarray, queries: np.ndarray, nprobe: int, metric: str) 
     """The ``nprobe`` partitions closest to each query (q × nprobe), closest first."""
     nprobe = min(nprobe, len(centroids))
     queries = np.ascontiguousarray(queries, np.float32).reshape(-1, centroids.shape[1])
-    faiss = _query_threads() if len(queries) == 1 else _faiss_if_loaded()
+    faiss = faiss_for_query() if len(queries) == 1 else _faiss_if_loaded()
     if faiss is not None:
-        _, parts = faiss.knn(queries, np.ascontiguousarray(centroids, np.float32), nprobe, metric=_metric(metric))
+        _, parts = faiss.knn(queries, np.ascontiguousarray(centroids, np.float32), nprobe, metric=faiss_metric(metric))
         return parts
     scores = _scores(np.ascontiguousarray(centroids, np.float32), queries, metric)
     return np.stack([_top(row, nprobe) for row in scores]) if len(scores) else np.zeros((0, nprobe), np.int64)
@@ -296,7 +297,7 @@ def scan(vectors: np.ndarray | Int8Rows, query: np.ndarray, k: int, metric: str)
     if k == 0:
         return np.zeros(0, np.float32), np.zeros(0, np.int64)
     q = np.ascontiguousarray(query, np.float32).reshape(1, -1)
-    idx = _pick(vectors, q, k, metric, _query_threads())
+    idx = _pick(vectors, q, k, metric, faiss_for_query())
     scores = exact_scores(vectors[idx], q[0], metric)
     order = np.lexsort((idx, -scores))  # best first, equal scores in row order
     return scores[order], idx[order]
@@ -306,11 +307,11 @@ def _pick(vectors: np.ndarray | Int8Rows, q: np.ndarray, k: int, metric: str, fa
     """The rows (int64) of the ``k`` (<= len) best of ``vectors`` for ``q`` (1 x d), in no
     particular order: by FAISS where it is imported, else by one numpy pass."""
     if isinstance(vectors, Int8Rows) and faiss is not None:
-        _, idx = vectors.index(faiss, _metric(metric)).search(q, k)
+        _, idx = vectors.index(faiss, faiss_metric(metric)).search(q, k)
         return idx[0].astype(np.int64)
     vectors = _dense(vectors)
     if faiss is not None:
-        _, idx = faiss.knn(q, vectors, k, metric=_metric(metric))
+        _, idx = faiss.knn(q, vectors, k, metric=faiss_metric(metric))
         return idx[0].astype(np.int64)
     return _top(_scores(vectors, q, metric)[0], k)
 
@@ -322,7 +323,7 @@ def scan_rows(vectors: np.ndarray | Int8Rows, rows: np.ndarray, q, k: int, metri
     filter keeps a third of each of ~30 partitions at 1M rows, and copying those out cost
     more than scanning them. The caller scores the picked rows exactly
     (:func:`exact_scores`), as ``scan`` does."""
-    faiss = _query_threads()
+    faiss = faiss_for_query()
     if faiss is None:
         return rows[scan(vectors[rows], q, k, metric)[1]]
     k = min(k, len(rows))
@@ -332,7 +333,7 @@ def scan_rows(vectors: np.ndarray | Int8Rows, rows: np.ndarray, q, k: int, metri
         kept[rows] = True
         bitmap = np.packbits(kept, bitorder="little")  # FAISS's IDSelectorBitmap: bit i of byte i // 8
         params = faiss.SearchParameters(sel=faiss.IDSelectorBitmap(len(vectors), faiss.swig_ptr(bitmap)))
-        _, picked = vectors.index(faiss, _metric(metric)).search(x, k, params=params)
+        _, picked = vectors.index(faiss, faiss_metric(metric)).search(x, k, params=params)
         return picked[0].astype(np.int64)
     vectors = np.ascontiguousarray(vectors, np.float32)  # as held: no copy
     subset = np.ascontiguousarray(rows, np.int64)
@@ -359,7 +360,7 @@ def scan_many(blocks: list[np.ndarray | Int8Rows], query: np.ndarray, k: int, me
     if k == 0:
         return np.zeros(0, np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64)
     q = np.ascontiguousarray(query, np.float32).reshape(1, -1)
-    faiss = _query_threads()
+    faiss = faiss_for_query()
     if faiss is not None:
         # FAISS's scan with its own top-k per block beats numpy's pass + selection by ~25%.
         picked = [_pick(b, q, min(k, len(b)), metric, faiss) if len(b) else np.zeros(0, np.int64) for b in blocks]
@@ -378,6 +379,37 @@ def scan_many(blocks: list[np.ndarray | Int8Rows], query: np.ndarray, k: int, me
     exact = exact_scores(np.stack([blocks[w][r] for w, r in zip(which, rows)]), q[0], metric)
     order = np.lexsort((rows, which, -exact))
     return exact[order], which[order].astype(np.int64), rows[order].astype(np.int64)
+
+
+class BlockScan:
+    """:func:`scan_many` over blocks that arrive one at a time (a cold query's partitions,
+    as their reads land): each block's top ``k`` is picked when it is added (:func:`_pick`:
+    by FAISS, or numpy before FAISS is imported), so that picking overlaps the reads still
+    in flight; :meth:`result` scores the picked rows of all blocks exactly at once, with
+    ties in block order. Block ``i`` is the caller's numbering, whatever the order of
+    arrival, so the answer does not depend on which read landed first. :meth:`add` may
+    be called from several threads at once (each block once)."""
+
+    def __init__(self, query: np.ndarray, k: int, metric: str) -> None:
+        self.q = np.ascontiguousarray(query, np.float32).reshape(1, -1)
+        self.k, self.metric = k, metric
+        self.picked: dict[int, tuple[np.ndarray | Int8Rows, np.ndarray]] = {}
+
+    def add(self, i: int, block: np.ndarray | Int8Rows) -> None:
+        if len(block) and self.k:
+            self.picked[i] = (block, _pick(block, self.q, min(self.k, len(block)), self.metric, faiss_for_query()))
+
+    def result(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(scores, block, row within the block) of the top ``k``, best first."""
+        if not self.picked:
+            return np.zeros(0, np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64)
+        blocks = sorted(self.picked)
+        rows = np.concatenate([self.picked[i][1] for i in blocks])
+        which = np.repeat(np.array(blocks, np.int64), [len(self.picked[i][1]) for i in blocks])
+        scores = exact_scores(np.concatenate([block[p] for block, p in (self.picked[i] for i in blocks)]),
+                              self.q[0], self.metric)
+        order = np.lexsort((rows, which, -scores))[: self.k]
+        return scores[order], which[order], rows[order]
 
 
 def _dense(vectors: np.ndarray | Int8Rows) -> np.ndarray:

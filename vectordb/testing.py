@@ -304,7 +304,7 @@ def one_get_per_partition(reader) -> None:
     query lacks in a GET of its own, as before neighbours were read together
     (``NamespaceReader.partition_loads``): the baseline its tests and ``bench/run.py``
     compare with."""
-    def loads(ns, seg, layout, parts):
+    def loads(ns, seg, layout, parts, metric=None):
         return [(lambda p=p: {p: reader.partition(ns, seg, layout, p)})
                 for p in sorted({int(p) for p in parts}) if not reader.held_partitions(ns, seg, [p])[0]]
 
