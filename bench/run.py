@@ -333,6 +333,9 @@ def main() -> int:
                              "of a deployment), then POST /index for what is left; default: off during the "
                              "ingest, one POST /index after it")
     parser.add_argument("--out", help="JSON path (default bench/results/<time>-<rows>.json)")
+    parser.add_argument("--keep-store", action="store_true",
+                        help="leave the namespaces in the store at the end (with --endpoint: to measure them again "
+                             "later, e.g. bench/cold_query.py)")
     args = parser.parse_args()
     rows = args.rows or (20_000 if args.quick else 1_000_000)
     if args.cache_bytes is None:
@@ -400,8 +403,11 @@ def main() -> int:
                     log(f"{system} failed: {exc}")
                     result["notes"].append(f"{system} failed: {str(exc).splitlines()[0]}")
         finally:
-            with contextlib.suppress(Exception):
-                s3.remove_prefixes(ep, prefixes, log)
+            if args.keep_store:
+                log(f"kept in the store (--keep-store): {', '.join(prefixes)} at {ep}")
+            else:
+                with contextlib.suppress(Exception):
+                    s3.remove_prefixes(ep, prefixes, log)
     result["machine"]["loadavg_end"] = round(os.getloadavg()[0], 2)
     result["table"] = rows_of_table(result)
     result["ratios"] = ratios(result["table"]) if result.get("ours") else {}
