@@ -79,14 +79,12 @@ def search(
 
 def _search_shared(reader: NamespaceReader, ctx: Context, shared: dict[str, list[int]], q, k, metric) -> list[Candidate]:
     """The segments' shares of one probe budget (:func:`_shared_probes`) searched: the
-    partitions not held are read in one round of parallel GETs for all segments; those of
-    segments without dead rows are scanned as one as they land (:func:`_scan_arriving`),
-    so only the best ``k`` of them all become candidates (a namespace grown in batches has
-    ~10 segments, and ~50 probed partitions, many small: scoring, sorting and naming each
-    segment's own top k cost more than its scan); a segment with dead rows alone
-    (:func:`_search_segment`), once its reads are in."""
-    live, dead = [], []
-    loads: list = []
+    partitions not held are read in one round of parallel GETs for all segments, and all
+    probed partitions scanned as one as they land (:func:`_scan_arriving`), so only the
+    best ``k`` of them all become candidates (a namespace grown in batches has ~10
+    segments, and ~50 probed partitions, many small: scoring, sorting and naming each
+    segment's own top k cost more than its scan)."""
+    work = []
     for seg in ctx.manifest.segments:
         probes = shared.get(seg.id)
         if not probes:
@@ -94,23 +92,19 @@ def _search_shared(reader: NamespaceReader, ctx: Context, shared: dict[str, list
         layout = reader.layout(ctx.ns, seg)
         if ctx.fields:
             reader.prefetch_fields(ctx.ns, seg, layout, probes)
-        if ctx.tail.touched or reader.tombstones(ctx.ns, seg):
-            dead.append((seg, probes))
-            loads += reader.partition_loads(ctx.ns, seg, layout, probes)  # read in the same round
-        else:
-            live.append((seg, layout, probes))
-    out = _scan_arriving(reader, ctx, live, q, k, metric, loads)
-    for seg, probes in dead:
-        out += _search_segment(reader, ctx, seg, q, k, metric, None, probes)
-    return out
+        work.append((seg, layout, probes))
+    return _scan_arriving(reader, ctx, work, q, k, metric)
 
 
 def _scan_arriving(reader: NamespaceReader, ctx: Context, work: list[tuple[SegmentRef, Layout, list[int]]], q, k,
-                   metric, other_loads: list = ()) -> list[Candidate]:
-    """The top ``k`` of the probed partitions of ``work`` (per segment without dead rows:
-    its layout and probes), all scanned as one (:class:`vectordb.ivf.BlockScan`). Those
-    not held are read in one round of parallel GETs (:meth:`NamespaceReader.partition_loads`,
-    with ``other_loads`` beside them), and each GET's partitions are picked from by the
+                   metric) -> list[Candidate]:
+    """The top ``k`` of the probed partitions of ``work`` (per segment: its layout and
+    probes), all scanned as one (:class:`vectordb.ivf.BlockScan`); in a segment with
+    tombstones, or when the tail overrides ids, each partition's dead rows are dropped
+    from its picks (:meth:`NamespaceReader.partition_live`; it picks as many more as it
+    has dead rows), and rows tied with the k-th are kept (the engine breaks ties by id).
+    Those not held are read in one round of parallel GETs
+    (:meth:`NamespaceReader.partition_loads`), and each GET's partitions are picked from by the
     thread that read them, as soon as they land, while the other GETs are in flight: a
     cold query at 10M vectors reads ~70-100 MB in ~17 GETs, and picking from all of them
     once the last had landed left ~50 ms of work after it (FAISS lets go of the
@@ -121,20 +115,21 @@ def _scan_arriving(reader: NamespaceReader, ctx: Context, work: list[tuple[Segme
     scan = ivf.BlockScan(q, k, metric)
     parts: list = [None] * len(blocks)
     lock = threading.Lock()
+    dead = {seg.id for seg, _, _ in work if ctx.tail.touched or reader.tombstones(ctx.ns, seg)}
     loads = [(seg, load) for seg, layout, probes in work
              for load in reader.partition_loads(ctx.ns, seg, layout, probes, metric)]
-    loads += [(None, load) for load in other_loads]
 
-    def take(seg: SegmentRef | None, got: dict) -> None:
+    def take(seg: SegmentRef, got: dict) -> None:
         for p, part in got.items():
-            i = number.get((seg.id, p)) if seg is not None else None
+            i = number.get((seg.id, p))
             if i is None:
                 continue
             with lock:
                 if parts[i] is not None:
                     continue
                 parts[i] = part
-            scan.add(i, part.vectors)
+            live = reader.partition_live(ctx.ns, seg, p, part, ctx.tail) if seg.id in dead else None
+            scan.add(i, part.vectors, live)
 
     if len(loads) == 1:  # a hand-off to a thread costs more than it saves
         seg, load = loads[0]
@@ -144,7 +139,7 @@ def _scan_arriving(reader: NamespaceReader, ctx: Context, work: list[tuple[Segme
             done.result()
     for seg, layout, probes in work:  # held now (but any evicted meanwhile: read again)
         take(seg, dict(zip(probes, reader.partitions(ctx.ns, seg, layout, probes))))
-    scores, which, rows = scan.result()
+    scores, which, rows = scan.result(ties=bool(dead))
     out = []
     for s, w, r in zip(scores.tolist(), which.tolist(), rows.tolist()):
         seg, layout, p = blocks[w]
@@ -253,43 +248,16 @@ def _search_segment(reader: NamespaceReader, ctx: Context, seg: SegmentRef, q, k
     if probes is not None and not probes:
         return []
     layout = reader.layout(ctx.ns, seg)
-    dead = reader.tombstones(ctx.ns, seg)
-    touched = ctx.tail.touched
     index = tensors.index(reader, ctx.ns, seg, layout, metric) if tensors is not None else None
     if index is not None:
-        return _search_segment_tensors(tensors, index, seg, q, k, _nprobe(ctx, layout.nlist), dead, touched, probes)
+        return _search_segment_tensors(tensors, index, seg, q, k, _nprobe(ctx, layout.nlist),
+                                       reader.tombstones(ctx.ns, seg), ctx.tail.touched, probes)
     if probes is None:
         probes = layout.top_centroids(q, _nprobe(ctx, layout.nlist), metric)[1]
         probes = [int(p) for p in probes if p >= 0 and layout.rows_in(int(p)) > 0]
         if ctx.fields:
             reader.prefetch_fields(ctx.ns, seg, layout, probes)
-    if not dead and not touched:
-        return _scan_arriving(reader, ctx, [(seg, layout, [int(p) for p in probes])], q, k, metric)
-    parts = reader.partitions(ctx.ns, seg, layout, probes)
-    # Each partition's live top k, then the segment's top k of those: only the winners'
-    # ids are decoded (a partition's ids are a blob; a decode costs a few microseconds).
-    found_scores, found_parts, found_rows = [], [], []
-    for w, (p, part) in enumerate(zip(probes, parts)):
-        live = reader.partition_live(ctx.ns, seg, p, part, ctx.tail)
-        if live is None or live.all():
-            scores, rows = ivf.scan(part.vectors, q, k, metric)
-        else:
-            # Ask for enough extra rows that dropping the dead ones still leaves k.
-            extra = len(live) - int(np.count_nonzero(live))
-            scores, rows = ivf.scan(part.vectors, q, k + extra, metric)
-            keep = live[rows]
-            scores, rows = scores[keep][:k], rows[keep][:k]
-        found_scores.append(scores)
-        found_parts.append(np.full(len(rows), w))
-        found_rows.append(rows)
-    if not found_scores:
-        return []
-    scores, which, rows = np.concatenate(found_scores), np.concatenate(found_parts), np.concatenate(found_rows)
-    best = np.lexsort((rows, which, -scores))
-    if len(best) > k:  # the top k, and any row tied with the k-th (the engine breaks ties by id)
-        best = best[scores[best] >= scores[best[k - 1]]]
-    return [Candidate(float(scores[i]), parts[which[i]].ids[rows[i]], seg,
-                      int(layout.part_rows[probes[which[i]]]) + int(rows[i])) for i in best.tolist()]
+    return _scan_arriving(reader, ctx, [(seg, layout, [int(p) for p in probes])], q, k, metric)
 
 
 def _search_segment_tensors(tensors, index: gpu.DeviceIndex, seg: SegmentRef, q, k, nprobe, dead, touched,

@@ -136,6 +136,30 @@ def test_blocks_scanned_as_they_arrive_answer_as_one_scan_of_all(kernel, metric)
 
 
 @pytest.mark.parametrize("metric", METRICS)
+def test_blocks_with_dead_rows_answer_as_a_scan_of_their_live_rows(kernel, metric):
+    vectors, queries = data(metric, rows=300)
+    cuts = [0, 40, 41, 200, 300]
+    rng = np.random.default_rng(2)
+    live = rng.random(300) > 0.6  # most rows dead: a block picks k + its dead ones
+    live[40] = False  # a block of dead rows only
+    blocks = [vectors[a:b] for a, b in zip(cuts, cuts[1:])]
+    for q in queries:
+        scan = ivf.BlockScan(q, 12, metric)
+        for i in (3, 0, 2, 1):
+            scan.add(i, blocks[i], live[cuts[i] : cuts[i + 1]])
+        scores, which, rows = scan.result()
+        got = [cuts[w] + r for w, r in zip(which, rows)]
+        truth = np.where(live, brute_force(vectors, q, metric), -np.inf)
+        assert got == list(np.argsort(-truth, kind="stable")[:12])
+    tied = np.repeat(vectors[:1], 30, axis=0)  # 30 equal rows: k = 5 of them, or all with ties
+    scan = ivf.BlockScan(queries[0], 5, metric)
+    scan.add(0, tied[:20], np.ones(20, bool))
+    scan.add(1, tied[20:])
+    assert len(scan.result()[0]) == 5
+    assert len(scan.result(ties=True)[0]) == 10  # each block picked its own k: ties beyond are not seen
+
+
+@pytest.mark.parametrize("metric", METRICS)
 @pytest.mark.parametrize("stored", ["float16", "float32"])
 def test_a_layout_ranks_its_centroids_as_stored_as_an_exact_ranking_does(kernel, metric, stored):
     from vectordb import segment

@@ -395,12 +395,23 @@ class BlockScan:
         self.k, self.metric = k, metric
         self.picked: dict[int, tuple[np.ndarray | Int8Rows, np.ndarray]] = {}
 
-    def add(self, i: int, block: np.ndarray | Int8Rows) -> None:
-        if len(block) and self.k:
-            self.picked[i] = (block, _pick(block, self.q, min(self.k, len(block)), self.metric, faiss_for_query()))
+    def add(self, i: int, block: np.ndarray | Int8Rows, live: np.ndarray | None = None) -> None:
+        """Block ``i``; ``live``: which of its rows may be picked (None: all). A block with
+        dead rows picks as many more rows as it has dead ones, then drops the dead."""
+        n = len(block)
+        if not n or not self.k:
+            return
+        dead = 0 if live is None else n - int(np.count_nonzero(live))
+        if dead == n:
+            return
+        rows = _pick(block, self.q, min(self.k + dead, n), self.metric, faiss_for_query())
+        if dead:
+            rows = rows[live[rows]]
+        self.picked[i] = (block, rows)
 
-    def result(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(scores, block, row within the block) of the top ``k``, best first."""
+    def result(self, ties: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(scores, block, row within the block) of the top ``k``, best first (``ties``: and
+        every picked row tied with the k-th)."""
         if not self.picked:
             return np.zeros(0, np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64)
         blocks = sorted(self.picked)
@@ -408,7 +419,9 @@ class BlockScan:
         which = np.repeat(np.array(blocks, np.int64), [len(self.picked[i][1]) for i in blocks])
         scores = exact_scores(np.concatenate([block[p] for block, p in (self.picked[i] for i in blocks)]),
                               self.q[0], self.metric)
-        order = np.lexsort((rows, which, -scores))[: self.k]
+        order = np.lexsort((rows, which, -scores))
+        if len(order) > self.k:
+            order = order[scores[order] >= scores[order[self.k - 1]]] if ties else order[: self.k]
         return scores[order], which[order], rows[order]
 
 
