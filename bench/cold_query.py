@@ -10,11 +10,13 @@ time. ``--profile`` prints where this tree's last cold query spent its time (cPr
 the calling thread: what it waits on, and the work it does after the reads).
 
     .venv/bin/python bench/cold_query.py --store-uri s3://vdbbench/ours-XXXX \\
-        [--endpoint 127.0.0.1:8433] [--runs 15] [--baseline-tree /tmp/base] [--profile]
+        [--endpoint 127.0.0.1:8433] [--rows 10000000] [--realistic] [--runs 15] \\
+        [--baseline-tree /tmp/base] [--profile]
 
 Prints per tree the median connect -> answer, requests, bytes and recall@10 of the cold
-answers (against the data set's exact top-10; ``--rows``: the namespace's rows), and the
-ratio; writes ``bench/results/<time>-cold-query.json``.
+answers (against the data set's exact top-10; ``--rows``: the namespace's rows;
+``--realistic``: of the rows a ``run.py --realistic`` ingest left live), and the ratio;
+writes ``bench/results/<time>-cold-query.json``.
 """
 
 from __future__ import annotations
@@ -54,7 +56,11 @@ def worker(args) -> int:
     settings = Settings(store_uri=args.store_uri, s3_endpoint=args.endpoint, s3_access_key=ACCESS_KEY,
                         s3_secret_key=SECRET_KEY, cache_bytes=args.cache_bytes, auto_index=False)
     ivf._faiss()  # as run.py: "connect -> first answer" in a process that has imported FAISS
+    import ours
+
     data = ds_mod.load(args.rows, queries=args.runs)
+    if args.realistic:
+        data = ours.realistic_truth(data, args.batch, lambda message: None)
     import vectordb
 
     print(json.dumps({"ready": True, "code": vectordb.__file__}), flush=True)
@@ -74,7 +80,7 @@ def worker(args) -> int:
         t2 = time.perf_counter()
         described = describe_requests(counting.take())
         service.close()
-        found = [int(h.id[1:]) for h in hits]
+        found = [ours.row_of(h.id) for h in hits]
         out = {"connect_first_ms": round((t2 - t0) * 1000, 2), "connect_ms": round((t1 - t0) * 1000, 2),
                "requests": described["requests"], "bytes": described["bytes"],
                "round_trips": described["round_trips"],
@@ -93,7 +99,8 @@ def start(tree: Path, args) -> subprocess.Popen:
     command = [str(python if python.exists() else sys.executable), str(Path(__file__).resolve()), "--worker",
                "--tree", str(tree),
                "--store-uri", args.store_uri, "--endpoint", args.endpoint, "--namespace", args.namespace,
-               "--rows", str(args.rows), "--runs", str(args.runs), "--cache-bytes", str(args.cache_bytes)]
+               "--rows", str(args.rows), "--runs", str(args.runs), "--cache-bytes", str(args.cache_bytes),
+               "--batch", str(args.batch)] + (["--realistic"] if args.realistic else [])
     proc = subprocess.Popen(command, cwd=tree, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     ready = json.loads(proc.stdout.readline() or "{}")
@@ -131,6 +138,9 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=10_000_000, help="the namespace's rows (for recall@10)")
     parser.add_argument("--runs", type=int, default=15, help="cold queries per tree (query i: the data set's i-th)")
     parser.add_argument("--cache-bytes", type=int, default=4_508_000_000)
+    parser.add_argument("--realistic", action="store_true",
+                        help="the namespace is run.py --realistic's: recall against the rows its ingest left live")
+    parser.add_argument("--batch", type=int, default=5000, help="run.py's --batch (which rows --realistic deleted)")
     parser.add_argument("--baseline-tree", help="a checkout whose code answers the same queries, alternated")
     parser.add_argument("--profile", action="store_true", help="profile this tree's last cold query")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -157,7 +167,8 @@ def main() -> int:
             proc.stdin.close()
             proc.wait(timeout=60)
     out = {"started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-           "store_uri": args.store_uri, "rows": args.rows, "queries": args.runs, "cpus": os.cpu_count(),
+           "store_uri": args.store_uri, "rows": args.rows, "realistic": args.realistic, "queries": args.runs,
+           "cpus": os.cpu_count(),
            "trees": {name: str(tree) for name, tree in trees.items()},
            "summary": {name: summary(runs) for name, runs in results.items()}, "runs": results}
     for name, s in out["summary"].items():

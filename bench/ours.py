@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import http.client
 import json
 import os
@@ -128,7 +129,15 @@ def wait_idle(pid: int, timeout: float = 60.0) -> float:
 
 
 def row_of(doc_id: str) -> int:
-    return int(doc_id[1:])
+    """The data set's row whose vector ``doc_id`` holds (after a realistic ingest, an
+    updated id holds its update's: ``realistic_truth``)."""
+    row = int(doc_id[1:])
+    return _UPDATED.get(row, row)
+
+
+# Set by ``realistic_truth``: row r -> the row whose vector the id of row r holds after a
+# realistic ingest, for the ids that were updated.
+_UPDATED: dict[int, int] = {}
 
 
 CONTENT_TYPES = {"arrow": "application/vnd.apache.arrow.stream", "base64": "application/json", "json": "application/json"}
@@ -167,6 +176,49 @@ def realistic_deletes(lo: int) -> list[str]:
     """The ids deleted after the batch starting at row ``lo`` (rows half of OVERWRITE_BACK back)."""
     first = max(0, lo - OVERWRITE_BACK // 2)
     return [ds_mod.doc_id(r) for r in range(first, first + DELETE_IDS * 4, 4)]
+
+
+def realistic_live_rows(rows: int, batch: int) -> np.ndarray:
+    """Which of the first ``rows`` rows a realistic ingest of them in batches of ``batch``
+    leaves live: not replaced by an update (the row OVERWRITE_BACK later whose id it
+    takes) and not deleted (the ids of updated and of deleted rows never meet: a deleted
+    row is a multiple of 4 past a batch start, an updated one 7 past a multiple of 20).
+    Sets what :func:`row_of` maps updated ids to."""
+    live = np.ones(rows, bool)
+    updates = np.arange(OVERWRITE_BACK + 7, rows, OVERWRITE_EVERY)
+    updates = updates[updates % OVERWRITE_EVERY == 7]
+    live[updates - OVERWRITE_BACK] = False
+    _UPDATED.clear()
+    _UPDATED.update(zip((updates - OVERWRITE_BACK).tolist(), updates.tolist()))
+    for n, lo in enumerate(range(0, rows, batch)):
+        if n % DELETE_EVERY == DELETE_EVERY - 1:
+            live[[row_of(i) for i in realistic_deletes(lo) if row_of(i) < rows]] = False
+    return live
+
+
+def realistic_truth(data: ds_mod.Dataset, batch: int, log) -> ds_mod.Dataset:
+    """``data`` with the exact top-10 of each query over the rows a realistic ingest
+    (``ingest(..., realistic=True)``) leaves live, as the data set's rows (:func:`row_of`
+    maps the ids answers name to them)."""
+    started = time.perf_counter()
+    live = realistic_live_rows(data.rows, batch)
+    queries = np.ascontiguousarray(data.queries, np.float32)
+    best = np.full((len(queries), ds_mod.K), -np.inf, np.float32)
+    best_rows = np.zeros((len(queries), ds_mod.K), np.int64)
+    step = 200_000
+    for lo in range(0, data.rows, step):
+        block = np.asarray(data.base[lo : lo + step], np.float32)
+        scores = queries @ block.T
+        scores[:, ~live[lo : lo + step]] = -np.inf
+        top = np.argpartition(-scores, ds_mod.K, axis=1)[:, : ds_mod.K] if scores.shape[1] > ds_mod.K else \
+            np.tile(np.arange(scores.shape[1]), (len(queries), 1))
+        both = np.concatenate([best, np.take_along_axis(scores, top, 1)], axis=1)
+        both_rows = np.concatenate([best_rows, top + lo], axis=1)
+        order = np.argsort(-both, axis=1, kind="stable")[:, : ds_mod.K]
+        best, best_rows = np.take_along_axis(both, order, 1), np.take_along_axis(both_rows, order, 1)
+    log(f"realistic ground truth: {int(live.sum()):,} of {data.rows:,} rows live, exact top-{ds_mod.K} of "
+        f"{len(queries):,} queries in {time.perf_counter() - started:.1f} s")
+    return dataclasses.replace(data, gt=best_rows)
 
 
 def upsert_body(base: np.ndarray, lo: int, hi: int, encoding: str = "base64", realistic: bool = False) -> bytes:
@@ -666,7 +718,9 @@ def text_queries(settings: Settings, query_texts: list[str], log) -> dict:
 
 def run(data: ds_mod.Dataset, endpoint: str, bucket: str, prefix: str, access: str, secret: str, workdir: Path, *,
         clients: int, batch: int, encoding: str, colds: int, quick: bool, log, vector_dtype: str = "float32",
-        background_builds: bool = False) -> dict:
+        background_builds: bool = False, realistic: bool = False) -> dict:
+    """``realistic``: rows with text and attributes, updates and deletes (``ingest``);
+    ``data.gt`` must then be ``realistic_truth``'s."""
     store_uri = f"s3://{bucket}/{prefix}"
     env = {
         "VECTORDB_STORE_URI": store_uri,
@@ -684,7 +738,8 @@ def run(data: ds_mod.Dataset, endpoint: str, bucket: str, prefix: str, access: s
     out: dict = {"store_uri": store_uri, "nlist": nlist, "nprobe": default_nprobe(nlist)}
     out["vector_dtype"] = vector_dtype
     out["background_builds"] = background_builds
-    out["ingest"] = ingest(data, env, workdir, clients, batch, encoding, log, vector_dtype)
+    out["realistic"] = realistic
+    out["ingest"] = ingest(data, env, workdir, clients, batch, encoding, log, vector_dtype, realistic)
     out["in_process"] = in_process(data, settings, colds, log)
     starts = 1 if quick else 3
     out["http"] = over_http(data, env, workdir, preload=True, starts=starts, log=log)

@@ -139,7 +139,8 @@ def rows_of_table(result: dict) -> list[dict]:
     ours = result.get("ours")
     if ours:
         ing, inp, http = ours["ingest"], ours["in_process"], ours["http"]
-        params = f"IVF-flat nlist {ours['nlist']}, nprobe {ours['nprobe']}, {ours.get('vector_dtype', 'float32')}"
+        params = f"IVF-flat nlist {ours['nlist']}, nprobe {ours['nprobe']}, {ours.get('vector_dtype', 'float32')}" + \
+            (", realistic rows" if ours.get("realistic") else "")
         table.append({
             "system": "ours, in-process (S3)", "params": params, "rows": result["rows"],
             "ingest_vectors_per_s": ing["ingest_vectors_per_s"], "ingest_s": ing["ingest_s"], "build_s": ing["build_s"],
@@ -333,6 +334,10 @@ def main() -> int:
                              "of a deployment), then POST /index for what is left; default: off during the "
                              "ingest, one POST /index after it")
     parser.add_argument("--out", help="JSON path (default bench/results/<time>-<rows>.json)")
+    parser.add_argument("--realistic", action="store_true",
+                        help="our rows with text and attributes, 5%% of them updates of older rows, and deletes "
+                             "between batches (bench/ours.py realistic_columns); recall against the exact top-10 "
+                             "of the rows left live. Ours only: the peers would index the plain vectors")
     parser.add_argument("--keep-store", action="store_true",
                         help="leave the namespaces in the store at the end (with --endpoint: to measure them again "
                              "later, e.g. bench/cold_query.py)")
@@ -346,12 +351,18 @@ def main() -> int:
     peers = parse_peers(args.peers if args.peers is not None else ",".join(QUICK_PEERS if args.quick else ALL_PEERS))
     if peers and not PEERS_PYTHON.exists():
         raise SystemExit(f"peers need their own venv: bash bench/setup_peers.sh (missing {PEERS_PYTHON})")
+    if args.realistic and (peers or args.skip_ours or args.vector_encoding != "arrow"):
+        raise SystemExit("--realistic measures ours alone (--peers ''), with Arrow upserts")
     chroma_rows = min(rows, args.chroma_rows)
     started_at = datetime.now(timezone.utc)
     wall = time.perf_counter()
 
     data = ds_mod.prepare(rows, args.seed, log)
     data = ds_mod.load(rows, args.seed, queries)
+    if args.realistic:
+        import ours as ours_mod
+
+        data = ours_mod.realistic_truth(data, args.batch, log)
     if "chroma" in peers and chroma_rows != rows:
         ds_mod.prepare(chroma_rows, args.seed, log, sanity=False)
     nlist = ds_mod.nlist_for(rows)
@@ -381,7 +392,7 @@ def main() -> int:
                         data, ep, BUCKET, prefixes[-1], ACCESS_KEY, SECRET_KEY, workdir, clients=args.clients,
                         batch=args.batch, encoding=args.vector_encoding, colds=3 if args.quick else 5,
                         quick=args.quick, log=log, vector_dtype=args.vector_dtype,
-                        background_builds=args.background_builds,
+                        background_builds=args.background_builds, realistic=args.realistic,
                     )
                 except Exception as exc:  # still run the peers; the report says what failed
                     log(f"ours failed: {exc!r}")
