@@ -253,8 +253,10 @@ class QueryEngine:
         for seg in manifest.segments:
             if not self.reader.has_layout(ns, seg):
                 self.reader.pool.submit(self.reader.layout, ns, seg)
-                if seg.tombstones_key:
-                    self.reader.pool.submit(self.reader.tombstones, ns, seg)
+            # Beside the layout, or beside layouts.bin's copy of it: a query needs both
+            # before it can pick from its partitions.
+            if not self.reader.has_tombstones(seg):
+                self.reader.pool.submit(self.reader.tombstones, ns, seg)
             for hint in hints:
                 self.reader.pool.submit(hint, seg)
         if manifest.wal and not self.reader.has_tail(manifest):

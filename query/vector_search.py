@@ -115,7 +115,8 @@ def _scan_arriving(reader: NamespaceReader, ctx: Context, work: list[tuple[Segme
     scan = ivf.BlockScan(q, k, metric)
     parts: list = [None] * len(blocks)
     lock = threading.Lock()
-    dead = {seg.id for seg, _, _ in work if ctx.tail.touched or reader.tombstones(ctx.ns, seg)}
+    # Dead rows are asked for only once a partition has landed: the tombstone lists are
+    # read beside the partitions (QueryEngine._prefetch), not before them.
     loads = [(seg, load) for seg, layout, probes in work
              for load in reader.partition_loads(ctx.ns, seg, layout, probes, metric)]
 
@@ -128,8 +129,7 @@ def _scan_arriving(reader: NamespaceReader, ctx: Context, work: list[tuple[Segme
                 if parts[i] is not None:
                     continue
                 parts[i] = part
-            live = reader.partition_live(ctx.ns, seg, p, part, ctx.tail) if seg.id in dead else None
-            scan.add(i, part.vectors, live)
+            scan.add(i, part.vectors, reader.partition_live(ctx.ns, seg, p, part, ctx.tail))
 
     if len(loads) == 1:  # a hand-off to a thread costs more than it saves
         seg, load = loads[0]
@@ -139,6 +139,7 @@ def _scan_arriving(reader: NamespaceReader, ctx: Context, work: list[tuple[Segme
             done.result()
     for seg, layout, probes in work:  # held now (but any evicted meanwhile: read again)
         take(seg, dict(zip(probes, reader.partitions(ctx.ns, seg, layout, probes))))
+    dead = ctx.tail.touched or any(reader.tombstones(ctx.ns, seg) for seg, _, _ in work)
     scores, which, rows = scan.result(ties=bool(dead))
     out = []
     for s, w, r in zip(scores.tolist(), which.tolist(), rows.tolist()):

@@ -117,6 +117,25 @@ def test_a_cold_query_reads_partitions_in_its_second_round_trip(indexed, tail, c
         assert hits == [(h.id, round(h.score, 5)) for h in writer.query("h", vector=q.tolist(), top_k=10).hits]
 
 
+def test_a_cold_query_reads_tombstones_beside_its_partitions(indexed):
+    """A segment's tombstone list is read beside the partitions, not before them: the
+    hint holds the layouts, and the query asks for dead rows only once a partition has
+    landed (two round trips, as without deletes)."""
+    store, writer, rng = indexed
+    writer.delete("h", ids=[f"r{i}" for i in range(0, 700, 3)])
+    writer.index("h")
+    manifest = writer.catalog.latest("h")
+    assert all(seg.tombstones_key for seg in manifest.segments) and not manifest.wal
+    for q in rng.normal(size=(3, DIMS)):
+        hits, requests = _cold_query(store, q)
+        assert _ivf_reads(requests) == []
+        tombs = [r for r in requests if "/tomb-" in r.key]
+        assert tombs and min(_starts(requests, "vectors.bin")) < max(r.end for r in tombs)
+        assert round_trips(requests) <= 2
+        assert not {h for h, _ in hits} & {f"r{i}" for i in range(0, 700, 3)}
+        assert hits == [(h.id, round(h.score, 5)) for h in writer.query("h", vector=q.tolist(), top_k=10).hits]
+
+
 def test_a_stale_hint_costs_only_the_missing_segments_ivf_bin(indexed):
     store, writer, rng = indexed
     stale = store.get(keys.layout_hint_key("h"))

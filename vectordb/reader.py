@@ -136,6 +136,10 @@ class NamespaceReader:
     def has_layout(self, ns: str, seg: SegmentRef) -> bool:
         return segment.file_key(ns, seg.id, "ivf.bin") in self._layouts
 
+    def has_tombstones(self, seg: SegmentRef) -> bool:
+        """Whether the segment's tombstone list is held (or it has none)."""
+        return not seg.tombstones_key or seg.tombstones_key in self._tombstones
+
     def has_tail(self, manifest: Manifest) -> bool:
         return self.tails.has(manifest)
 
