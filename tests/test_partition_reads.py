@@ -146,6 +146,7 @@ def test_partitions_a_cold_query_scans_as_they_land_hold_nothing_of_the_gets_byt
         for p, part in held:
             assert isinstance(part.ids._blob, bytes) and len(part.ids._blob) < layout.byte_range(p)[1] // 4
             if dtype == "int8":
+                assert isinstance(part.vectors, Int8Rows)
                 assert part.vectors._index is not None  # the codes are FAISS's; the GET's bytes are let go
             else:  # a copy of the partition's own bytes
                 owner = part.vectors

@@ -344,49 +344,15 @@ def scan_rows(vectors: np.ndarray | Int8Rows, rows: np.ndarray, q, k: int, metri
     return picked[0]
 
 
-def scan_many(blocks: list[np.ndarray | Int8Rows], query: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Exact top-k of one query over several row blocks (a segment's probed partitions) at
-    once: (scores, block index, row within the block), best first, ties in block/row order.
-
-    With FAISS imported, FAISS picks each block's top k and the picked rows of all blocks
-    are scored exactly at once (one :func:`exact_scores`, one sort: a grown namespace's
-    query scans ~50 small blocks, and scoring each block's picks apart cost ~15 µs a
-    block); before that (a fresh worker), one numpy pass per block and one selection over
-    all of them.
-    """
-    sizes = np.array([len(b) for b in blocks], np.int64)
-    total = int(sizes.sum())
-    k = min(k, total)
-    if k == 0:
-        return np.zeros(0, np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64)
-    q = np.ascontiguousarray(query, np.float32).reshape(1, -1)
-    faiss = faiss_for_query()
-    if faiss is not None:
-        # FAISS's scan with its own top-k per block beats numpy's pass + selection by ~25%.
-        picked = [_pick(b, q, min(k, len(b)), metric, faiss) if len(b) else np.zeros(0, np.int64) for b in blocks]
-        rows = np.concatenate(picked)
-        which = np.repeat(np.arange(len(blocks), dtype=np.int64), [len(p) for p in picked])
-        scores = exact_scores(np.concatenate([b[p] for b, p in zip(blocks, picked) if len(p)]), q[0], metric)
-        order = np.lexsort((rows, which, -scores))[:k]
-        return scores[order], which[order], rows[order]
-    blocks = [_dense(b) for b in blocks]
-    scores = np.concatenate([_scores(b, q, metric)[0] for b in blocks if len(b)])
-    flat = _top(scores, k)
-    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-    # Empty blocks share their start with the next block: side="right" picks the last of them.
-    which = np.searchsorted(starts, flat, side="right") - 1
-    rows = flat - starts[which]
-    exact = exact_scores(np.stack([blocks[w][r] for w, r in zip(which, rows)]), q[0], metric)
-    order = np.lexsort((rows, which, -exact))
-    return exact[order], which[order].astype(np.int64), rows[order].astype(np.int64)
-
-
 class BlockScan:
-    """:func:`scan_many` over blocks that arrive one at a time (a cold query's partitions,
-    as their reads land): each block's top ``k`` is picked when it is added (:func:`_pick`:
-    by FAISS, or numpy before FAISS is imported), so that picking overlaps the reads still
-    in flight; :meth:`result` scores the picked rows of all blocks exactly at once, with
-    ties in block order. Block ``i`` is the caller's numbering, whatever the order of
+    """Exact top-k of one query over several row blocks (a query's probed partitions, of
+    one segment or many), blocks added one at a time, as their reads land: each block's
+    top ``k`` is picked when it is added (:func:`_pick`: by FAISS, or numpy before FAISS is
+    imported; FAISS's scan with its own top-k per block beat numpy's pass + one selection
+    by ~25%), so that picking overlaps the reads still in flight; :meth:`result` scores
+    the picked rows of all blocks exactly at once (one :func:`exact_scores`, one sort: a
+    grown namespace's query scans ~50 small blocks, and scoring each block's picks apart
+    cost ~15 µs a block), with ties in block order. Block ``i`` is the caller's numbering, whatever the order of
     arrival, so the answer does not depend on which read landed first. :meth:`add` may
     be called from several threads at once (each block once)."""
 
