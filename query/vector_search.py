@@ -108,19 +108,25 @@ def _scan_arriving(reader: NamespaceReader, ctx: Context, work: list[tuple[Segme
     thread that read them, as soon as they land, while the other GETs are in flight: a
     cold query at 10M vectors reads ~70-100 MB in ~17 GETs, and picking from all of them
     once the last had landed left ~50 ms of work after it (FAISS lets go of the
-    interpreter while it scans, so two cores pick). Partitions held before are picked
-    from at the end."""
+    interpreter while it scans, so two cores pick). Partitions held already are picked
+    from while the reads are in flight."""
     blocks = [(seg, layout, p) for seg, layout, probes in work for p in probes]
     number = {(seg.id, p): i for i, (seg, _, p) in enumerate(blocks)}
     scan = ivf.BlockScan(q, k, metric)
     parts: list = [None] * len(blocks)
     lock = threading.Lock()
-    # Dead rows are asked for only once a partition has landed: the tombstone lists are
-    # read beside the partitions (QueryEngine._prefetch), not before them.
-    loads = [(seg, load) for seg, layout, probes in work
+    held = [reader.peek_partitions(ctx.ns, seg, probes) for seg, _, probes in work]
+    loads = [(seg, load) for (seg, layout, probes), found in zip(work, held) if None in found
              for load in reader.partition_loads(ctx.ns, seg, layout, probes, metric)]
+    # Dead rows are asked for once a partition is in: the tombstone lists are read beside
+    # the partitions (QueryEngine._prefetch), not before them.
+    dead: dict[str, bool] = {}
 
     def take(seg: SegmentRef, got: dict) -> None:
+        if not got:
+            return
+        if seg.id not in dead:
+            dead[seg.id] = bool(ctx.tail.touched or reader.tombstones(ctx.ns, seg))
         for p, part in got.items():
             i = number.get((seg.id, p))
             if i is None:
@@ -129,18 +135,21 @@ def _scan_arriving(reader: NamespaceReader, ctx: Context, work: list[tuple[Segme
                 if parts[i] is not None:
                     continue
                 parts[i] = part
-            scan.add(i, part.vectors, reader.partition_live(ctx.ns, seg, p, part, ctx.tail))
+            scan.add(i, part.vectors, reader.partition_live(ctx.ns, seg, p, part, ctx.tail) if dead[seg.id] else None)
 
+    pending = [reader.pool.submit(lambda seg=seg, load=load: take(seg, load())) for seg, load in loads] \
+        if len(loads) > 1 else []
+    for (seg, _, probes), found in zip(work, held):  # while the reads are in flight
+        take(seg, {p: part for p, part in zip(probes, found) if part is not None})
     if len(loads) == 1:  # a hand-off to a thread costs more than it saves
         seg, load = loads[0]
         take(seg, load())
-    elif loads:
-        for done in [reader.pool.submit(lambda seg=seg, load=load: take(seg, load())) for seg, load in loads]:
-            done.result()
-    for seg, layout, probes in work:  # held now (but any evicted meanwhile: read again)
+    for done in pending:
+        done.result()
+    for seg, layout, probes in work:  # all held now (any evicted meanwhile: read again)
         take(seg, dict(zip(probes, reader.partitions(ctx.ns, seg, layout, probes))))
-    dead = ctx.tail.touched or any(reader.tombstones(ctx.ns, seg) for seg, _, _ in work)
-    scores, which, rows = scan.result(ties=bool(dead))
+    ties = ctx.tail.touched or any(reader.tombstones(ctx.ns, seg) for seg, _, _ in work)
+    scores, which, rows = scan.result(ties=bool(ties))
     out = []
     for s, w, r in zip(scores.tolist(), which.tolist(), rows.tolist()):
         seg, layout, p = blocks[w]

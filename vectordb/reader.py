@@ -305,8 +305,12 @@ class NamespaceReader:
 
     def held_partitions(self, ns: str, seg: SegmentRef, parts) -> list[bool]:
         """Whether each of ``parts`` is decoded and held already (reading it costs nothing)."""
+        return [part is not None for part in self.peek_partitions(ns, seg, parts)]
+
+    def peek_partitions(self, ns: str, seg: SegmentRef, parts) -> list[Partition | None]:
+        """Each of ``parts`` if it is decoded and held already, else None (nothing is read)."""
         key = segment.file_key(ns, seg.id, "vectors.bin")
-        return [part is not None for part in self._partitions.peek_many([(key, int(p)) for p in parts])]
+        return self._partitions.peek_many([(key, int(p)) for p in parts])
 
     def all_rows(self, ns: str, seg: SegmentRef) -> tuple[np.ndarray, list[str]]:
         """Every vector and id of a segment, in segment row order."""
