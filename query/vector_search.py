@@ -137,15 +137,16 @@ def _scan_arriving(reader: NamespaceReader, ctx: Context, work: list[tuple[Segme
                 parts[i] = part
             scan.add(i, part.vectors, reader.partition_live(ctx.ns, seg, p, part, ctx.tail) if dead[seg.id] else None)
 
-    pending = [reader.pool.submit(lambda seg=seg, load=load: take(seg, load())) for seg, load in loads] \
-        if len(loads) > 1 else []
-    for (seg, _, probes), found in zip(work, held):  # while the reads are in flight
-        take(seg, {p: part for p, part in zip(probes, found) if part is not None})
-    if len(loads) == 1:  # a hand-off to a thread costs more than it saves
-        seg, load = loads[0]
-        take(seg, load())
-    for done in pending:
-        done.result()
+    if loads:
+        pending = [reader.pool.submit(lambda seg=seg, load=load: take(seg, load())) for seg, load in loads] \
+            if len(loads) > 1 else []
+        for (seg, _, probes), found in zip(work, held):  # while the reads are in flight
+            take(seg, {p: part for p, part in zip(probes, found) if part is not None})
+        if len(loads) == 1:  # a hand-off to a thread costs more than it saves
+            seg, load = loads[0]
+            take(seg, load())
+        for done in pending:
+            done.result()
     for seg, layout, probes in work:  # all held now (any evicted meanwhile: read again)
         take(seg, dict(zip(probes, reader.partitions(ctx.ns, seg, layout, probes))))
     ties = ctx.tail.touched or any(reader.tombstones(ctx.ns, seg) for seg, _, _ in work)

@@ -140,12 +140,16 @@ class Layout:
     def top_centroids(self, query: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` (<= nlist) partitions whose centroids score best for ``query`` (one
         vector): (scores, partitions), best first; scores as
-        :func:`vectordb.ivf.exact_scores` gives them (negative squared distance for l2)."""
+        :func:`vectordb.ivf.exact_scores` gives them (negative squared distance for l2), up to
+        FAISS's order of summation where FAISS is loaded."""
         k = min(k, self.nlist)
         q = np.ascontiguousarray(query, np.float32).reshape(1, -1)
         faiss = ivf.faiss_for_query()
-        if faiss is not None and self.stored_centroids.dtype == np.float16:
-            scores, parts = self._float16_index(faiss, metric).search(q, k)
+        if faiss is not None:
+            if self.stored_centroids.dtype == np.float16:
+                scores, parts = self._float16_index(faiss, metric).search(q, k)
+            else:
+                scores, parts = faiss.knn(q, self.centroids, k, metric=ivf.faiss_metric(metric))
             scores = -scores[0] if metric == "l2" else scores[0]
             return scores, parts[0].astype(np.int64)
         scores = ivf.exact_scores(self.centroids, q[0], metric)
