@@ -16,7 +16,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 _CHILD = textwrap.dedent("""
-    import ctypes, re, sys, tempfile, threading
+    import ctypes, os, re, sys, tempfile, threading
     sys.path.insert(0, {root!r})
     from api.cli import limit_malloc_arenas
     print(limit_malloc_arenas())
@@ -35,11 +35,16 @@ _CHILD = textwrap.dedent("""
         t.join()
     libc = ctypes.CDLL("libc.so.6")
     libc.fopen.restype = ctypes.c_void_p
-    path = tempfile.mktemp()
-    f = libc.fopen(path.encode(), b"w")
-    libc.malloc_info(0, ctypes.c_void_p(f))
-    libc.fclose(ctypes.c_void_p(f))
-    print(len(re.findall(r"<heap nr=", open(path).read())))
+    fd, path = tempfile.mkstemp()
+    os.close(fd)
+    try:
+        f = libc.fopen(path.encode(), b"w")
+        libc.malloc_info(0, ctypes.c_void_p(f))
+        libc.fclose(ctypes.c_void_p(f))
+        with open(path) as report:
+            print(len(re.findall(r"<heap nr=", report.read())))
+    finally:
+        os.remove(path)
 """)
 
 
