@@ -144,9 +144,10 @@ CONTENT_TYPES = {"arrow": "application/vnd.apache.arrow.stream", "base64": "appl
 
 
 # ``realistic`` ingest (``ingest(..., realistic=True)``): every OVERWRITE_EVERY-th row from
-# OVERWRITE_BACK rows on carries the id of the row OVERWRITE_BACK before it (an update of a
-# row background builds have indexed by then), and after every DELETE_EVERY-th batch the
-# clients delete DELETE_IDS ids of rows half that distance back.
+# OVERWRITE_BACK rows on carries the id the row OVERWRITE_BACK before it carries (an update
+# of a row background builds have indexed by then; the ids of rows 7, 27, ... below
+# OVERWRITE_BACK are each updated once every OVERWRITE_BACK rows), and after every
+# DELETE_EVERY-th batch the clients delete DELETE_IDS ids of rows half that distance back.
 OVERWRITE_EVERY, OVERWRITE_BACK = 20, 100_000
 DELETE_EVERY, DELETE_IDS = 10, 250
 _TEXTS: list[str] = []
@@ -155,7 +156,7 @@ _TEXTS: list[str] = []
 def realistic_id(row: int) -> str:
     """The id row ``row`` is written under in a realistic ingest (an update for some)."""
     if row >= OVERWRITE_BACK and row % OVERWRITE_EVERY == 7:
-        return ds_mod.doc_id(row - OVERWRITE_BACK)
+        return ds_mod.doc_id(row % OVERWRITE_BACK)  # the id rows OVERWRITE_BACK apart share
     return ds_mod.doc_id(row)
 
 
@@ -180,16 +181,16 @@ def realistic_deletes(lo: int) -> list[str]:
 
 def realistic_live_rows(rows: int, batch: int) -> np.ndarray:
     """Which of the first ``rows`` rows a realistic ingest of them in batches of ``batch``
-    leaves live: not replaced by an update (the row OVERWRITE_BACK later whose id it
-    takes) and not deleted (the ids of updated and of deleted rows never meet: a deleted
-    row is a multiple of 4 past a batch start, an updated one 7 past a multiple of 20).
-    Sets what :func:`row_of` maps updated ids to."""
+    leaves live: not replaced by an update (the row OVERWRITE_BACK later, which carries its
+    id) and not deleted (the ids of updated and of deleted rows never meet: a deleted row is
+    a multiple of 4 past a batch start, an updated one 7 past a multiple of 20). Sets what
+    :func:`row_of` maps updated ids to: the last row that carries each."""
+    assert OVERWRITE_BACK % OVERWRITE_EVERY == 0, "an update's id must be one a row below OVERWRITE_BACK owns"
     live = np.ones(rows, bool)
     updates = np.arange(OVERWRITE_BACK + 7, rows, OVERWRITE_EVERY)
-    updates = updates[updates % OVERWRITE_EVERY == 7]
     live[updates - OVERWRITE_BACK] = False
     _UPDATED.clear()
-    _UPDATED.update(zip((updates - OVERWRITE_BACK).tolist(), updates.tolist()))
+    _UPDATED.update(zip((updates % OVERWRITE_BACK).tolist(), updates.tolist()))  # later rows overwrite
     for n, lo in enumerate(range(0, rows, batch)):
         if n % DELETE_EVERY == DELETE_EVERY - 1:
             live[[row_of(i) for i in realistic_deletes(lo) if row_of(i) < rows]] = False
