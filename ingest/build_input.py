@@ -228,7 +228,6 @@ class Chained:
 
 def _rows(record, dims: int) -> RowBatch:
     """A WAL record batch's rows (as :func:`vectordb.wal.decode` makes them)."""
-    flat = record.column("vector").flatten().to_numpy(zero_copy_only=False)
-    vectors = np.ascontiguousarray(flat, dtype=np.float32).reshape(record.num_rows, dims)
+    vectors = wal.vectors_of(record.column("vector"), record.num_rows, dims)
     return RowBatch(record.column("id").to_pylist(), vectors, record.column("text").to_pylist(),
                     record.column("attributes").to_pylist())

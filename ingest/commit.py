@@ -157,7 +157,7 @@ class GroupCommitter:
         dropped, Conflict if it was re-created or the commit lost too many races.
         """
         base = self._base(ns, dims, incarnation)
-        data = wal.encode(batches, dims)
+        data = wal.encode(batches, dims, wal.half_for(base.config.vector_dtype))
         key_version = base.version + 1
         key = keys.wal_key(ns, key_version, uuid.uuid4().hex)
         self.store.put(key, data)

@@ -138,7 +138,8 @@ class WalMerger:
             tail = self.reader.tail(base)
             # Rows in the fold's order, so that a reader extending its tail past this object
             # and one folding it from scratch hold the same rows in the same order.
-            data = wal.encode([WriteBatch(tail.rows, sorted(tail.deleted))], base.config.dimensions)
+            data = wal.encode([WriteBatch(tail.rows, sorted(tail.deleted))], base.config.dimensions,
+                              wal.half_for(base.config.vector_dtype))
             committed = self._commit(base, data, len(tail.rows), len(tail.deleted))
         finally:
             lock.release()

@@ -43,7 +43,8 @@ def corpus(request):
     """One segment of ``N`` rows (30 partitions) grouped by tenant and year, some rows of
     ``FILTER`` deleted (the tombstone list), some moved in and out of it by the tail.
     ``live``: id -> (the vector a search scores: float16 of the ingested one for the
-    segment's rows, the tail's float32 for the tail's, attributes)."""
+    segment's rows, what the WAL holds for the tail's: float32, or float16 in the int8
+    namespace, ``vectordb.wal.half_for``; attributes)."""
     store = MemoryStore()
     rng = np.random.default_rng(3)
     vectors = rng.normal(size=(N, DIMS)).astype(np.float32)
@@ -62,7 +63,8 @@ def corpus(request):
     svc.close()
     live = {f"r{i}": (vectors[i].astype(np.float16).astype(np.float32), attrs[i]) for i in range(N) if i not in deleted}
     for i, a in moved.items():
-        live[f"r{i}"] = (new_vectors[i], a)
+        held = new_vectors[i].astype(np.float16).astype(np.float32) if request.param != "float32" else new_vectors[i]
+        live[f"r{i}"] = (held, a)
     return store, live
 
 
