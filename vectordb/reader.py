@@ -271,12 +271,35 @@ class NamespaceReader:
         wanted = [directory.group_range(int(layout.part_rows[p]), layout.rows_in(p))
                   for p, groups in zip(parts, found) if groups is None]
         merged = ranged_reads.coalesce_within(wanted, 0, _GROUPS_SLACK * sum(n for _, n in wanted))
-        pending = [self.pool.submit(self._load_row_groups, key, layout, *r) for r in merged]
+        ranges = self._not_held_groups(key, layout, merged)
+        pending = [self.pool.submit(self._load_row_groups, key, layout, *r) for r in ranges]
         held = self.partitions(ns, seg, layout, parts)
         loaded: dict[int, np.ndarray] = {}
         for fetch in pending:
             loaded.update(fetch.result())
         return held, [groups if groups is not None else loaded[p] for p, groups in zip(parts, found)]
+
+    def _not_held_groups(self, key: str, layout: Layout, ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        """``ranges`` of whole partitions' rows' groups, less the partitions whose groups are
+        held already: a range merged through the bytes between wanted partitions would read
+        those of an earlier query's again."""
+        directory, out = layout.clusters, []
+        for start, length in ranges:
+            first, end = directory.rows_at(start, length)
+            p = int(np.searchsorted(layout.part_rows, first, side="left"))
+            run: list[int] = []  # start and end of the current run of partitions not held
+            while p < layout.nlist and int(layout.part_rows[p]) < end:
+                at, n = directory.group_range(int(layout.part_rows[p]), layout.rows_in(p))
+                if n and (key, p) in self._row_groups:
+                    if run:
+                        out.append((run[0], run[1] - run[0]))
+                    run = []
+                elif n:
+                    run = [run[0] if run else at, at + n]
+                p += 1
+            if run:
+                out.append((run[0], run[1] - run[0]))
+        return out
 
     def _load_row_groups(self, key: str, layout: Layout, start: int, length: int) -> dict[int, np.ndarray]:
         """Bytes ``[start, start + length)`` of the rows' groups in ``clusters.bin``, read;
