@@ -121,10 +121,10 @@ def ask(proc: subprocess.Popen, i: int, profile: bool) -> dict:
     return json.loads(line)
 
 
-def _commit(tree: Path) -> str:
-    """The commit a tree is checked out at (what the results name, not a machine's path)."""
-    done = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    return done.stdout.strip() or "unknown"
+def tree_commit(tree: Path) -> str:
+    import ours  # bench/ is on the path: this script runs from it
+
+    return ours.tree_commit(tree)
 
 
 def summary(runs: list[dict]) -> dict:
@@ -175,7 +175,7 @@ def main() -> int:
     out = {"started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
            "store_uri": args.store_uri, "rows": args.rows, "realistic": args.realistic, "queries": args.runs,
            "cpus": os.cpu_count(),
-           "trees": {name: _commit(tree) for name, tree in trees.items()},
+           "trees": {name: tree_commit(tree) for name, tree in trees.items()},
            "summary": {name: summary(runs) for name, runs in results.items()}, "runs": results}
     for name, s in out["summary"].items():
         print(f"{name:10s} cold connect->answer median {s['connect_first_ms']} ms (last byte at {s['last_byte_ms']} "

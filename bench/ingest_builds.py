@@ -17,7 +17,10 @@ thread of the server: ``--builds``), and ``POST /index`` builds what is left. Ru
 to "off" are printed. Per run: vectors/s, per tenth of the rows, upsert p50 / p99, what the
 background builds had indexed when the last upsert was acknowledged (segments, rows), the
 ``POST /index`` time after it, and the ingest process's peak RSS. ``--realistic``: rows with text and attributes, 5 % of them
-updates of older rows, and deletes between batches (``ours.realistic_columns``). Writes
+updates of older rows, and deletes between batches (``ours.realistic_columns``).
+``--baseline-tree DIR`` (a checkout of another commit, with the same ``.venv``): every mode
+runs a second time with the ingest server from that tree (``MODE@baseline``), alternated
+with this tree's, and the ratios of this tree's medians to the baseline's are printed. Writes
 ``bench/results/<time>-ingest-builds-<rows>.json``.
 """
 
@@ -51,7 +54,9 @@ def log(message: str) -> None:
 
 def one_run(data, endpoint: str, prefix: str, workdir: Path, mode: str, args) -> dict:
     """One ingest: ``mode`` "off" (no background builds) or "on-WHERE-niceN" (builds in a
-    child process or a thread of the server, at nice N)."""
+    child process or a thread of the server, at nice N), with "@baseline" the server of
+    ``--baseline-tree``."""
+    mode, _, tree = mode.partition("@")
     env = {
         "VECTORDB_STORE_URI": f"s3://{s3.BUCKET}/{prefix}",
         "VECTORDB_S3_ENDPOINT": endpoint,
@@ -64,7 +69,9 @@ def one_run(data, endpoint: str, prefix: str, workdir: Path, mode: str, args) ->
         env["VECTORDB_BACKGROUND_BUILDS"] = "thread" if where == "thread" else "process"
         env["VECTORDB_BACKGROUND_IDLE"] = "true" if where == "idle" else "false"
         env["VECTORDB_BACKGROUND_NICE"] = nice.removeprefix("nice")
-    out = ours.ingest(data, env, workdir, args.clients, args.batch, "arrow", log, args.vector_dtype, args.realistic)
+    root = Path(args.baseline_tree).resolve() if tree else ROOT
+    out = ours.ingest(data, env, workdir, args.clients, args.batch, "arrow", log, args.vector_dtype, args.realistic,
+                      root)
     keep = ("ingest_vectors_per_s", "ingest_vectors_per_s_by_tenth", "ingest_s", "upsert_p50_ms", "upsert_p99_ms",
             "after_ingest_segments", "after_ingest_rows", "build_s", "segments", "after_ingest_peak_rss_mb",
             "build_peak_rss_mb", "bodies_encoded", "after_ingest_rss_mb", "build_rss_mb_every_5s", "stats",
@@ -89,9 +96,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="where background builds run, comma-separated: idle (a child process at SCHED_IDLE, the "
                         "default), process (a child process, background_nice only), thread (background_builds)")
     parser.add_argument("--endpoint", help="S3 endpoint host:port (default: 127.0.0.1:8333, else a SeaweedFS of its own)")
+    parser.add_argument("--baseline-tree",
+                        help="a checkout of another commit (with .venv): each mode also runs with its ingest server")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     modes = ["off", *(f"on-{where}-nice{int(n)}" for where in args.builds.split(",") for n in args.nice.split(","))]
+    if args.baseline_tree:
+        modes = [m + tree for m in modes for tree in ("", "@baseline")]
     started = datetime.datetime.now(datetime.timezone.utc)
     ds_mod.prepare(args.rows, args.seed, log, sanity=False)
     data = ds_mod.load(args.rows, args.seed, 1)
@@ -122,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
         "median_vectors_per_s": medians,
         "over_off": {m: round(medians[m] / medians["off"], 3) for m in modes if m != "off"},
     }
+    if args.baseline_tree:
+        report["trees"] = {"this tree": ours.tree_commit(ROOT), "baseline": ours.tree_commit(Path(args.baseline_tree))}
+        report["over_baseline"] = {m: round(medians[m] / medians[m + "@baseline"], 3) for m in modes if "@" not in m}
     print("\n| background builds | vectors/s (runs) | median | upsert p99 ms | indexed at the last ack | POST /index s "
           "| ingest worker peak MB while building |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
@@ -135,6 +149,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {m} | {' | '.join(cells)} |")
     for m, ratio in report["over_off"].items():
         print(f"{m} / off (median vectors/s): {ratio}")
+    for m, ratio in report.get("over_baseline", {}).items():
+        print(f"{m}: this tree ({report['trees']['this tree']}) / baseline ({report['trees']['baseline']}), "
+              f"median vectors/s: {ratio}")
     out = args.out or ROOT / "bench" / "results" / f"{started:%Y%m%d-%H%M%S}-ingest-builds-{args.rows}.json"
     out.write_text(json.dumps(report, indent=1) + "\n")
     print(f"wrote {out}")

@@ -271,6 +271,12 @@ def compile_sources(root: Path) -> None:
                    cwd=root, env=env, check=True, stdout=subprocess.DEVNULL)
 
 
+def tree_commit(tree: Path) -> str:
+    """The commit a source tree is checked out at (what results name, not a machine's path)."""
+    done = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return done.stdout.strip() or "unknown"
+
+
 class Worker:
     """A ``vectordb serve`` subprocess on 127.0.0.1 (ended by PID when done)."""
 
@@ -394,9 +400,10 @@ class BodyFile:
 
 
 def ingest(data: ds_mod.Dataset, env: dict, workdir: Path, clients: int, batch: int, encoding: str, log,
-           vector_dtype: str = "float32", realistic: bool = False) -> dict:
+           vector_dtype: str = "float32", realistic: bool = False, root: Path = ROOT) -> dict:
     """``realistic``: rows with text and attributes, 5 % of them updates of older rows, and
-    deletes between batches (``realistic_columns``, ``realistic_deletes``)."""
+    deletes between batches (``realistic_columns``, ``realistic_deletes``). ``root``: the
+    source tree the ingest worker runs (another commit's, for a baseline)."""
     out: dict = {"vector_dtype": vector_dtype, "realistic": realistic}
     starts = range(0, data.rows, batch)
     # Bodies are encoded beforehand, so the clients' encoding (~12 ms of a core per 5,000
@@ -415,7 +422,7 @@ def ingest(data: ds_mod.Dataset, env: dict, workdir: Path, clients: int, batch: 
         body_file = BodyFile.open(data, batch, encoding, realistic, log)
         out["upsert_body_mb"] = round(body_file.bytes / 1e6, 1)
     out["client_encode_s"] = round(time.perf_counter() - started, 2)
-    worker = Worker({**env, "VECTORDB_PRELOAD_EMBEDDER": ""}, "ingest", workdir / "ingest.log")
+    worker = Worker({**env, "VECTORDB_PRELOAD_EMBEDDER": ""}, "ingest", workdir / "ingest.log", root)
     try:
         worker.wait_ready()
         with httpx.Client(base_url=worker.url, timeout=600) as c:
