@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         client = s3.client(endpoint)
         for r in range(args.rounds):
             for mode in modes if r % 2 == 0 else modes[::-1]:
-                prefix = f"ingest-builds-{run_id}-{mode}-{r}"
+                prefix = f"ingest-builds-{run_id}-{mode.replace('@', '-')}-{r}"
                 log(f"round {r + 1}/{args.rounds}, background builds {mode}")
                 result = one_run(data, endpoint, prefix, Path(tmp), mode, args)
                 runs[mode].append(result)
