@@ -271,7 +271,8 @@ class NamespaceReader:
         wanted = [directory.group_range(int(layout.part_rows[p]), layout.rows_in(p))
                   for p, groups in zip(parts, found) if groups is None]
         merged = ranged_reads.coalesce_within(wanted, 0, _GROUPS_SLACK * sum(n for _, n in wanted))
-        ranges = self._not_held_groups(key, layout, merged)
+        wanted_parts = {p for p, groups in zip(parts, found) if groups is None}
+        ranges = self._not_held_groups(key, layout, merged, wanted_parts)
         pending = [self.pool.submit(self._load_row_groups, key, layout, *r) for r in ranges]
         held = self.partitions(ns, seg, layout, parts)
         loaded: dict[int, np.ndarray] = {}
@@ -279,10 +280,12 @@ class NamespaceReader:
             loaded.update(fetch.result())
         return held, [groups if groups is not None else loaded[p] for p, groups in zip(parts, found)]
 
-    def _not_held_groups(self, key: str, layout: Layout, ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
-        """``ranges`` of whole partitions' rows' groups, less the partitions whose groups are
-        held already: a range merged through the bytes between wanted partitions would read
-        those of an earlier query's again."""
+    def _not_held_groups(self, key: str, layout: Layout, ranges: list[tuple[int, int]],
+                         wanted: set[int]) -> list[tuple[int, int]]:
+        """``ranges`` of whole partitions' rows' groups, less the partitions between the
+        ``wanted`` ones whose groups are held (or being read) already: a range merged
+        through them would read an earlier query's again. A wanted partition stays in,
+        whatever another caller started meanwhile (its read waits for that one)."""
         directory, out = layout.clusters, []
         for start, length in ranges:
             first, end = directory.rows_at(start, length)
@@ -290,7 +293,7 @@ class NamespaceReader:
             run: list[int] = []  # start and end of the current run of partitions not held
             while p < layout.nlist and int(layout.part_rows[p]) < end:
                 at, n = directory.group_range(int(layout.part_rows[p]), layout.rows_in(p))
-                if n and (key, p) in self._row_groups:
+                if n and p not in wanted and (key, p) in self._row_groups:
                     if run:
                         out.append((run[0], run[1] - run[0]))
                     run = []

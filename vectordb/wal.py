@@ -6,9 +6,9 @@ whose segments store float16 or int8, :func:`encode`), ``text``, ``attributes`` 
 text). Objects written before the binary column hold ``vector`` as a fixed-size list of
 float32; :func:`vectors_of` reads all three. (A list costs Parquet a repetition and a
 definition level per component: writing a 5,000 × 384 batch took 33 ms as a list and 7 ms
-as binary, reading it 32 and 5; the list's write was 29 % of an ingest worker's busy time.) Rows are in commit order; within a
-namespace the manifest orders WAL objects, so replaying them in that order gives the
-state of every id.
+as binary, reading it 32 and 5; the list's write was 29 % of an ingest worker's busy
+time.) Rows are in commit order; within a namespace the manifest orders WAL objects, so
+replaying them in that order gives the state of every id.
 
 A *merged* WAL object (``ingest.wal_merge``) holds the folded state of a run of others,
 each touched id once: live upserts with their vectors, text and attributes (in the order
