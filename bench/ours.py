@@ -475,8 +475,6 @@ def ingest(data: ds_mod.Dataset, env: dict, workdir: Path, clients: int, batch: 
             out["delete_requests"], out["ids_deleted_named"] = len(deleted), sum(deleted)
         log(f"ours: ingested {data.rows:,} rows in {ingest_s:.1f} s ({data.rows / ingest_s:,.0f} vectors/s)")
         bodies.clear()  # free the JSON before the index build
-        if not ahead:
-            body_file.close()
         with httpx.Client(base_url=worker.url, timeout=600) as c:
             # What background builds (if on) had indexed when the last upsert was acknowledged.
             described = c.get(f"/v1/namespaces/{NAMESPACE}").json()
@@ -502,6 +500,8 @@ def ingest(data: ds_mod.Dataset, env: dict, workdir: Path, clients: int, batch: 
             f"{out.get('after_ingest_peak_rss_mb')} MB while ingesting, {out['build_peak_rss_mb']} MB while building)")
     finally:
         worker.stop()
+        if not ahead:
+            body_file.close()
     return out
 
 

@@ -271,8 +271,9 @@ class NamespaceReader:
         wanted = [directory.group_range(int(layout.part_rows[p]), layout.rows_in(p))
                   for p, groups in zip(parts, found) if groups is None]
         merged = ranged_reads.coalesce_within(wanted, 0, _GROUPS_SLACK * sum(n for _, n in wanted))
-        wanted_parts = {p for p, groups in zip(parts, found) if groups is None}
-        ranges = self._not_held_groups(key, layout, merged, wanted_parts)
+        ranges = merged
+        if sum(n for _, n in merged) > sum(n for _, n in wanted):  # read through partitions not wanted
+            ranges = self._not_held_groups(key, layout, merged, {p for p, g in zip(parts, found) if g is None})
         pending = [self.pool.submit(self._load_row_groups, key, layout, *r) for r in ranges]
         held = self.partitions(ns, seg, layout, parts)
         loaded: dict[int, np.ndarray] = {}

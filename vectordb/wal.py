@@ -95,7 +95,8 @@ def encode(batches: list[WriteBatch], dims: int, half: bool = False) -> bytes:
     import pyarrow.parquet as pq
 
     flat = np.concatenate(vectors) if vectors else np.zeros((0, dims), np.float32)
-    if half and (not flat.size or float(np.abs(flat).max()) <= FLOAT16_MAX):
+    # Two reductions, not abs(): no temporary the size of the batch on the commit path.
+    if half and (not flat.size or max(-float(flat.min()), float(flat.max())) <= FLOAT16_MAX):
         flat = np.ascontiguousarray(flat, "<f2")
     else:
         flat = np.ascontiguousarray(flat, "<f4")
